@@ -1,0 +1,35 @@
+"""Backend dispatch: the only place that knows which Keras backend is active.
+
+Everything outside `keras_lrne/backend/` calls `keras_lrne.backend.get()` and uses
+the small function set every backend module provides:
+
+- `compile(fn)`: compile a pure function of tensors (XLA via `tf.function(jit_compile=True)`
+  on TensorFlow, `jax.jit` on JAX).
+- `seeded_normal(seeds, salt, shape, dtype)`: one standard-normal tensor of `shape` per
+  entry of the int32 vector `seeds`, stacked to `(len(seeds), *shape)`; the values of row
+  `i` depend only on `(seeds[i], salt)`, so any member's noise can be regenerated alone.
+- `to_numpy(x)`: a host copy (waits for the device).
+- `device_memory_bytes()`: memory of the default accelerator, or None on CPU.
+"""
+
+import keras
+
+_MODULE = None
+
+
+def get():
+    """Returns the backend module matching `keras.config.backend()`."""
+    global _MODULE
+    name = keras.config.backend()
+    if _MODULE is None or _MODULE.NAME != name:
+        if name == "tensorflow":
+            from keras_lrne.backend import tensorflow as module
+        elif name == "jax":
+            from keras_lrne.backend import jax as module
+        else:
+            raise RuntimeError(
+                "keras-lrne supports the `tensorflow` and `jax` Keras backends. "
+                f"Received: KERAS_BACKEND={name}"
+            )
+        _MODULE = module
+    return _MODULE

@@ -1,0 +1,43 @@
+"""JAX implementation of the backend function set (see `keras_lrne.backend`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NAME = "jax"
+
+
+def compile(fn):
+    """Compiles `fn` with `jax.jit`; a fixed signature of arrays never retraces."""
+    return jax.jit(fn)
+
+
+def seeded_normal(seeds, salt, shape, dtype="float32"):
+    seeds = jnp.asarray(seeds, jnp.uint32)
+
+    def one(seed):
+        key = jax.random.fold_in(jax.random.key(seed), int(salt))
+        return jax.random.normal(key, tuple(shape), dtype=dtype)
+
+    return jax.vmap(one)(seeds)
+
+
+def to_numpy(x):
+    return np.asarray(jax.device_get(x))
+
+
+def device_memory_bytes():
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    try:
+        stats = device.memory_stats()
+        return int(stats.get("bytes_limit", 16 * 2**30))
+    except Exception:  # pragma: no cover - depends on the runtime
+        return 16 * 2**30
+
+
+def map_chunks(fn, stacked, out_shape, dtype="float32"):
+    """Applies `fn` to each slice along the leading axis of the arrays in `stacked`, in sequence."""
+    del out_shape, dtype
+    return jax.lax.map(lambda chunk: fn(list(chunk)), stacked)

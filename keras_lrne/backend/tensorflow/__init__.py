@@ -1,0 +1,48 @@
+"""TensorFlow implementation of the backend function set (see `keras_lrne.backend`)."""
+
+import numpy as np
+import tensorflow as tf
+
+NAME = "tensorflow"
+
+
+def compile(fn):
+    """Compiles `fn` with XLA; a fixed signature of tensors never retraces."""
+    return tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=False)
+
+
+def seeded_normal(seeds, salt, shape, dtype="float32"):
+    seeds = tf.convert_to_tensor(seeds, tf.int32)
+    salt = tf.constant(int(salt), tf.int32)
+
+    def one(seed):
+        return tf.random.stateless_normal(shape, seed=tf.stack([seed, salt]), dtype=dtype)
+
+    return tf.map_fn(
+        one, seeds, fn_output_signature=tf.TensorSpec(tuple(shape), dtype), parallel_iterations=16
+    )
+
+
+def to_numpy(x):
+    return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+
+
+def device_memory_bytes():
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    try:
+        limit = tf.config.experimental.get_device_details(gpus[0]).get("memory_limit")
+    except Exception:  # pragma: no cover - depends on the driver
+        limit = None
+    return int(limit) if limit else 16 * 2**30
+
+
+def map_chunks(fn, stacked, out_shape, dtype="float32"):
+    """Applies `fn` to each slice along the leading axis of the tensors in `stacked`, in sequence."""
+    return tf.map_fn(
+        lambda chunk: fn(list(chunk)),
+        stacked,
+        fn_output_signature=tf.TensorSpec(tuple(out_shape), dtype),
+        parallel_iterations=1,
+    )

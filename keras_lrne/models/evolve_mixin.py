@@ -1,0 +1,280 @@
+"""`EvolveMixin`: adds `evolve()` to any Keras model."""
+
+import numbers
+import time
+
+import keras
+import numpy as np
+
+from keras_lrne import backend as lrne_backend
+from keras_lrne import population as pop
+from keras_lrne.lineage import Lineage
+from keras_lrne.strategies import GA, Strategy
+from keras_lrne.tasks.base import ArrayTask, Task, as_arrays
+
+
+def _check_generations(generations):
+    if (
+        isinstance(generations, bool)
+        or not isinstance(generations, numbers.Integral)
+        or generations < 1
+    ):
+        raise ValueError(
+            "Received an invalid value for `generations`, expected an integer >= 1. "
+            f"Received: generations={generations!r}"
+        )
+
+
+def _check_optional_positive(name, value):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a positive integer or None. "
+            f"Received: {name}={value!r}"
+        )
+
+
+class _Run:
+    """Everything one `evolve()` call builds once: specs, compiled functions, data layout."""
+
+    def __init__(self, model, strategy, seed, bytes_per_sample, num_samples,
+                 population_batch_size, batch_size):
+        self.specs = pop.collect_variable_specs(
+            model, freeze_normalization=strategy.config.freeze_normalization
+        )
+        self.evolvable = [s for s in self.specs if s.evolvable]
+        if not self.evolvable:
+            raise ValueError(
+                "The model has nothing to evolve: it has no trainable variables outside "
+                "frozen normalization layers. Received: model with "
+                f"{len(model.trainable_variables)} trainable variables"
+            )
+        self.chunk_size, self.batch_size = pop.plan_chunks(
+            strategy.population_size, num_samples, bytes_per_sample,
+            population_batch_size=population_batch_size, batch_size=batch_size,
+        )
+        self.functions = pop.PopulationFunctions(
+            model, self.specs, model.loss, strategy.noise_stds(self.specs), self.chunk_size
+        )
+        self.seed = int(seed)
+        self.bytes_per_sample = bytes_per_sample
+
+
+class EvolveMixin:
+    """Adds `evolve()`, the gradient-free counterpart of `fit()`, to a Keras model.
+
+    Mix it in before the Keras base class (`class MyModel(EvolveMixin, keras.Model)`);
+    `keras_lrne.Model` and `keras_lrne.Sequential` already do.
+    """
+
+    def evolve(self, x=None, y=None, validation_data=None, strategy=None, generations=1,
+               callbacks=None, verbose="auto", seed=None, population_batch_size=None,
+               batch_size=None):
+        """Trains the model by neuroevolution, like `fit()` trains it by gradients.
+
+        Each generation (one "epoch" for callbacks) evaluates the loss given to
+        `compile()` for every member of the strategy's population in one compiled,
+        vectorised call, then lets the strategy select and mutate. Before every
+        `on_epoch_end` the model's variables hold the current elite, and after
+        `evolve()` the model holds the best member of the last generation.
+
+        Args:
+            x: input data (numpy array or tensor, with `y`), a finite `tf.data.Dataset`
+                of `(x, y)` batches, or a `keras_lrne.tasks` task such as
+                `LanguageModeling`.
+            y: targets for array input; None otherwise.
+            validation_data: `(x_val, y_val)` or a dataset of them; the elite's loss on it
+                is logged as `val_loss`. Defaults to the task's validation data.
+            strategy: a `keras_lrne.strategies.Strategy`. Defaults to
+                `GA(population_size=64, num_parents=8)`.
+            generations: number of generations (epochs), an integer >= 1.
+            callbacks: list of `keras.callbacks.Callback`.
+            verbose: "auto", 0, 1 or 2, as in `fit()`.
+            seed: integer run seed (random if None). A run is deterministic for a
+                fixed seed on one backend and machine.
+            population_batch_size: members evaluated in one vectorised call. Automatic by
+                default, from the device memory and the model's output size.
+            batch_size: samples per member per call (must divide the number of samples;
+                the largest divisor not above it is used). Automatic by default.
+
+        Returns:
+            A `keras.callbacks.History` whose `history` dict holds, per generation,
+            `loss` (the elite's), `mean_loss` and `median_loss` (over members with a
+            finite loss), `val_loss` when there is validation data, and throughput
+            (`member_evals_per_second`, plus `member_tokens_per_second` for token data).
+
+        Example:
+
+        >>> model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> history = model.evolve(
+        ...     keras_lrne.tasks.LanguageModeling(),
+        ...     strategy=keras_lrne.strategies.GA(population_size=64, num_parents=8),
+        ...     generations=20,
+        ... )
+        """
+        _check_generations(generations)
+        _check_optional_positive("population_batch_size", population_batch_size)
+        _check_optional_positive("batch_size", batch_size)
+        if strategy is None:
+            strategy = GA(population_size=64, num_parents=8)
+        if not isinstance(strategy, Strategy):
+            raise ValueError(
+                "Received an invalid value for `strategy`, expected a "
+                f"`keras_lrne.strategies.Strategy` such as `GA(...)`. Received: strategy={strategy!r}"
+            )
+        if verbose == "auto":
+            verbose = 1
+        if verbose not in (0, 1, 2):
+            raise ValueError(
+                f"Received an invalid value for `verbose`, expected 'auto', 0, 1 or 2. "
+                f"Received: verbose={verbose!r}"
+            )
+        if not getattr(self, "compiled", False) or getattr(self, "loss", None) is None:
+            raise ValueError(
+                "The model has no loss: call `model.compile(loss=...)` before `evolve()`. "
+                f"Received: loss={getattr(self, 'loss', None)!r}"
+            )
+        if isinstance(x, Task):
+            if y is not None:
+                raise ValueError(
+                    f"`y` must be None when `x` is a task. Received: y of type {type(y).__name__}"
+                )
+            task = x
+        elif x is None:
+            raise ValueError("Received no data: pass `x` (and `y`) or a task. Received: x=None")
+        else:
+            task = ArrayTask(x, y)
+        if validation_data is not None:
+            if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+                validation = as_arrays(validation_data[0], validation_data[1], "validation_data")
+            else:
+                validation = as_arrays(validation_data, None, "validation_data")
+        else:
+            validation = task.validation_data()
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
+        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(
+                "Received an invalid value for `seed`, expected a non-negative integer or "
+                f"None. Received: seed={seed!r}"
+            )
+
+        bk = lrne_backend.get()
+        x0, y0 = task.train_data(0)
+        if not self.built or not self.trainable_variables:
+            self(x0[:1], training=False)
+        run = _Run(self, strategy, seed, pop.estimate_bytes_per_member_sample(self, x0),
+                   len(x0), population_batch_size, batch_size)
+        functions = run.functions
+        strategy.bind(functions)
+        tokens_per_sample = getattr(task, "tokens_per_sample", None) or getattr(
+            task, "sequence_length", None
+        )
+
+        state = strategy.init(pop.initial_population(run.specs, seed, strategy.population_size),
+                              seed)
+        lineage = Lineage(seed, strategy.population_size,
+                          {"strategy": strategy.__class__.__name__, **strategy.get_config()})
+        self._lrne_run, self._lrne_state, self.lineage = run, state, lineage
+
+        val_arrays = None
+        if validation is not None:
+            _, val_batch = pop.plan_chunks(1, len(validation[0]), run.bytes_per_sample,
+                                           population_batch_size=1)
+            val_arrays = (pop.batch_data(validation[0], val_batch),
+                          pop.batch_data(validation[1], val_batch))
+
+        callback_list = keras.callbacks.CallbackList(
+            callbacks, add_history=True, add_progbar=verbose != 0, model=self,
+            verbose=verbose, epochs=generations, steps=1,
+        )
+        self.stop_training = False
+        callback_list.on_train_begin()
+        cached = (None, None, None)
+        logs = {}
+        for generation in range(generations):
+            callback_list.on_epoch_begin(generation)
+            callback_list.on_train_batch_begin(0)
+            xg, yg = task.train_data(generation)
+            if cached[0] is not xg:
+                cached = (xg, keras.ops.convert_to_tensor(pop.batch_data(xg, run.batch_size)),
+                          keras.ops.convert_to_tensor(pop.batch_data(yg, run.batch_size)))
+            start = time.perf_counter()
+            losses = bk.to_numpy(functions.evaluate(
+                strategy.ask(state), functions.frozen_values(),
+                functions.non_trainable_values(), cached[1], cached[2],
+            ))
+            eval_time = time.perf_counter() - start
+            state = strategy.tell(state, losses)
+            lineage.record(state.parents, state.seeds)
+            self._set_member(state.population, 0)
+            self._lrne_state = state
+            logs = self._generation_logs(state.losses, eval_time, len(xg), tokens_per_sample)
+            if val_arrays is not None:
+                logs["val_loss"] = self._elite_loss(state.population, val_arrays)
+            callback_list.on_train_batch_end(0, logs)
+            callback_list.on_epoch_end(generation, logs)
+            if self.stop_training:
+                break
+        callback_list.on_train_end(logs)
+        for callback in callback_list.callbacks:
+            if isinstance(callback, keras.callbacks.History):
+                return callback
+        return self.history
+
+    # -- helpers ----------------------------------------------------------------------
+    def _generation_logs(self, losses, eval_time, num_samples, tokens_per_sample):
+        finite = losses[np.isfinite(losses)]
+        elite = float(np.min(losses)) if losses.size else float("nan")
+        logs = {
+            "loss": elite,
+            "mean_loss": float(np.mean(finite)) if finite.size else float("nan"),
+            "median_loss": float(np.median(finite)) if finite.size else float("nan"),
+            "member_evals_per_second": len(losses) / max(eval_time, 1e-9),
+        }
+        if tokens_per_sample:
+            logs["member_tokens_per_second"] = (
+                len(losses) * num_samples * tokens_per_sample / max(eval_time, 1e-9)
+            )
+        return logs
+
+    def _elite_loss(self, population, arrays):
+        functions = self._lrne_run.functions
+        elite = [keras.ops.expand_dims(v[0], 0) for v in population]
+        loss = functions.evaluate(elite, functions.frozen_values(),
+                                  functions.non_trainable_values(), arrays[0], arrays[1])
+        return float(lrne_backend.get().to_numpy(loss)[0])
+
+    def _set_member(self, population, member):
+        variables = self.trainable_variables
+        for spec, values in zip(self._lrne_run.evolvable, population):
+            variables[spec.index].assign(values[member])
+
+    def rebuild_member(self, generation, member, assign=False):
+        """Rebuilds one member of the last `evolve()` run from the run seed and its lineage.
+
+        Args:
+            generation: population index (0 = initial population; population `g + 1` is the
+                one made after evaluating generation `g`).
+            member: member index within that population.
+            assign: also load the member into the model's variables.
+
+        Returns:
+            A list of numpy arrays, one per evolvable trainable variable, in
+            `model.trainable_variables` order.
+        """
+        run = getattr(self, "_lrne_run", None)
+        if run is None:
+            raise ValueError("`rebuild_member()` needs a model that has been evolved.")
+        root, seeds = self.lineage.chain(generation, member)
+        values = [keras.ops.convert_to_tensor(v[None]) for v in
+                  pop.initial_member(run.specs, run.seed, root)]
+        empty = np.zeros((0,), np.int32)
+        zero = np.zeros((1,), np.int32)
+        for seed in seeds:
+            values = run.functions.reproduce(values, empty, zero, np.asarray([seed], np.int32))
+        if assign:
+            self._set_member(values, 0)
+        bk = lrne_backend.get()
+        return [bk.to_numpy(v)[0] for v in values]

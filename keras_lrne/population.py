@@ -1,0 +1,369 @@
+"""Population tensors <-> model variables, and the compiled population functions.
+
+A population is a list with one tensor per *evolvable* trainable variable of a model,
+each with a leading population axis `(P, *variable.shape)`. Frozen trainable variables
+(normalization layers by default) and non-trainable variables are shared by all members.
+
+The two hot functions are compiled once per run by the active backend
+(`keras_lrne.backend`) and never retrace between generations:
+
+- `evaluate(population, frozen, non_trainable, x, y) -> losses (P,)`: a sequential map over
+  population chunks of `chunk_size` members; inside a chunk a loop over data batches, and
+  inside that one vectorised (`keras.ops.vectorized_map`) `model.stateless_call` of all the
+  chunk's members.
+- `reproduce(population, elite_idx, parent_idx, seeds) -> population`: elites copied
+  unchanged, children gathered from their parents plus seeded Gaussian noise scaled per
+  tensor.
+"""
+
+import dataclasses
+import math
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lrne import backend as lrne_backend
+
+NORMALIZATION_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "LayerNormalization",
+        "BatchNormalization",
+        "GroupNormalization",
+        "RMSNormalization",
+        "UnitNormalization",
+        "SpectralNormalization",
+    )
+    if hasattr(keras.layers, name)
+)
+
+# Bytes of device memory the evaluation of one chunk may use when nothing says otherwise.
+CPU_MEMORY_BUDGET = 512 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableSpec:
+    """How one trainable variable takes part in evolution.
+
+    Args:
+        index: position in `model.trainable_variables`.
+        path: the variable's path, e.g. `"block_0/attention/query/kernel_u"`.
+        shape: the variable's shape (without population axis).
+        dtype: the variable's dtype.
+        init_std: standard deviation of its initial distribution; mutation noise is
+            `mutation_rate * init_std` (`sqrt(mutation_rate)` for factors).
+        factor: whether the variable is a low-rank factor (U or V).
+        evolvable: False for frozen variables (normalization layers by default).
+        initializer: the Keras initializer that draws initial members, or None for
+            `N(0, init_std)`.
+    """
+
+    index: int
+    path: str
+    shape: tuple
+    dtype: str
+    init_std: float
+    factor: bool
+    evolvable: bool
+    initializer: object = None
+
+
+def kaiming_std(shape):
+    """Kaiming-normal std `sqrt(2 / fan_in)` of a shape (`fan_in = shape[0]` for vectors)."""
+    shape = tuple(int(d) for d in shape)
+    if not shape:
+        return math.sqrt(2.0)
+    fan_in = shape[0] if len(shape) == 1 else int(np.prod(shape[:-1]))
+    return math.sqrt(2.0 / max(fan_in, 1))
+
+
+def _resolve_initializer(layer, name):
+    value = getattr(layer, f"{name}_initializer", None)
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return None
+    try:
+        return keras.initializers.get(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def _is_constant_initializer(initializer):
+    return isinstance(
+        initializer,
+        (keras.initializers.Zeros, keras.initializers.Ones, keras.initializers.Constant),
+    )
+
+
+def _reseed(initializer, seed):
+    """A copy of `initializer` drawing deterministically from the integer `seed`."""
+    if initializer is None or _is_constant_initializer(initializer):
+        return initializer
+    config = initializer.get_config()
+    if "seed" not in config:
+        return initializer
+    config["seed"] = int(seed)
+    return initializer.__class__.from_config(config)
+
+
+def _empirical_std(initializer, shape, dtype):
+    size = int(np.prod(shape)) if shape else 1
+    repeats = max(1, math.ceil(4096 / max(size, 1)))
+    samples = [
+        keras.ops.convert_to_numpy(_reseed(initializer, 1234 + r)(shape, dtype=dtype))
+        for r in range(repeats)
+    ]
+    return float(np.std(np.concatenate([np.ravel(s) for s in samples])))
+
+
+def _owners(model):
+    """Maps id(variable) -> (deepest layer owning it, its short name)."""
+    owners = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for variable in layer.trainable_weights:
+            owners[id(variable)] = layer
+    return owners
+
+
+def collect_variable_specs(model, freeze_normalization=True):
+    """Describes every trainable variable of a built model (see `VariableSpec`).
+
+    Layers may implement `evolution_info()` returning
+    `{variable_name: {"init_std": float, "factor": bool}}` for the variables they own;
+    other layers' variables get the std of their Keras initializer (the Kaiming std of
+    their shape when that initializer is constant, e.g. zero biases).
+    """
+    owners = _owners(model)
+    specs = []
+    for index, variable in enumerate(model.trainable_variables):
+        layer = owners.get(id(variable))
+        name = variable.name
+        shape = tuple(int(d) for d in variable.shape)
+        dtype = str(variable.dtype)
+        info = {}
+        if layer is not None and hasattr(layer, "evolution_info"):
+            info = layer.evolution_info().get(name, {})
+        initializer = _resolve_initializer(layer, name) if layer is not None else None
+        if "init_std" in info:
+            init_std = float(info["init_std"])
+        elif initializer is not None and not _is_constant_initializer(initializer):
+            init_std = _empirical_std(initializer, shape, dtype)
+        else:
+            init_std = kaiming_std(shape)
+        if not init_std > 0 or not math.isfinite(init_std):
+            init_std = kaiming_std(shape)
+        frozen = freeze_normalization and isinstance(layer, NORMALIZATION_LAYERS)
+        specs.append(
+            VariableSpec(
+                index=index,
+                path=variable.path,
+                shape=shape,
+                dtype=dtype,
+                init_std=init_std,
+                factor=bool(info.get("factor", False)),
+                evolvable=not frozen,
+                initializer=initializer,
+            )
+        )
+    return specs
+
+
+def derive_seed(*entropy):
+    """A deterministic 31-bit seed from a sequence of non-negative integers."""
+    state = np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0]
+    return int(state & 0x7FFFFFFF)
+
+
+def initial_member(specs, seed, member):
+    """The initial values of member `member` of a run seeded with `seed` (numpy arrays).
+
+    Each evolvable variable is drawn by its own initializer, re-seeded from
+    `(seed, member, variable index)`, so members are independent initialisations and any
+    one can be re-created alone.
+    """
+    values = []
+    for spec in specs:
+        if not spec.evolvable:
+            continue
+        member_seed = derive_seed(seed, 0, member, spec.index)
+        if spec.initializer is None:
+            value = keras.random.normal(
+                spec.shape, stddev=spec.init_std, dtype=spec.dtype, seed=member_seed
+            )
+        else:
+            value = _reseed(spec.initializer, member_seed)(spec.shape, dtype=spec.dtype)
+        values.append(np.asarray(keras.ops.convert_to_numpy(value), dtype=spec.dtype))
+    return values
+
+
+def initial_population(specs, seed, population_size):
+    """Stacks `population_size` independent initial members into population tensors."""
+    members = [initial_member(specs, seed, i) for i in range(population_size)]
+    return [
+        ops.convert_to_tensor(np.stack([m[j] for m in members]))
+        for j in range(len(members[0]))
+    ]
+
+
+def largest_divisor_at_most(n, cap):
+    """The largest divisor of `n` that is <= `cap` (at least 1)."""
+    cap = max(1, min(int(cap), int(n)))
+    for d in range(cap, 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def memory_budget():
+    """Bytes one evaluation chunk may use: 1/8 of the accelerator, or 512 MiB on CPU."""
+    device = lrne_backend.get().device_memory_bytes()
+    return CPU_MEMORY_BUDGET if device is None else int(device) // 8
+
+
+def plan_chunks(population_size, num_samples, bytes_per_member_sample,
+                population_batch_size=None, batch_size=None, budget=None):
+    """Chooses (population chunk C, data batch B) so one chunk step fits the budget.
+
+    `B` always divides `num_samples`. `C` is `population_batch_size` when given; otherwise
+    a divisor of the population size when a large one exists (no padding), else the cap.
+    """
+    budget = memory_budget() if budget is None else budget
+    max_member_samples = max(1, int(budget // max(1, bytes_per_member_sample)))
+    if batch_size is None:
+        c_guess = population_batch_size or min(population_size, 16)
+        batch_size = largest_divisor_at_most(num_samples, max(1, max_member_samples // c_guess))
+    elif num_samples % batch_size:
+        batch_size = largest_divisor_at_most(num_samples, batch_size)
+    if population_batch_size is None:
+        cap = max(1, min(population_size, max_member_samples // batch_size))
+        divisor = largest_divisor_at_most(population_size, cap)
+        population_batch_size = divisor if divisor * 2 > cap else cap
+    return int(min(population_batch_size, population_size)), int(batch_size)
+
+
+def batch_data(array, batch_size):
+    """Reshapes `(N, ...)` to `(N // batch_size, batch_size, ...)`."""
+    array = np.asarray(array)
+    return array.reshape((array.shape[0] // batch_size, batch_size) + array.shape[1:])
+
+
+def mean_loss_fn(loss):
+    """A function `(y_true, y_pred) -> scalar mean loss` from what `compile()` received."""
+    fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
+
+    def mean_loss(y_true, y_pred):
+        return ops.mean(ops.cast(fn(y_true, y_pred), "float32"))
+
+    return mean_loss
+
+
+class PopulationFunctions:
+    """The compiled `evaluate` and `reproduce` functions of one model and run.
+
+    Args:
+        model: a built Keras model.
+        specs: `collect_variable_specs(model)`.
+        loss: the loss given to `compile()`.
+        noise_stds: per evolvable variable, the mutation noise std.
+        chunk_size: members evaluated together in one vectorised call.
+    """
+
+    def __init__(self, model, specs, loss, noise_stds, chunk_size):
+        self.model = model
+        self.specs = specs
+        self.chunk_size = int(chunk_size)
+        self.noise_stds = [float(s) for s in noise_stds]
+        self._loss_fn = mean_loss_fn(loss)
+        self._evolvable = [s.index for s in specs if s.evolvable]
+        self._frozen = [s.index for s in specs if not s.evolvable]
+        self.trace_counts = {"evaluate": 0, "reproduce": 0}
+        bk = lrne_backend.get()
+        self._backend = bk
+        self.evaluate = bk.compile(self._evaluate)
+        self.reproduce = bk.compile(self._reproduce)
+
+    # -- helpers -------------------------------------------------------------------
+    def frozen_values(self):
+        variables = self.model.trainable_variables
+        return [variables[i].value for i in self._frozen]
+
+    def non_trainable_values(self):
+        return [v.value for v in self.model.non_trainable_variables]
+
+    def _assemble(self, member, frozen):
+        values = [None] * len(self.specs)
+        for i, v in zip(self._evolvable, member):
+            values[i] = v
+        for i, v in zip(self._frozen, frozen):
+            values[i] = v
+        return values
+
+    # -- compiled bodies -----------------------------------------------------------
+    def _evaluate(self, population, frozen, non_trainable, x, y):
+        self.trace_counts["evaluate"] += 1
+        population = list(population)
+        size = population[0].shape[0]
+        chunk = min(self.chunk_size, size)
+        num_chunks = -(-size // chunk)
+        padded = num_chunks * chunk
+        if padded != size:
+            population = [
+                ops.concatenate([v, v[: padded - size]], axis=0) for v in population
+            ]
+        num_batches = x.shape[0]
+
+        def batch_losses(members, xb, yb):
+            def member_loss(member):
+                trainable = self._assemble(member, frozen)
+                y_pred, _ = self.model.stateless_call(
+                    trainable, non_trainable, xb, training=False
+                )
+                return self._loss_fn(yb, y_pred)
+
+            return ops.vectorized_map(member_loss, members)
+
+        def chunk_losses(members):
+            if num_batches == 1:
+                return batch_losses(members, x[0], y[0])
+
+            def body(k, total):
+                return total + batch_losses(members, x[k], y[k])
+
+            total = ops.fori_loop(0, num_batches, body, ops.zeros((chunk,), "float32"))
+            return total / num_batches
+
+        if num_chunks == 1:
+            losses = chunk_losses(population)
+        else:
+            stacked = [ops.reshape(v, (num_chunks, chunk) + tuple(v.shape[1:])) for v in population]
+            losses = self._backend.map_chunks(chunk_losses, stacked, (chunk,))
+        return ops.reshape(losses, (-1,))[:size]
+
+    def _reproduce(self, population, elite_idx, parent_idx, seeds):
+        self.trace_counts["reproduce"] += 1
+        new = []
+        for salt, (values, std) in enumerate(zip(population, self.noise_stds)):
+            elites = ops.take(values, elite_idx, axis=0)
+            parents = ops.take(values, parent_idx, axis=0)
+            noise = self._backend.seeded_normal(seeds, salt, tuple(values.shape[1:]), values.dtype)
+            new.append(ops.concatenate([elites, parents + std * noise], axis=0))
+        return new
+
+
+def estimate_bytes_per_member_sample(model, x_sample):
+    """A rough device-memory cost of evaluating one member on one sample (float32).
+
+    The output (e.g. logits) dominates for language models; it is counted four times
+    (logits, softmax, log-softmax and a temporary), inputs and a margin once more.
+    """
+    y = model(x_sample[:1], training=False)
+    out = sum(int(np.prod(t.shape[1:])) for t in keras.tree.flatten(y))
+    inp = int(np.prod(np.shape(x_sample)[1:]))
+    return 4 * (4 * out + 64 * inp) + 4096
+
+
+def warn_once(message, _seen=set()):
+    if message not in _seen:
+        _seen.add(message)
+        warnings.warn(message, stacklevel=3)
