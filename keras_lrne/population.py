@@ -312,13 +312,13 @@ class PopulationFunctions:
                 ops.concatenate([v, v[: padded - size]], axis=0) for v in population
             ]
         num_batches = x.shape[0]
+        # `stateless_call` forwards keyword arguments to `call()` as they are.
+        kwargs = {"training": False} if getattr(self.model, "_call_has_training_arg", True) else {}
 
         def batch_losses(members, xb, yb):
             def member_loss(member):
                 trainable = self._assemble(member, frozen)
-                y_pred, _ = self.model.stateless_call(
-                    trainable, non_trainable, xb, training=False
-                )
+                y_pred, _ = self.model.stateless_call(trainable, non_trainable, xb, **kwargs)
                 return self._loss_fn(yb, y_pred)
 
             return ops.vectorized_map(member_loss, members)

@@ -1,0 +1,152 @@
+"""Private corpus loaders for the language-modelling task.
+
+Every loader returns a `Corpus`: either a `tf.data.Dataset` of scalar
+`tf.string` documents (to be tokenised) or a 1-D numpy int32 stream of token
+ids (already tokenised). Nothing here touches the network unless a registered
+TFDS dataset name is given and that dataset is not prepared locally.
+"""
+
+import difflib
+import os
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+_ID_CHUNK = 65536
+
+
+class Corpus(NamedTuple):
+    """Documents (`texts`, a dataset of scalar strings) or a token `ids` stream."""
+
+    texts: "tf.data.Dataset | None" = None
+    ids: "np.ndarray | None" = None
+
+
+def load_default_corpus():
+    """The embedded offline corpus: Python's `pydoc_data.topics` English text.
+
+    Returns:
+        A list of 79 documents (one per topic, sorted by topic name).
+    """
+    from pydoc_data.topics import topics
+
+    return [topics[key] for key in sorted(topics)]
+
+
+def load_text_file(text_file):
+    """Reads a UTF-8 text file, one document per line, skipping blank lines."""
+    path = os.fspath(text_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Received an invalid value for `text_file`: no such file. Received: text_file={path!r}"
+        )
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f if line.strip()]
+
+
+def check_tfds_name(name):
+    """Raises a `ValueError` (without touching the network) for unknown names."""
+    import tensorflow_datasets as tfds
+
+    base = name.split("/")[0].split(":")[0].strip()
+    builders = sorted(set(tfds.list_builders(with_community_datasets=False)))
+    if base not in builders:
+        matches = difflib.get_close_matches(base, builders, n=5, cutoff=0.6)
+        hint = (
+            f" Did you mean: {', '.join(repr(m) for m in matches)}?"
+            if matches
+            else " See `tfds.list_builders()` for the available names."
+        )
+        raise ValueError(
+            "Received an invalid value for `data`: not a TensorFlow Datasets name."
+            f"{hint} Received: data={name!r}"
+        )
+
+
+def load_tfds(name, *, split, data_dir, text_feature, max_documents):
+    """Loads a TFDS dataset and picks its text feature.
+
+    The feature is `text_feature` if given, else the first
+    `tfds.features.Text` feature of the dataset.
+    """
+    import tensorflow_datasets as tfds
+
+    check_tfds_name(name)
+    ds, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True)
+    features = info.features
+    if text_feature is None and isinstance(features, tfds.features.FeaturesDict):
+        text_feature = next(
+            (k for k, f in features.items() if isinstance(f, tfds.features.Text)), None
+        )
+        if text_feature is None:
+            raise ValueError(
+                f"Received an invalid value for `data`: the TFDS dataset {name!r} has no "
+                f"`tfds.features.Text` feature; pass `text_feature`. Available features: "
+                f"{sorted(features.keys())}. Received: data={name!r}"
+            )
+    return dataset_corpus(ds, text_feature=text_feature, max_documents=max_documents)
+
+
+def _is_string(spec):
+    return isinstance(spec, tf.TensorSpec) and spec.dtype == tf.string
+
+
+def _is_integer(spec):
+    return isinstance(spec, (tf.TensorSpec, tf.RaggedTensorSpec)) and spec.dtype.is_integer
+
+
+def dataset_corpus(ds, *, text_feature=None, max_documents=None):
+    """Turns a `tf.data.Dataset` of strings, dicts or token ids into a `Corpus`."""
+    spec = ds.element_spec
+    if isinstance(spec, dict):
+        if text_feature is None:
+            text_feature = next((k for k, s in spec.items() if _is_string(s)), None)
+            if text_feature is None:
+                raise ValueError(
+                    "Received an invalid value for `text_feature`: the dataset's elements "
+                    "have no string feature, pass `text_feature`. Available features: "
+                    f"{sorted(spec)}. Received: text_feature=None"
+                )
+        if text_feature not in spec:
+            raise ValueError(
+                f"Received an invalid value for `text_feature`: the dataset has no feature "
+                f"named {text_feature!r}. Available features: {sorted(spec)}. "
+                f"Received: text_feature={text_feature!r}"
+            )
+        ds = ds.map(lambda e: e[text_feature], num_parallel_calls=tf.data.AUTOTUNE)
+        spec = ds.element_spec
+    elif text_feature is not None:
+        raise ValueError(
+            "Received an invalid value for `text_feature`: the dataset's elements are not "
+            f"dicts, so there is no feature to choose. Received: text_feature={text_feature!r}"
+        )
+    if max_documents is not None:
+        ds = ds.take(max_documents)
+    if _is_string(spec):
+        if spec.shape.rank != 0:
+            ds = ds.map(lambda s: tf.reshape(s, [-1])).unbatch()
+        return Corpus(texts=ds)
+    if _is_integer(spec):
+        return Corpus(ids=_collect_ids(ds, spec))
+    raise ValueError(
+        "Received an invalid value for `data`: expected a dataset of strings, of dicts with "
+        f"a text feature, or of integer token ids. Received: data with element_spec={spec}"
+    )
+
+
+def _collect_ids(ds, spec):
+    rank = spec.shape.rank
+    if isinstance(spec, tf.RaggedTensorSpec) or rank is None or rank > 1:
+        ds = ds.map(lambda t: tf.reshape(_dense(t), [-1]))
+        rank = 1
+    if rank == 1:
+        ds = ds.unbatch()
+    chunks = [np.asarray(c) for c in ds.batch(_ID_CHUNK).as_numpy_iterator()]
+    if not chunks:
+        return np.zeros((0,), dtype=np.int64)
+    return np.concatenate(chunks)
+
+
+def _dense(t):
+    return t.flat_values if isinstance(t, tf.RaggedTensor) else t

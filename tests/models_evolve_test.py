@@ -1,0 +1,289 @@
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+import keras_lrne
+from keras_lrne import layers as lrl
+from keras_lrne.lineage import Lineage
+from keras_lrne.strategies import GA
+
+
+def regression_data(n=32, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = (x @ rng.normal(size=(d, 1))).astype("float32")
+    return x, y
+
+
+def small_model(seed=0, norm=True):
+    keras.utils.set_random_seed(seed)
+    stack = [keras.Input((6,)), lrl.FactorizedDense(8, rank=2, activation="relu")]
+    if norm:
+        stack.append(keras.layers.LayerNormalization())
+    stack.append(keras.layers.Dense(1))
+    model = keras_lrne.Sequential(stack)
+    model.compile(loss="mse")
+    return model
+
+
+def evolve(model, x, y, generations=4, seed=3, **kwargs):
+    kwargs.setdefault("strategy", GA(population_size=12, num_parents=3, mutation_rate=0.1))
+    kwargs.setdefault("verbose", 0)
+    return model.evolve(x, y, generations=generations, seed=seed, **kwargs)
+
+
+def test_evolve_returns_history_with_fit_like_logs():
+    x, y = regression_data()
+    model = small_model()
+    history = evolve(model, x, y, validation_data=(x[:8], y[:8]))
+    assert isinstance(history, keras.callbacks.History)
+    assert model.history is history
+    assert history.epoch == [0, 1, 2, 3]
+    for key in ("loss", "mean_loss", "median_loss", "val_loss", "member_evals_per_second"):
+        assert len(history.history[key]) == 4, key
+    losses = history.history["loss"]
+    # Elites pass unchanged and are re-evaluated on the same data: never worse.
+    assert all(b <= a + 1e-6 for a, b in zip(losses, losses[1:]))
+    assert losses[-1] < losses[0]
+    assert all(m >= e - 1e-6 for m, e in zip(history.history["mean_loss"], losses))
+    # After evolve the model holds the elite of the last generation.
+    model_loss = float(np.mean((model.predict(x, verbose=0) - y) ** 2))
+    np.testing.assert_allclose(model_loss, losses[-1], rtol=1e-4)
+    val = float(np.mean((model.predict(x[:8], verbose=0) - y[:8]) ** 2))
+    np.testing.assert_allclose(val, history.history["val_loss"][-1], rtol=1e-4)
+
+
+def test_same_seed_same_run_different_seed_different_run():
+    x, y = regression_data()
+    a = evolve(small_model(), x, y, seed=11).history["loss"]
+    b = evolve(small_model(), x, y, seed=11).history["loss"]
+    c = evolve(small_model(), x, y, seed=12).history["loss"]
+    assert a == b
+    assert a != c
+
+
+def test_no_retrace_between_generations():
+    x, y = regression_data()
+    model = small_model()
+    evolve(model, x, y, generations=1, validation_data=(x, y))
+    counts_after_one = dict(model._lrne_run.functions.trace_counts)
+
+    model2 = small_model()
+    evolve(model2, x, y, generations=5, validation_data=(x, y))
+    assert model2._lrne_run.functions.trace_counts == counts_after_one
+    assert counts_after_one["reproduce"] == 1
+    # One trace for the population, one for the validation of the single elite.
+    assert counts_after_one["evaluate"] == 2
+
+
+def test_population_chunks_give_the_same_losses():
+    x, y = regression_data()
+    strategy = GA(population_size=10, num_parents=2, mutation_rate=0.1)
+    full = evolve(small_model(), x, y, strategy=strategy, population_batch_size=10,
+                  batch_size=32).history["mean_loss"]
+    chunked = evolve(small_model(), x, y, strategy=strategy, population_batch_size=3,
+                     batch_size=8).history["mean_loss"]
+    np.testing.assert_allclose(full, chunked, rtol=1e-4)
+
+
+def test_layer_norm_is_frozen_and_initial_members_differ():
+    x, y = regression_data()
+    model = small_model()
+    evolve(model, x, y, generations=3)
+    norm = model.layers[1]
+    np.testing.assert_array_equal(norm.gamma.numpy(), np.ones(8))
+    np.testing.assert_array_equal(norm.beta.numpy(), np.zeros(8))
+    run = model._lrne_run
+    assert [s.path.split("/")[-1] for s in run.evolvable] == ["kernel_u", "kernel_v", "bias",
+                                                              "kernel", "bias"]
+    first = model.rebuild_member(0, 0)
+    second = model.rebuild_member(0, 1)
+    assert not np.allclose(first[0], second[0])
+
+
+def test_mutation_noise_is_scaled_by_init_std():
+    x, y = regression_data()
+    model = small_model(norm=False)
+    strategy = GA(population_size=400, num_parents=1, mutation_rate=0.01)
+    evolve(model, x, y, generations=1, strategy=strategy, population_batch_size=100)
+    run, state = model._lrne_run, model._lrne_state
+    parent = model.rebuild_member(0, int(state.parents[0]))
+    for spec, values in zip(run.evolvable, state.population):
+        children = keras.ops.convert_to_numpy(values)[1:]
+        noise = (children - np.asarray(parent[run.evolvable.index(spec)])[None]).ravel()
+        rate = 0.1 if spec.factor else 0.01
+        np.testing.assert_allclose(np.std(noise), rate * spec.init_std, rtol=0.1)
+    assert [s.factor for s in run.evolvable] == [True, True, False, False, False]
+
+
+def test_rebuild_member_is_exact_and_lineage_round_trips():
+    x, y = regression_data()
+    model = small_model()
+    evolve(model, x, y, generations=4)
+    state = model._lrne_state
+    population = [keras.ops.convert_to_numpy(v) for v in state.population]
+    assert model.lineage.num_generations == 5
+    for member in (0, 5, 11):
+        rebuilt = model.rebuild_member(4, member)
+        for values, r in zip(population, rebuilt):
+            np.testing.assert_array_equal(values[member], r)
+    data = model.lineage.to_bytes()
+    copy = Lineage.from_bytes(data)
+    assert copy.chain(4, 7) == model.lineage.chain(4, 7)
+    assert copy.settings["num_parents"] == 3
+    with pytest.raises(ValueError, match="generation"):
+        model.lineage.chain(9, 0)
+
+
+class SqrtShift(keras.layers.Layer):
+    """Adds sqrt(b): NaN for every member whose scalar weight b is negative."""
+
+    def build(self, input_shape):
+        self.b = self.add_weight(shape=(1,), initializer=keras.initializers.RandomNormal())
+
+    def call(self, inputs):
+        return inputs + ops.sqrt(self.b)
+
+
+def test_nan_loss_members_never_crash_or_become_elite():
+    x, y = regression_data()
+    keras.utils.set_random_seed(1)
+    model = keras_lrne.Sequential([keras.Input((6,)), keras.layers.Dense(1), SqrtShift()])
+    model.compile(loss="mse")
+    history = evolve(model, x, y, generations=3,
+                     strategy=GA(population_size=16, num_parents=2, mutation_rate=0.5))
+    losses = model._lrne_state.losses
+    assert np.isnan(losses).sum() == 0  # sanitized to +inf
+    assert np.isinf(losses).sum() > 0  # some members did produce NaN
+    assert all(np.isfinite(history.history["loss"]))
+    assert all(np.isfinite(history.history["mean_loss"]))
+    assert model.layers[-1].b.numpy()[0] >= 0  # the elite is a finite member
+
+
+def test_callbacks_see_the_elite_and_can_stop(tmp_path):
+    x, y = regression_data()
+    model = small_model()
+    seen = []
+
+    class Check(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            loss = float(np.mean((self.model.predict(x, verbose=0) - y) ** 2))
+            seen.append((loss, logs["loss"]))
+            if epoch == 2:
+                self.model.stop_training = True
+
+    csv_path = tmp_path / "log.csv"
+    ckpt = tmp_path / "best.keras"
+    callbacks = [
+        Check(),
+        keras.callbacks.CSVLogger(str(csv_path)),
+        keras.callbacks.ModelCheckpoint(str(ckpt), monitor="loss", save_best_only=True),
+        keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+    ]
+    history = evolve(model, x, y, generations=10, callbacks=callbacks)
+    assert len(history.epoch) == 3
+    for model_loss, logged in seen:
+        np.testing.assert_allclose(model_loss, logged, rtol=1e-4)
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == 3 and {"epoch", "loss", "mean_loss", "median_loss"} <= set(rows[0])
+    restored = keras.saving.load_model(str(ckpt))
+    assert isinstance(restored, keras_lrne.Sequential)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5)
+    assert any(f.startswith("events") for _, _, files in os.walk(tmp_path / "tb") for f in files)
+
+
+def test_early_stopping():
+    x, y = regression_data()
+    model = small_model()
+    stopper = keras.callbacks.EarlyStopping(monitor="loss", min_delta=1e6, patience=1)
+    history = evolve(model, x, y, generations=10, callbacks=[stopper])
+    assert len(history.epoch) == 2
+
+
+def test_progress_bar(capsys):
+    x, y = regression_data()
+    evolve(small_model(), x, y, generations=2, verbose=1)
+    out = capsys.readouterr().out
+    assert "Epoch 1/2" in out and "Epoch 2/2" in out and "mean_loss" in out
+
+
+def test_tf_data_and_functional_and_subclassed_models():
+    x, y = regression_data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    inputs = keras.Input((6,))
+    outputs = keras.layers.Dense(1)(lrl.FactorizedDense(4, rank=2)(inputs))
+    functional = keras_lrne.Model(inputs, outputs)
+    functional.compile(loss="mse")
+    history = functional.evolve(dataset, strategy=GA(8, 2), generations=2, seed=0, verbose=0)
+    assert len(history.history["loss"]) == 2
+
+    class MyModel(keras_lrne.EvolveMixin, keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = MyModel()
+    model.compile(loss="mse")
+    history = model.evolve(x, y, strategy=GA(8, 2), generations=2, seed=0, verbose=0)
+    assert history.history["loss"][-1] <= history.history["loss"][0]
+
+
+def test_token_data_logs_member_tokens_per_second():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, size=(8, 5)).astype("int32")
+    y = np.roll(x, -1, axis=1)
+    model = keras_lrne.Sequential([
+        keras.Input((5,), dtype="int32"),
+        lrl.FactorizedEmbedding(20, 8, rank=2),
+        keras.layers.Dense(20),
+    ])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = evolve(model, x, y, generations=2)
+    assert history.history["member_tokens_per_second"][0] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"generations": 0}, "`generations`"),
+        ({"generations": 2.5}, "`generations`"),
+        ({"strategy": "ga"}, "`strategy`"),
+        ({"verbose": 3}, "`verbose`"),
+        ({"seed": -1}, "`seed`"),
+        ({"population_batch_size": 0}, "`population_batch_size`"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    x, y = regression_data()
+    model = small_model()
+    kwargs = {"generations": 1, "verbose": 0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        model.evolve(x, y, **kwargs)
+
+
+def test_missing_loss_nothing_evolvable_and_empty_data():
+    x, y = regression_data()
+    model = keras_lrne.Sequential([keras.Input((6,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="compile"):
+        model.evolve(x, y, generations=1, verbose=0)
+    frozen = keras_lrne.Sequential([keras.Input((6,)), keras.layers.LayerNormalization()])
+    frozen.compile(loss="mse")
+    with pytest.raises(ValueError, match="nothing to evolve"):
+        frozen.evolve(x, y[:, :1].repeat(6, 1), strategy=GA(4, 1), generations=1, verbose=0)
+    model.compile(loss="mse")
+    with pytest.raises(ValueError, match="empty"):
+        model.evolve(x[:0], y[:0], generations=1, verbose=0)
+    empty = tf.data.Dataset.from_tensor_slices((x[:0], y[:0])).batch(4)
+    with pytest.raises(ValueError, match="empty"):
+        model.evolve(empty, generations=1, verbose=0)
+    with pytest.raises(ValueError, match="targets"):
+        model.evolve(x, generations=1, verbose=0)
