@@ -1,3 +1,22 @@
-"""keras-lrne: low-rank neuroevolution for Keras."""
+"""keras-lrne: low-rank neuroevolution for Keras.
+
+Train Keras models with a compiled, population-batched genetic algorithm; factorized
+layers store each weight matrix as two low-rank factors (Garbus & Pollack, 2025).
+"""
+
+from keras_lrne import layers, presets, strategies, tasks
+from keras_lrne.lineage import Lineage
+from keras_lrne.models import EvolveMixin, Model, Sequential
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "EvolveMixin",
+    "Lineage",
+    "Model",
+    "Sequential",
+    "layers",
+    "presets",
+    "strategies",
+    "tasks",
+]

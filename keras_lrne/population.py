@@ -18,13 +18,13 @@ The two hot functions are compiled once per run by the active backend
 
 import dataclasses
 import math
-import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
+from keras_lrne.layers._init import initializer_std, kaiming_std
 
 NORMALIZATION_LAYERS = tuple(
     getattr(keras.layers, name)
@@ -70,15 +70,6 @@ class VariableSpec:
     initializer: object = None
 
 
-def kaiming_std(shape):
-    """Kaiming-normal std `sqrt(2 / fan_in)` of a shape (`fan_in = shape[0]` for vectors)."""
-    shape = tuple(int(d) for d in shape)
-    if not shape:
-        return math.sqrt(2.0)
-    fan_in = shape[0] if len(shape) == 1 else int(np.prod(shape[:-1]))
-    return math.sqrt(2.0 / max(fan_in, 1))
-
-
 def _resolve_initializer(layer, name):
     value = getattr(layer, f"{name}_initializer", None)
     if value is None or (isinstance(value, str) and value == "auto"):
@@ -105,16 +96,6 @@ def _reseed(initializer, seed):
         return initializer
     config["seed"] = int(seed)
     return initializer.__class__.from_config(config)
-
-
-def _empirical_std(initializer, shape, dtype):
-    size = int(np.prod(shape)) if shape else 1
-    repeats = max(1, math.ceil(4096 / max(size, 1)))
-    samples = [
-        keras.ops.convert_to_numpy(_reseed(initializer, 1234 + r)(shape, dtype=dtype))
-        for r in range(repeats)
-    ]
-    return float(np.std(np.concatenate([np.ravel(s) for s in samples])))
 
 
 def _owners(model):
@@ -145,14 +126,17 @@ def collect_variable_specs(model, freeze_normalization=True):
         if layer is not None and hasattr(layer, "evolution_info"):
             info = layer.evolution_info().get(name, {})
         initializer = _resolve_initializer(layer, name) if layer is not None else None
+        # Constant-initialised biases use the Kaiming std of their size, whatever their
+        # layout (MultiHeadAttention keeps (heads, key_dim) biases).
+        kaiming = kaiming_std((int(np.prod(shape)),) if "bias" in name else shape)
         if "init_std" in info:
             init_std = float(info["init_std"])
         elif initializer is not None and not _is_constant_initializer(initializer):
-            init_std = _empirical_std(initializer, shape, dtype)
+            init_std = initializer_std(initializer, shape)
         else:
-            init_std = kaiming_std(shape)
+            init_std = kaiming
         if not init_std > 0 or not math.isfinite(init_std):
-            init_std = kaiming_std(shape)
+            init_std = kaiming
         frozen = freeze_normalization and isinstance(layer, NORMALIZATION_LAYERS)
         specs.append(
             VariableSpec(
@@ -361,9 +345,3 @@ def estimate_bytes_per_member_sample(model, x_sample):
     out = sum(int(np.prod(t.shape[1:])) for t in keras.tree.flatten(y))
     inp = int(np.prod(np.shape(x_sample)[1:]))
     return 4 * (4 * out + 64 * inp) + 4096
-
-
-def warn_once(message, _seen=set()):
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=3)

@@ -189,7 +189,8 @@ def test_callbacks_see_the_elite_and_can_stop(tmp_path):
     assert len(history.epoch) == 3
     for model_loss, logged in seen:
         np.testing.assert_allclose(model_loss, logged, rtol=1e-4)
-    rows = list(csv.DictReader(open(csv_path)))
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {"epoch", "loss", "mean_loss", "median_loss"} <= set(rows[0])
     restored = keras.saving.load_model(str(ckpt))
     assert isinstance(restored, keras_lrne.Sequential)

@@ -21,7 +21,7 @@ def get():
     """Returns the backend module matching `keras.config.backend()`."""
     global _MODULE
     name = keras.config.backend()
-    if _MODULE is None or _MODULE.NAME != name:
+    if _MODULE is None or name != _MODULE.NAME:
         if name == "tensorflow":
             from keras_lrne.backend import tensorflow as module
         elif name == "jax":

@@ -120,8 +120,8 @@ class EvolveMixin:
             strategy = GA(population_size=64, num_parents=8)
         if not isinstance(strategy, Strategy):
             raise ValueError(
-                "Received an invalid value for `strategy`, expected a "
-                f"`keras_lrne.strategies.Strategy` such as `GA(...)`. Received: strategy={strategy!r}"
+                "Received an invalid value for `strategy`, expected a `keras_lrne.strategies."
+                f"Strategy` such as `GA(...)`. Received: strategy={strategy!r}"
             )
         if verbose == "auto":
             verbose = 1
@@ -161,7 +161,7 @@ class EvolveMixin:
             )
 
         bk = lrne_backend.get()
-        x0, y0 = task.train_data(0)
+        x0, _ = task.train_data(0)
         if not self.built or not self.trainable_variables:
             self(x0[:1], training=False)
         run = _Run(self, strategy, seed, pop.estimate_bytes_per_member_sample(self, x0),

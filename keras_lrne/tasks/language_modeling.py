@@ -231,7 +231,7 @@ class LanguageModeling(Task):
                 )
         else:
             # Keras raises `ValueError` for every invalid argument value.
-            raise ValueError(  # noqa: TRY004
+            raise ValueError(
                 "Received an invalid value for `tokenizer`, expected one of "
                 '"word", "character" or a `keras.layers.TextVectorization`. '
                 f"Received: tokenizer={tokenizer!r}"
@@ -247,7 +247,7 @@ class LanguageModeling(Task):
         if max_documents is not None:
             _check_positive_int("max_documents", max_documents)
         if not isinstance(fresh_batch, (bool, np.bool_)):
-            raise ValueError(  # noqa: TRY004
+            raise ValueError(
                 "Received an invalid value for `fresh_batch`, expected a boolean. "
                 f"Received: fresh_batch={fresh_batch!r}"
             )

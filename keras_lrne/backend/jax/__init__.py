@@ -38,6 +38,6 @@ def device_memory_bytes():
 
 
 def map_chunks(fn, stacked, out_shape, dtype="float32"):
-    """Applies `fn` to each slice along the leading axis of the arrays in `stacked`, in sequence."""
+    """Applies `fn` to the slices along the leading axis of `stacked`, in sequence."""
     del out_shape, dtype
     return jax.lax.map(lambda chunk: fn(list(chunk)), stacked)

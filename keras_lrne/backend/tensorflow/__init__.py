@@ -39,7 +39,7 @@ def device_memory_bytes():
 
 
 def map_chunks(fn, stacked, out_shape, dtype="float32"):
-    """Applies `fn` to each slice along the leading axis of the tensors in `stacked`, in sequence."""
+    """Applies `fn` to the slices along the leading axis of `stacked`, in sequence."""
     return tf.map_fn(
         lambda chunk: fn(list(chunk)),
         stacked,

@@ -1,0 +1,158 @@
+"""`TiedEmbedding`: a full (unfactorized) embedding with a tied output head."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_lrne.layers import _init
+
+
+@keras.saving.register_keras_serializable(package="keras_lrne")
+class TiedEmbedding(keras.layers.Embedding):
+    """`keras.layers.Embedding` with a tied output head and output bias.
+
+    The unfactorized, direct-encoding baseline of `FactorizedEmbedding`.
+    `call(ids)` is the ordinary embedding lookup; `attend(x)` (or
+    `call(x, reverse=True)`) computes the tied logits
+    `x @ embeddings.T (+ output_bias)`. `build` creates `embeddings` and then
+    `output_bias`.
+
+    Reference: Garbus & Pollack, "Low Rank Factorizations are Indirect Encodings
+    for Deep Neuroevolution" (arXiv 2504.03037, 2025): unfactorized embedding
+    N(0, 1), output-head bias N(0, 2).
+
+    Args:
+        input_dim: Positive integer, vocabulary size.
+        output_dim: Positive integer, embedding dimension.
+        use_output_bias: Boolean, whether `attend` adds a trainable
+            `output_bias` of shape `(input_dim,)`.
+        embeddings_initializer: Initializer of `embeddings`; defaults to N(0, 1).
+        output_bias_initializer: Initializer of `output_bias`; defaults to
+            N(0, 2) (stddev `sqrt(2)`).
+        **kwargs: Other `keras.layers.Embedding` keyword arguments.
+
+    Call arguments:
+        inputs: Integer token ids, or (with `reverse=True`) a float tensor of
+            shape `(..., output_dim)`.
+        reverse: Boolean. `False` embeds ids; `True` runs the tied output head.
+
+    Returns:
+        `(..., output_dim)` embeddings, or `(..., input_dim)` logits when
+        `reverse=True`.
+
+    Example:
+
+    >>> emb = TiedEmbedding(100, 16)
+    >>> h = emb(keras.ops.zeros((2, 7), dtype="int32"))
+    >>> emb.attend(h).shape
+    (2, 7, 100)
+    """
+
+    def __init__(
+        self,
+        input_dim,
+        output_dim,
+        use_output_bias=True,
+        embeddings_initializer=None,
+        output_bias_initializer=None,
+        **kwargs,
+    ):
+        input_dim = _init.validate_positive_int("input_dim", input_dim)
+        output_dim = _init.validate_positive_int("output_dim", output_dim)
+        if embeddings_initializer is None:
+            embeddings_initializer = keras.initializers.RandomNormal(stddev=1.0)
+        super().__init__(
+            input_dim, output_dim, embeddings_initializer=embeddings_initializer, **kwargs
+        )
+        self.use_output_bias = _init.validate_bool("use_output_bias", use_output_bias)
+        if output_bias_initializer is None:
+            output_bias_initializer = keras.initializers.RandomNormal(stddev=math.sqrt(2.0))
+        self.output_bias_initializer = keras.initializers.get(output_bias_initializer)
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        super().build(input_shape)
+        if self.use_output_bias:
+            self.output_bias = self.add_weight(
+                name="output_bias",
+                shape=(self.input_dim,),
+                initializer=self.output_bias_initializer,
+            )
+        else:
+            self.output_bias = None
+
+    @property
+    def variable_serialization_spec(self):
+        # Save/load `output_bias` after the variables Keras' Embedding stores.
+        spec = {mode: list(names) for mode, names in super().variable_serialization_spec.items()}
+        if self.use_output_bias:
+            for names in spec.values():
+                names.append("output_bias")
+        return spec
+
+    def call(self, inputs, reverse=False):
+        if not reverse:
+            return super().call(inputs)
+        x = ops.cast(inputs, self.compute_dtype)
+        table = ops.cast(self.embeddings, self.compute_dtype)
+        logits = ops.matmul(x, ops.transpose(table))
+        if self.output_bias is not None:
+            logits = ops.add(logits, ops.cast(self.output_bias, self.compute_dtype))
+        return logits
+
+    def attend(self, inputs):
+        """Tied output head: `inputs @ embeddings.T (+ output_bias)`.
+
+        Runs as a normal layer call (`self(inputs, reverse=True)`), so it is
+        recorded in functional models and survives `.keras` save/load.
+        """
+        return self(inputs, reverse=True)
+
+    def compute_output_shape(self, input_shape, reverse=False):
+        if reverse:
+            return tuple(input_shape)[:-1] + (self.input_dim,)
+        return tuple(input_shape) + (self.output_dim,)
+
+    def compute_output_spec(self, inputs, reverse=False):
+        shape = self.compute_output_shape(inputs.shape, reverse=reverse)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
+    def evolution_info(self):
+        """Mutation metadata for this layer's own trainable variables.
+
+        Returns:
+            Dict `{variable_name: {"init_std": float, "factor": False}}` for
+            `embeddings` and, if used, `output_bias`.
+        """
+        if not self.built:
+            raise ValueError(
+                f"Layer '{self.name}' must be built before calling `evolution_info()`."
+            )
+        info = {
+            "embeddings": {
+                "init_std": _init.initializer_std(
+                    self.embeddings_initializer, (self.input_dim, self.output_dim)
+                ),
+                "factor": False,
+            }
+        }
+        if self.output_bias is not None:
+            info["output_bias"] = {
+                "init_std": _init.initializer_std(self.output_bias_initializer, (self.input_dim,)),
+                "factor": False,
+            }
+        return info
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "use_output_bias": self.use_output_bias,
+                "output_bias_initializer": keras.initializers.serialize(
+                    self.output_bias_initializer
+                ),
+            }
+        )
+        return config
