@@ -265,7 +265,7 @@ class PopulationFunctions:
         bk = lrne_backend.get()
         self._backend = bk
         self.evaluate = bk.compile(self._evaluate)
-        self.reproduce = bk.compile(self._reproduce)
+        self.reproduce = bk.compile_random(self._reproduce)
 
     # -- helpers -------------------------------------------------------------------
     def frozen_values(self):
@@ -326,12 +326,21 @@ class PopulationFunctions:
 
     def _reproduce(self, population, elite_idx, parent_idx, seeds):
         self.trace_counts["reproduce"] += 1
-        new = []
-        for salt, (values, std) in enumerate(zip(population, self.noise_stds)):
+        # One seeded draw of all of a child's parameters at once: row `i` of the noise
+        # depends only on `seeds[i]`, so any child can be re-created alone.
+        shapes = [tuple(v.shape[1:]) for v in population]
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        stds = np.concatenate(
+            [np.full((size,), std, "float32") for size, std in zip(sizes, self.noise_stds)]
+        )
+        noise = self._backend.seeded_normal(seeds, 0, (sum(sizes),), "float32") * stds
+        new, offset = [], 0
+        for values, shape, size in zip(population, shapes, sizes):
+            piece = ops.reshape(noise[:, offset : offset + size], (-1, *shape))
+            offset += size
             elites = ops.take(values, elite_idx, axis=0)
             parents = ops.take(values, parent_idx, axis=0)
-            noise = self._backend.seeded_normal(seeds, salt, tuple(values.shape[1:]), values.dtype)
-            new.append(ops.concatenate([elites, parents + std * noise], axis=0))
+            new.append(ops.concatenate([elites, parents + ops.cast(piece, values.dtype)], 0))
         return new
 
 

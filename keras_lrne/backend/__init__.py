@@ -5,6 +5,9 @@ the small function set every backend module provides:
 
 - `compile(fn)`: compile a pure function of tensors (XLA via `tf.function(jit_compile=True)`
   on TensorFlow, `jax.jit` on JAX).
+- `compile_random(fn)`: compile a function dominated by random-number generation (the
+  fastest way for the backend; not XLA on TensorFlow CPU).
+- `map_chunks(fn, stacked, out_shape)`: a sequential map over the leading axis.
 - `seeded_normal(seeds, salt, shape, dtype)`: one standard-normal tensor of `shape` per
   entry of the int32 vector `seeds`, stacked to `(len(seeds), *shape)`; the values of row
   `i` depend only on `(seeds[i], salt)`, so any member's noise can be regenerated alone.

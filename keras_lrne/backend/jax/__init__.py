@@ -12,6 +12,11 @@ def compile(fn):
     return jax.jit(fn)
 
 
+def compile_random(fn):
+    """Compiles a function dominated by random-number generation (`jax.jit` too)."""
+    return jax.jit(fn)
+
+
 def seeded_normal(seeds, salt, shape, dtype="float32"):
     seeds = jnp.asarray(seeds, jnp.uint32)
 

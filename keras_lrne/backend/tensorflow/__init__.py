@@ -11,12 +11,24 @@ def compile(fn):
     return tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=False)
 
 
+def compile_random(fn):
+    """Compiles a function dominated by random-number generation.
+
+    TensorFlow's own multi-threaded Philox kernels are 3-30x faster on CPU than XLA's
+    (measured: 2.1 M normals in 16 ms vs 41-490 ms), so this is a graph function
+    without XLA; it still never retraces for a fixed signature.
+    """
+    return tf.function(fn, jit_compile=False, autograph=False, reduce_retracing=False)
+
+
 def seeded_normal(seeds, salt, shape, dtype="float32"):
     seeds = tf.convert_to_tensor(seeds, tf.int32)
     salt = tf.constant(int(salt), tf.int32)
 
     def one(seed):
-        return tf.random.stateless_normal(shape, seed=tf.stack([seed, salt]), dtype=dtype)
+        return tf.random.stateless_normal(
+            shape, seed=tf.stack([seed, salt]), dtype=dtype, alg="philox"
+        )
 
     return tf.map_fn(
         one, seeds, fn_output_signature=tf.TensorSpec(tuple(shape), dtype), parallel_iterations=16
