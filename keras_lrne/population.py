@@ -333,7 +333,12 @@ class PopulationFunctions:
         stds = np.concatenate(
             [np.full((size,), std, "float32") for size, std in zip(sizes, self.noise_stds)]
         )
-        noise = self._backend.seeded_normal(seeds, 0, (sum(sizes),), "float32") * stds
+        # Bit-exact rebuilds: barriers keep the compiler from contracting the noise
+        # generation, the scaling and the add into fused multiply-adds, which it does
+        # differently for different population sizes.
+        barrier = self._backend.barrier
+        noise = barrier(self._backend.seeded_normal(seeds, 0, (sum(sizes),), "float32"))
+        noise = barrier(noise * stds)
         new, offset = [], 0
         for values, shape, size in zip(population, shapes, sizes):
             piece = ops.reshape(noise[:, offset : offset + size], (-1, *shape))

@@ -11,6 +11,8 @@ the small function set every backend module provides:
 - `seeded_normal(seeds, salt, shape, dtype)`: one standard-normal tensor of `shape` per
   entry of the int32 vector `seeds`, stacked to `(len(seeds), *shape)`; the values of row
   `i` depend only on `(seeds[i], salt)`, so any member's noise can be regenerated alone.
+- `barrier(x)`: keeps the compiler from fusing across `x`, so results do not depend on
+  the shapes a function was compiled for.
 - `to_numpy(x)`: a host copy (waits for the device).
 - `device_memory_bytes()`: memory of the default accelerator, or None on CPU.
 """

@@ -17,6 +17,13 @@ def compile_random(fn):
     return jax.jit(fn)
 
 
+def barrier(x):
+    """Stops XLA from fusing across `x` (no fused multiply-add through it), so a
+    computation gives bit-identical results whatever the population size it was
+    compiled for."""
+    return jax.lax.optimization_barrier(x)
+
+
 def seeded_normal(seeds, salt, shape, dtype="float32"):
     seeds = jnp.asarray(seeds, jnp.uint32)
 

@@ -21,6 +21,11 @@ def compile_random(fn):
     return tf.function(fn, jit_compile=False, autograph=False, reduce_retracing=False)
 
 
+def barrier(x):
+    """No-op: random functions are not XLA-compiled on TensorFlow (see `compile_random`)."""
+    return x
+
+
 def seeded_normal(seeds, salt, shape, dtype="float32"):
     seeds = tf.convert_to_tensor(seeds, tf.int32)
     salt = tf.constant(int(salt), tf.int32)
