@@ -1,0 +1,274 @@
+"""The `keras-lrne` command line.
+
+`keras-lrne lm` runs the paper's language-modelling experiment (offline on the embedded
+corpus by default); `keras-lrne lm --compare` runs its three variants side by side.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+VARIANTS = ("factorized", "full", "small")
+
+# The paper's LM settings (PAPER.md), selected with `--paper`.
+PAPER_SETTINGS = {
+    "population": 512,
+    "parents": 16,
+    "generations": 300,
+    "sequence_length": 128,
+    "num_sequences": 1024,
+}
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, received {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-lrne",
+        description="Low-rank neuroevolution for Keras: evolve models with a compiled, "
+        "population-batched genetic algorithm.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    lm = commands.add_parser(
+        "lm",
+        help="evolve the paper's transformer language model",
+        description="Evolve the paper's 3-block transformer LM (Garbus & Pollack, 2025). "
+        "With no arguments it runs offline on the embedded corpus (Python's pydoc topics) "
+        "at a CPU-sized scale; --paper selects the paper's population and data sizes.",
+    )
+    lm.add_argument("--variant", choices=VARIANTS, default="factorized",
+                    help="factorized (low-rank), full (same shape, unfactorized) or small "
+                    "(narrow unfactorized baseline). Default: factorized")
+    lm.add_argument("--compare", action="store_true",
+                    help="run all three variants with the same seed, data and budget and "
+                    "write a comparison table and plot")
+    lm.add_argument("--rank", type=_positive_int, default=4,
+                    help="rank of the attention and feed-forward factors (paper: 4 or 1)")
+    lm.add_argument("--embed-rank", type=_positive_int, default=32,
+                    help="rank of the token-embedding factors (paper: 32 or 4)")
+    lm.add_argument("--population", type=_positive_int, default=32,
+                    help="population size (paper: 512). Default: 32")
+    lm.add_argument("--parents", type=_positive_int, default=4,
+                    help="truncation size, survivors per generation (paper: 16). Default: 4")
+    lm.add_argument("--generations", type=_positive_int, default=100,
+                    help="generations (paper: 300). Default: 100")
+    lm.add_argument("--mutation-rate", type=_positive_float, default=0.01,
+                    help="relative mutation std of full tensors (factors use its square "
+                    "root). Default: 0.01")
+    lm.add_argument("--dataset", default=None,
+                    help="a TensorFlow Datasets name with a text feature (tiny_shakespeare, "
+                    "lm1b, ...). Default: the embedded offline corpus")
+    lm.add_argument("--text-file", default=None,
+                    help="a local UTF-8 text file, one document per line (e.g. TinyStories)")
+    lm.add_argument("--max-documents", type=_positive_int, default=None,
+                    help="use only the first N documents (the paper used 1024 stories)")
+    lm.add_argument("--tokenizer", choices=("word", "character"), default="word")
+    lm.add_argument("--vocab-size", type=_positive_int, default=2048,
+                    help="vocabulary size of the tokenizer (paper: 2048). Default: 2048")
+    lm.add_argument("--sequence-length", type=_positive_int, default=64,
+                    help="tokens per sequence (paper: 128). Default: 64")
+    lm.add_argument("--num-sequences", type=_positive_int, default=32,
+                    help="sequences every member is evaluated on (paper: 1024). Default: 32")
+    lm.add_argument("--fresh-batch", action="store_true",
+                    help="draw new sequences every generation instead of a fixed sample")
+    lm.add_argument("--paper", action="store_true",
+                    help="use the paper's sizes: population 512, parents 16, 300 "
+                    "generations, 1024 sequences of 128 tokens (needs a GPU)")
+    lm.add_argument("--population-batch-size", type=_positive_int, default=None,
+                    help="members per vectorised call (automatic by default)")
+    lm.add_argument("--seed", type=_non_negative_int, default=0, help="run seed. Default: 0")
+    lm.add_argument("--output", default=os.path.join("lrne_output", "lm"),
+                    help="output directory. Default: lrne_output/lm")
+    lm.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                    help="0 silent, 1 progress bar, 2 one line per generation")
+    return parser
+
+
+def _apply_paper_settings(args, argv):
+    if not args.paper:
+        return
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    for key, value in PAPER_SETTINGS.items():
+        if f"--{key.replace('_', '-')}" not in given:
+            setattr(args, key, value)
+
+
+def _make_task(args):
+    from keras_lrne.tasks import LanguageModeling
+
+    return LanguageModeling(
+        args.dataset,
+        text_file=args.text_file,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        sequence_length=args.sequence_length,
+        num_sequences=args.num_sequences,
+        fresh_batch=args.fresh_batch,
+        max_documents=args.max_documents,
+        seed=args.seed,
+    )
+
+
+def _run_variant(args, task, variant, output):
+    import keras
+
+    import keras_lrne
+
+    os.makedirs(output, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    model = keras_lrne.presets.language_model(
+        variant,
+        vocab_size=task.vocab_size,
+        sequence_length=args.sequence_length,
+        rank=args.rank,
+        embed_rank=args.embed_rank,
+    )
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    strategy = keras_lrne.strategies.GA(
+        population_size=args.population,
+        num_parents=args.parents,
+        mutation_rate=args.mutation_rate,
+    )
+    params = int(model.count_params())
+    print(f"[keras-lrne] {variant}: {params:,} parameters, {strategy}", flush=True)
+    start = time.perf_counter()
+    history = model.evolve(
+        task,
+        strategy=strategy,
+        generations=args.generations,
+        seed=args.seed,
+        verbose=args.verbose,
+        population_batch_size=args.population_batch_size,
+        callbacks=[keras.callbacks.CSVLogger(os.path.join(output, "history.csv"))],
+    )
+    wall = time.perf_counter() - start
+
+    from keras_lrne.plotting import plot_histories
+
+    plot_histories({variant: history.history}, os.path.join(output, "loss.png"),
+                   title=f"keras-lrne lm ({variant})")
+    model.save(os.path.join(output, "model.keras"))
+    model.export(os.path.join(output, "saved_model"), format="tf_saved_model", verbose=False)
+    with open(os.path.join(output, "lineage.npz"), "wb") as f:
+        f.write(model.lineage.to_bytes())
+    logs = history.history
+    summary = {
+        "variant": variant,
+        "parameters": params,
+        "generations": len(history.epoch),
+        "first_loss": logs["loss"][0],
+        "final_loss": logs["loss"][-1],
+        "final_val_loss": logs["val_loss"][-1] if "val_loss" in logs else None,
+        "wall_seconds": round(wall, 2),
+        "member_tokens_per_second": float(
+            sorted(logs["member_tokens_per_second"])[len(logs["member_tokens_per_second"]) // 2]
+        ),
+    }
+    with open(os.path.join(output, "summary.json"), "w") as f:
+        json.dump({"summary": summary, "args": vars(args), "task": task.get_config(),
+                   "strategy": strategy.get_config()}, f, indent=2, default=str)
+    print(
+        f"[keras-lrne] {variant}: loss {summary['first_loss']:.3f} -> "
+        f"{summary['final_loss']:.3f} in {summary['generations']} generations "
+        f"({wall:.1f} s); wrote {output}",
+        flush=True,
+    )
+    return summary, history
+
+
+def _write_comparison(summaries, histories, output):
+    from keras_lrne.plotting import plot_histories
+
+    plot_histories(histories, os.path.join(output, "comparison.png"),
+                   title="keras-lrne lm: factorized vs full vs small", keys=("loss",))
+    fields = ["variant", "parameters", "generations", "first_loss", "final_loss",
+              "final_val_loss", "wall_seconds", "member_tokens_per_second"]
+    with open(os.path.join(output, "comparison.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(summaries)
+    lines = [
+        "| variant | parameters | final loss | final val_loss | wall s | member-tokens/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        val = "-" if s["final_val_loss"] is None else f"{s['final_val_loss']:.3f}"
+        lines.append(
+            f"| {s['variant']} | {s['parameters']:,} | {s['final_loss']:.3f} | {val} | "
+            f"{s['wall_seconds']:.1f} | {s['member_tokens_per_second']:,.0f} |"
+        )
+    table = "\n".join(lines)
+    with open(os.path.join(output, "comparison.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+def run_lm(args, argv):
+    _apply_paper_settings(args, argv)
+    if args.population < args.parents + 1:
+        raise ValueError(
+            "Received an invalid value for `--population`, expected at least --parents + 1 = "
+            f"{args.parents + 1}. Received: --population={args.population}"
+        )
+    task = _make_task(args)
+    print(f"[keras-lrne] data: {task!r}", flush=True)
+    if args.compare:
+        summaries, histories = [], {}
+        for variant in VARIANTS:
+            summary, history = _run_variant(args, task, variant,
+                                            os.path.join(args.output, variant))
+            summaries.append(summary)
+            histories[variant] = history.history
+        _write_comparison(summaries, histories, args.output)
+    else:
+        _run_variant(args, task, args.variant, args.output)
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the `keras-lrne` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        if args.command == "lm":
+            return run_lm(args, argv)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"keras-lrne {args.command}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

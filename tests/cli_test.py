@@ -1,0 +1,97 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from keras_lrne import cli
+
+TINY = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
+        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0"]
+
+
+def test_lm_writes_history_plot_and_models(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["lm", *TINY, "--output", str(out)]) == 0
+    for name in ("history.csv", "loss.png", "model.keras", "lineage.npz", "summary.json"):
+        assert (out / name).is_file(), name
+    assert (out / "saved_model" / "saved_model.pb").is_file()
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and "member_tokens_per_second" in rows[0] and "val_loss" in rows[0]
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["variant"] == "factorized" and summary["generations"] == 2
+    # The elite reloads in a fresh process with only `import keras_lrne`.
+    code = (
+        "import numpy as np, keras, keras_lrne, sys;"
+        f"m = keras.saving.load_model({str(out / 'model.keras')!r});"
+        "x = np.zeros((1, 8), 'int32');"
+        "print(m.predict(x, verbose=0).shape)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=True)
+    assert "(1, 8, 64)" in result.stdout
+
+
+def test_lm_compare_runs_three_variants(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert cli.main(["lm", *TINY, "--compare", "--output", str(out), "--rank", "1",
+                     "--embed-rank", "4"]) == 0
+    with open(out / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == ["factorized", "full", "small"]
+    params = {r["variant"]: int(r["parameters"]) for r in rows}
+    assert params["small"] < params["full"] and params["factorized"] < params["full"]
+    assert (out / "comparison.png").is_file() and (out / "comparison.md").is_file()
+    for variant in cli.VARIANTS:
+        assert (out / variant / "model.keras").is_file()
+    assert "| factorized |" in capsys.readouterr().out
+
+
+def test_lm_from_text_file_and_tfds_mock(tmp_path):
+    text = tmp_path / "stories.txt"
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
+    text.write_text("\n".join(" ".join(rng.choice(words, 30)) for _ in range(20)))
+    assert cli.main(["lm", *TINY, "--text-file", str(text), "--output", str(tmp_path / "a")]) == 0
+    with tfds.testing.mock_data(num_examples=4):
+        assert cli.main(["lm", *TINY, "--dataset", "tiny_shakespeare", "--tokenizer",
+                         "character", "--output", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "history.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--text-file", "/does/not/exist.txt"], "text_file"),
+        (["--dataset", "tiny_shakespear"], "tiny_shakespeare"),
+        (["--population", "3", "--parents", "4"], "--population"),
+        (["--sequence-length", "100000"], "sequence_length"),
+    ],
+)
+def test_lm_bad_input_fails_clearly(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lm", "--generations", "1", "--verbose", "0", "--output",
+                  str(tmp_path), *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--rank", "0"], ["--generations", "-1"],
+                                  ["--variant", "huge"], ["--mutation-rate", "0"]])
+def test_lm_argument_validation(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lm", *argv])
+    assert info.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_paper_settings_fill_only_unset_options():
+    args = cli.build_parser().parse_args(["lm", "--paper", "--generations", "5"])
+    cli._apply_paper_settings(args, ["lm", "--paper", "--generations", "5"])
+    assert (args.population, args.parents, args.generations) == (512, 16, 5)
+    assert (args.sequence_length, args.num_sequences) == (128, 1024)
