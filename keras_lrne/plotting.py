@@ -1,13 +1,14 @@
-"""Loss-curve plots of `evolve()` histories (matplotlib, headless)."""
+"""Loss-curve plots of `evolve()` histories (matplotlib, headless, no pyplot state)."""
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
 
 
 def plot_histories(histories, path, title="keras-lrne", keys=("loss", "val_loss")):
     """Plots one or more `History.history` dicts per generation and saves a PNG.
+
+    Uses a bare `matplotlib.figure.Figure`, so it never changes the user's pyplot backend.
 
     Args:
         histories: `{label: history_dict}`; each dict maps log keys to per-generation lists.
@@ -22,9 +23,10 @@ def plot_histories(histories, path, title="keras-lrne", keys=("loss", "val_loss"
 
     >>> plot_histories({"factorized": history.history}, "loss.png")
     """
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for color, (label, history) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4,
-                                       histories.items()):
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for i, (label, history) in enumerate(histories.items()):
+        color = _COLORS[i % len(_COLORS)]
         for key in keys:
             values = history.get(key)
             if not values:
@@ -39,5 +41,4 @@ def plot_histories(histories, path, title="keras-lrne", keys=("loss", "val_loss"
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

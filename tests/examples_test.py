@@ -1,0 +1,26 @@
+import importlib.util
+import pathlib
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_language_model_example():
+    history = load("language_model").main(
+        ["--generations", "2", "--population", "4", "--parents", "1", "--sequence-length",
+         "16", "--num-sequences", "4", "--verbose", "0"]
+    )
+    assert len(history.history["loss"]) == 2 and "val_loss" in history.history
+
+
+def test_custom_model_example():
+    history = load("custom_model").main(["--generations", "3", "--population", "8",
+                                         "--parents", "2", "--verbose", "0"])
+    losses = history.history["loss"]
+    assert len(losses) == 3 and losses[-1] <= losses[0]
