@@ -288,3 +288,49 @@ def test_missing_loss_nothing_evolvable_and_empty_data():
         model.evolve(empty, generations=1, verbose=0)
     with pytest.raises(ValueError, match="targets"):
         model.evolve(x, generations=1, verbose=0)
+
+
+def test_sequences_shorter_than_the_context_fail_clearly():
+    model = keras_lrne.presets.language_model("small", vocab_size=30, sequence_length=16)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.zeros((4, 8), "int32")
+    with pytest.raises(ValueError, match=r"input shape.*\(16,\).*\(8,\)"):
+        model.evolve(x, x, strategy=GA(4, 1), generations=1, verbose=0)
+
+
+def test_chunk_plan_fits_the_paper_lm_on_a_16_gb_device():
+    from keras_lrne import population
+
+    model = keras_lrne.presets.language_model("factorized")
+    x = np.zeros((1024, 128), "int32")
+    per_sample = population.estimate_bytes_per_member_sample(model, x)
+    budget = 16 * 2**30 // 8
+    chunk, batch = population.plan_chunks(512, 1024, per_sample, budget=budget)
+    assert 1024 % batch == 0 and 1 <= chunk <= 512
+    assert chunk * batch * per_sample <= budget
+    # The logits of one chunk step, the dominant buffer, are a small share of 16 GiB.
+    assert chunk * batch * 128 * 2051 * 4 < 16 * 2**30 / 16
+
+
+def _live_device_tensors():
+    import gc
+
+    if keras.config.backend() == "jax":
+        import jax
+
+        return len(jax.live_arrays())
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, tf.Tensor))
+
+
+def test_device_memory_does_not_grow_between_generations():
+    x, y = regression_data()
+    counts = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            counts.append(_live_device_tensors())
+
+    evolve(small_model(), x, y, generations=12, callbacks=[Count()],
+           validation_data=(x, y))
+    assert counts[-1] <= counts[2], counts

@@ -162,6 +162,7 @@ class EvolveMixin:
 
         bk = lrne_backend.get()
         x0, _ = task.train_data(0)
+        self._check_input_shape(x0)
         if not self.built or not self.trainable_variables:
             self(x0[:1], training=False)
         run = _Run(self, strategy, seed, pop.estimate_bytes_per_member_sample(self, x0),
@@ -224,6 +225,25 @@ class EvolveMixin:
         return self.history
 
     # -- helpers ----------------------------------------------------------------------
+    def _check_input_shape(self, x):
+        """Fails early when samples do not fit the model's declared input shape."""
+        try:
+            inputs = self.inputs
+        except (AttributeError, ValueError):
+            return
+        if not inputs or len(inputs) != 1:
+            return
+        expected = tuple(inputs[0].shape[1:])
+        received = tuple(np.shape(x)[1:])
+        if len(expected) != len(received) or any(
+            e is not None and e != r for e, r in zip(expected, received)
+        ):
+            raise ValueError(
+                "The samples do not match the model's input shape: each sample must have "
+                f"shape {expected} (e.g. sequences of the model's context length). "
+                f"Received: x with sample shape {received}"
+            )
+
     def _generation_logs(self, losses, eval_time, num_samples, tokens_per_sample):
         finite = losses[np.isfinite(losses)]
         elite = float(np.min(losses)) if losses.size else float("nan")
