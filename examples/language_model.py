@@ -15,7 +15,7 @@ import keras_lrne
 from keras_lrne import layers as lrl
 
 
-def build_model(vocab_size, sequence_length, hidden=32, rank=4, embed_rank=32):
+def build_model(vocab_size, sequence_length, hidden=32, rank=4, embed_rank=16):
     inputs = keras.Input((sequence_length,), dtype="int32")
     embedding = lrl.FactorizedEmbedding(vocab_size, hidden, rank=embed_rank,
                                         use_output_bias=True)
