@@ -9,8 +9,10 @@ import numpy as np
 from keras_lrne import backend as lrne_backend
 from keras_lrne import population as pop
 from keras_lrne.lineage import Lineage
+from keras_lrne.rollout import RolloutEvaluator
 from keras_lrne.strategies import GA, Strategy
 from keras_lrne.tasks.base import ArrayTask, Task, as_arrays
+from keras_lrne.tasks.environment import Environment
 
 
 def _check_generations(generations):
@@ -59,6 +61,143 @@ class _Run:
         )
         self.seed = int(seed)
         self.bytes_per_sample = bytes_per_sample
+
+
+def _finite_stats(values):
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return float("nan"), float("nan"), float("nan")
+    return float(np.mean(finite)), float(np.median(finite)), float(np.max(finite))
+
+
+class _SupervisedEvaluator:
+    """Per-generation losses of a population on `(x, y)` data, plus the elite's val_loss."""
+
+    def __init__(self, run, task, validation):
+        self.run, self.task = run, task
+        self.functions = run.functions
+        self.tokens_per_sample = getattr(task, "tokens_per_sample", None) or getattr(
+            task, "sequence_length", None
+        )
+        self.val = None
+        if validation is not None:
+            _, val_batch = pop.plan_chunks(1, len(validation[0]), run.bytes_per_sample,
+                                           population_batch_size=1)
+            self.val = (pop.batch_data(validation[0], val_batch),
+                        pop.batch_data(validation[1], val_batch))
+        self._cached = (None, None, None)
+
+    def evaluate(self, population, generation):
+        x, y = self.task.train_data(generation)
+        if self._cached[0] is not x:
+            self._cached = (x,
+                            keras.ops.convert_to_tensor(pop.batch_data(x, self.run.batch_size)),
+                            keras.ops.convert_to_tensor(pop.batch_data(y, self.run.batch_size)))
+        functions = self.functions
+        start = time.perf_counter()
+        losses = lrne_backend.get().to_numpy(functions.evaluate(
+            population, functions.frozen_values(), functions.non_trainable_values(),
+            self._cached[1], self._cached[2],
+        ))
+        seconds = max(time.perf_counter() - start, 1e-9)
+        clean = np.where(np.isfinite(losses), losses, np.inf)
+        mean, median, _ = _finite_stats(losses)
+        logs = {
+            "loss": float(np.min(clean)),
+            "mean_loss": mean,
+            "median_loss": median,
+            "member_evals_per_second": len(losses) / seconds,
+        }
+        if self.tokens_per_sample:
+            logs["member_tokens_per_second"] = (
+                len(losses) * len(x) * self.tokens_per_sample / seconds
+            )
+        return losses, logs
+
+    def reevaluate(self, population, members, generation, episodes):
+        return None  # the data are fixed: a second evaluation would give the same losses
+
+    def validate(self, population):
+        if self.val is None:
+            return {}
+        functions = self.functions
+        elite = [keras.ops.expand_dims(v[0], 0) for v in population]
+        loss = functions.evaluate(elite, functions.frozen_values(),
+                                  functions.non_trainable_values(), self.val[0], self.val[1])
+        return {"val_loss": float(lrne_backend.get().to_numpy(loss)[0])}
+
+    def close(self):
+        pass
+
+
+class _EnvironmentEvaluator:
+    """Per-generation losses (-mean return) of a population on an environment task."""
+
+    def __init__(self, model, run, task, strategy, seed):
+        self.rollout = RolloutEvaluator(model, run.functions, task, strategy.population_size,
+                                        seed)
+        self.returns = None
+
+    def evaluate(self, population, generation):
+        start = time.perf_counter()
+        losses, returns, extra = self.rollout.evaluate(population, generation)
+        seconds = max(time.perf_counter() - start, 1e-9)
+        self.returns = returns
+        clean = np.where(np.isfinite(losses), losses, np.inf)
+        mean, median, best = _finite_stats(np.where(np.isfinite(losses), returns, np.nan))
+        elite = int(np.argmin(clean))
+        logs = {
+            "loss": float(clean[elite]),
+            "episode_return": float(returns[elite]),
+            "mean_return": mean,
+            "median_return": median,
+            "max_return": best,
+            "member_evals_per_second": len(losses) / seconds,
+            **extra,
+        }
+        return losses, logs
+
+    def reevaluate(self, population, members, generation, episodes):
+        losses, _, extra = self.rollout.evaluate(
+            population, generation, members=members, episodes=episodes, stage=1
+        )
+        return losses, extra
+
+    def validate(self, population):
+        return {}
+
+    def close(self):
+        self.rollout.close()
+
+
+def _two_stage(strategy, evaluator, population, generation, losses, logs):
+    """The paper's two-stage selection, when the strategy asks for it.
+
+    All members were evaluated once (stage 1); the best `reevaluate_top` are evaluated
+    again with `reevaluate_episodes` more episodes, their losses become the
+    episode-weighted mean of both stages, and only they can become parents.
+    """
+    top = getattr(strategy.config, "reevaluate_top", None)
+    if not top:
+        return losses
+    order = np.argsort(np.where(np.isfinite(losses), losses, np.inf), kind="stable")[:top]
+    result = evaluator.reevaluate(population, order, generation,
+                                  strategy.config.reevaluate_episodes)
+    if result is None:
+        return losses
+    second, extra = result
+    k1 = evaluator.rollout.task.episodes
+    k2 = strategy.config.reevaluate_episodes
+    combined = (losses[order] * k1 + second * k2) / (k1 + k2)
+    selection = np.full_like(losses, np.inf)
+    selection[order] = combined
+    clean = np.where(np.isfinite(selection), selection, np.inf)
+    elite = int(np.argmin(clean))
+    logs["loss"] = float(clean[elite])
+    if "episode_return" in logs:
+        logs["episode_return"] = -float(clean[elite])
+    logs["env_steps"] = logs.get("env_steps", 0) + extra.get("env_steps", 0)
+    return selection
 
 
 class EvolveMixin:
@@ -160,31 +299,33 @@ class EvolveMixin:
                 f"None. Received: seed={seed!r}"
             )
 
-        bk = lrne_backend.get()
-        x0, _ = task.train_data(0)
-        self._check_input_shape(x0)
-        if not self.built or not self.trainable_variables:
-            self(x0[:1], training=False)
-        run = _Run(self, strategy, seed, pop.estimate_bytes_per_member_sample(self, x0),
-                   len(x0), population_batch_size, batch_size)
-        functions = run.functions
-        strategy.bind(functions)
-        tokens_per_sample = getattr(task, "tokens_per_sample", None) or getattr(
-            task, "sequence_length", None
-        )
-
+        is_env = isinstance(task, Environment)
+        if is_env:
+            if validation_data is not None:
+                raise ValueError(
+                    "`validation_data` is not used with environment tasks. "
+                    f"Received: validation_data of type {type(validation_data).__name__}"
+                )
+            if not self.built or not self.trainable_variables:
+                self(np.zeros((1, *task.input_shape), "float32"), training=False)
+            self._check_output_size(task)
+            run = _Run(self, strategy, seed, 1, 1, 1, 1)
+            evaluator = _EnvironmentEvaluator(self, run, task, strategy, seed)
+        else:
+            x0, _ = task.train_data(0)
+            self._check_input_shape(x0)
+            if not self.built or not self.trainable_variables:
+                self(x0[:1], training=False)
+            run = _Run(self, strategy, seed, pop.estimate_bytes_per_member_sample(self, x0),
+                       len(x0), population_batch_size, batch_size)
+            evaluator = _SupervisedEvaluator(run, task, validation)
+        strategy.bind(run.functions)
         state = strategy.init(pop.initial_population(run.specs, seed, strategy.population_size),
                               seed)
         lineage = Lineage(seed, strategy.population_size,
                           {"strategy": strategy.__class__.__name__, **strategy.get_config()})
         self._lrne_run, self._lrne_state, self.lineage = run, state, lineage
-
-        val_arrays = None
-        if validation is not None:
-            _, val_batch = pop.plan_chunks(1, len(validation[0]), run.bytes_per_sample,
-                                           population_batch_size=1)
-            val_arrays = (pop.batch_data(validation[0], val_batch),
-                          pop.batch_data(validation[1], val_batch))
+        self._lrne_evaluator = evaluator
 
         callback_list = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose != 0, model=self,
@@ -192,32 +333,25 @@ class EvolveMixin:
         )
         self.stop_training = False
         callback_list.on_train_begin()
-        cached = (None, None, None)
         logs = {}
-        for generation in range(generations):
-            callback_list.on_epoch_begin(generation)
-            callback_list.on_train_batch_begin(0)
-            xg, yg = task.train_data(generation)
-            if cached[0] is not xg:
-                cached = (xg, keras.ops.convert_to_tensor(pop.batch_data(xg, run.batch_size)),
-                          keras.ops.convert_to_tensor(pop.batch_data(yg, run.batch_size)))
-            start = time.perf_counter()
-            losses = bk.to_numpy(functions.evaluate(
-                strategy.ask(state), functions.frozen_values(),
-                functions.non_trainable_values(), cached[1], cached[2],
-            ))
-            eval_time = time.perf_counter() - start
-            state = strategy.tell(state, losses)
-            lineage.record(state.parents, state.seeds)
-            self._set_member(state.population, 0)
-            self._lrne_state = state
-            logs = self._generation_logs(state.losses, eval_time, len(xg), tokens_per_sample)
-            if val_arrays is not None:
-                logs["val_loss"] = self._elite_loss(state.population, val_arrays)
-            callback_list.on_train_batch_end(0, logs)
-            callback_list.on_epoch_end(generation, logs)
-            if self.stop_training:
-                break
+        try:
+            for generation in range(generations):
+                callback_list.on_epoch_begin(generation)
+                callback_list.on_train_batch_begin(0)
+                population = strategy.ask(state)
+                losses, logs = evaluator.evaluate(population, generation)
+                losses = _two_stage(strategy, evaluator, population, generation, losses, logs)
+                state = strategy.tell(state, losses)
+                lineage.record(state.parents, state.seeds)
+                self._set_member(state.population, 0)
+                self._lrne_state = state
+                logs.update(evaluator.validate(state.population))
+                callback_list.on_train_batch_end(0, logs)
+                callback_list.on_epoch_end(generation, logs)
+                if self.stop_training:
+                    break
+        finally:
+            evaluator.close()
         callback_list.on_train_end(logs)
         for callback in callback_list.callbacks:
             if isinstance(callback, keras.callbacks.History):
@@ -244,27 +378,15 @@ class EvolveMixin:
                 f"Received: x with sample shape {received}"
             )
 
-    def _generation_logs(self, losses, eval_time, num_samples, tokens_per_sample):
-        finite = losses[np.isfinite(losses)]
-        elite = float(np.min(losses)) if losses.size else float("nan")
-        logs = {
-            "loss": elite,
-            "mean_loss": float(np.mean(finite)) if finite.size else float("nan"),
-            "median_loss": float(np.median(finite)) if finite.size else float("nan"),
-            "member_evals_per_second": len(losses) / max(eval_time, 1e-9),
-        }
-        if tokens_per_sample:
-            logs["member_tokens_per_second"] = (
-                len(losses) * num_samples * tokens_per_sample / max(eval_time, 1e-9)
+    def _check_output_size(self, task):
+        out = self(np.zeros((1, *task.input_shape), "float32"), training=False)
+        size = int(np.prod(keras.ops.shape(out)[1:]))
+        if size != task.num_outputs:
+            raise ValueError(
+                f"The model has {size} outputs but the task's action space "
+                f"{task.action_space} needs {task.num_outputs}. Received: model output "
+                f"shape {tuple(keras.ops.shape(out))}"
             )
-        return logs
-
-    def _elite_loss(self, population, arrays):
-        functions = self._lrne_run.functions
-        elite = [keras.ops.expand_dims(v[0], 0) for v in population]
-        loss = functions.evaluate(elite, functions.frozen_values(),
-                                  functions.non_trainable_values(), arrays[0], arrays[1])
-        return float(lrne_backend.get().to_numpy(loss)[0])
 
     def _set_member(self, population, member):
         variables = self.trainable_variables

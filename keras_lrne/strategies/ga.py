@@ -17,6 +17,8 @@ class GAConfig:
     mutation_rate: float = 0.01
     factor_mutation_rate: float = None
     freeze_normalization: bool = True
+    reevaluate_top: int = None
+    reevaluate_episodes: int = None
 
 
 def _check_int(name, value, minimum):
@@ -64,6 +66,13 @@ class GA(Strategy):
             `sqrt(mutation_rate)`.
         freeze_normalization: keep normalization layers (LayerNormalization, ...) at
             their initial values, as the paper does. Defaults to True.
+        reevaluate_top: two-stage selection (the paper's CarRacing setting): after all
+            members are evaluated, the best `reevaluate_top` are evaluated again with
+            `reevaluate_episodes` more episodes, ranked by the mean over all their
+            episodes, and only they can become parents. None (default) disables it.
+            Needs `num_parents <= reevaluate_top <= population_size`. With fixed
+            supervised data a second evaluation changes nothing, so it is skipped.
+        reevaluate_episodes: episodes of the second stage (the paper: 4).
 
     Example:
 
@@ -72,7 +81,8 @@ class GA(Strategy):
     """
 
     def __init__(self, population_size, num_parents, mutation_rate=0.01,
-                 factor_mutation_rate=None, freeze_normalization=True):
+                 factor_mutation_rate=None, freeze_normalization=True, reevaluate_top=None,
+                 reevaluate_episodes=None):
         _check_int("population_size", population_size, 2)
         _check_int("num_parents", num_parents, 1)
         if population_size < num_parents + 1:
@@ -84,6 +94,21 @@ class GA(Strategy):
         _check_rate("mutation_rate", mutation_rate)
         if factor_mutation_rate is not None:
             _check_rate("factor_mutation_rate", factor_mutation_rate)
+        if (reevaluate_top is None) != (reevaluate_episodes is None):
+            raise ValueError(
+                "`reevaluate_top` and `reevaluate_episodes` go together: give both or "
+                f"neither. Received: reevaluate_top={reevaluate_top!r}, "
+                f"reevaluate_episodes={reevaluate_episodes!r}"
+            )
+        if reevaluate_top is not None:
+            _check_int("reevaluate_top", reevaluate_top, num_parents)
+            _check_int("reevaluate_episodes", reevaluate_episodes, 1)
+            if reevaluate_top > population_size:
+                raise ValueError(
+                    "Received an invalid value for `reevaluate_top`, expected at most "
+                    f"population_size={population_size}. Received: "
+                    f"reevaluate_top={reevaluate_top}"
+                )
         super().__init__(
             GAConfig(
                 population_size=int(population_size),
@@ -93,6 +118,10 @@ class GA(Strategy):
                     None if factor_mutation_rate is None else float(factor_mutation_rate)
                 ),
                 freeze_normalization=bool(freeze_normalization),
+                reevaluate_top=None if reevaluate_top is None else int(reevaluate_top),
+                reevaluate_episodes=(
+                    None if reevaluate_episodes is None else int(reevaluate_episodes)
+                ),
             )
         )
 

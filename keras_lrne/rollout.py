@@ -1,0 +1,159 @@
+"""The rollout engine: a population plays environment episodes, batched per step.
+
+Environments step on the CPU; every step, the policy forward of all still-running
+member-episodes is one compiled, vectorised device call. Member-episodes that ended stop
+stepping and stop costing compute: the live set is compacted into power-of-two buckets (a
+handful of compiled shapes, traced in the first generations and reused afterwards), and
+the live members' weights are gathered again only when the live set changes.
+"""
+
+import time
+
+import numpy as np
+from keras import ops
+
+from keras_lrne import backend as lrne_backend
+
+
+def _bucket(n, cap):
+    size = 1
+    while size < n:
+        size *= 2
+    return min(size, cap)
+
+
+class RolloutEvaluator:
+    """Evaluates a population on an `Environment` task (loss = -mean episode return).
+
+    Args:
+        model: the built policy model.
+        functions: the run's `PopulationFunctions` (variable layout).
+        task: a `keras_lrne.tasks.Environment`.
+        population_size: members per generation.
+        seed: run seed (episode seeds derive from it and the generation).
+    """
+
+    def __init__(self, model, functions, task, population_size, seed):
+        self.model = model
+        self.functions = functions
+        self.task = task
+        self.seed = int(seed)
+        self.num_envs = int(task.num_envs or min(population_size * task.episodes, 64))
+        self.vector_env = task.make_vector_env(self.num_envs)
+        bk = lrne_backend.get()
+        self._backend = bk
+        self.trace_counts = {"policy": 0, "gather": 0}
+        self._policy = bk.compile(self._policy_fn)
+        self._gather = bk.compile(self._gather_fn)
+        self._kwargs = (
+            {"training": False} if getattr(model, "_call_has_training_arg", True) else {}
+        )
+
+    def close(self):
+        self.vector_env.close()
+
+    # -- compiled bodies -----------------------------------------------------------------
+    def _gather_fn(self, population, index):
+        self.trace_counts["gather"] += 1
+        return [ops.take(v, index, axis=0) for v in population]
+
+    def _policy_fn(self, weights, frozen, non_trainable, obs):
+        self.trace_counts["policy"] += 1
+
+        def one(args):
+            member, x = args
+            out, _ = self.model.stateless_call(
+                self.functions._assemble(member, frozen), non_trainable, x[None],
+                **self._kwargs,
+            )
+            return ops.reshape(ops.cast(out, "float32"), (-1,))
+
+        return ops.vectorized_map(one, (list(weights), obs))
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self, population, generation, members=None, episodes=None, stage=0):
+        """Plays the episodes of `members` (default: all) and returns `(losses, logs)`.
+
+        `losses[i]` is minus the mean return of member `members[i]`; a member whose
+        environment crashed or whose action was NaN gets +inf (the worst).
+        """
+        task = self.task
+        size = int(population[0].shape[0])
+        members = np.arange(size) if members is None else np.asarray(members)
+        episodes = task.episodes if episodes is None else int(episodes)
+        seeds = np.random.default_rng([self.seed, 2, generation, stage]).integers(
+            0, 2**31 - 1, size=episodes
+        )
+        slots = len(members) * episodes
+        returns = np.zeros(slots)
+        failed = np.zeros(slots, bool)
+        steps = np.zeros(slots, np.int64)
+        early = np.zeros(slots, bool)
+        frozen = self.functions.frozen_values()
+        non_trainable = self.functions.non_trainable_values()
+        raw_sample = []
+        cap = task.episode_cap
+        start_time = time.perf_counter()
+        policy_time = 0.0
+        for first in range(0, slots, self.num_envs):
+            chunk = np.arange(first, min(first + self.num_envs, slots))
+            slot_member = members[chunk // episodes]
+            obs = self.vector_env.reset(seeds[chunk % episodes], len(chunk))
+            obs = np.array(obs)
+            rewards = [[] for _ in chunk]
+            live = list(range(len(chunk)))
+            live_key, weights = None, None
+            while live:
+                bucket = _bucket(len(live), self.num_envs)
+                key = tuple(live)
+                if key != live_key:
+                    index = np.resize(slot_member[live], bucket).astype(np.int32)
+                    weights = self._gather(population, index)
+                    live_key = key
+                x = task.preprocess(obs[live])
+                if len(live) < bucket:
+                    x = np.concatenate([x, np.repeat(x[:1], bucket - len(live), 0)])
+                t0 = time.perf_counter()
+                out = self._backend.to_numpy(self._policy(weights, frozen, non_trainable, x))
+                policy_time += time.perf_counter() - t0
+                out = out[: len(live)]
+                bad_action = ~np.all(np.isfinite(out), axis=1)
+                actions = task.postprocess(np.where(bad_action[:, None], 0.0, out))
+                new_obs, r, done, env_failed = self.vector_env.step(actions, live)
+                if len(raw_sample) < 64:
+                    raw_sample.append(obs[live[:8]])
+                still = []
+                for j, env_index in enumerate(live):
+                    slot = chunk[env_index]
+                    steps[slot] += 1
+                    if bad_action[j] or env_failed[j]:
+                        failed[slot] = True
+                        continue
+                    returns[slot] += r[j]
+                    rewards[env_index].append(r[j])
+                    if done[j]:
+                        continue
+                    if steps[slot] >= cap:
+                        continue
+                    if task.should_stop(rewards[env_index]):
+                        early[slot] = True
+                        continue
+                    obs[env_index] = new_obs[j]
+                    still.append(env_index)
+                live = still
+        elapsed = time.perf_counter() - start_time
+        task.observe(raw_sample)
+        per_member = returns.reshape(len(members), episodes)
+        member_failed = failed.reshape(len(members), episodes).any(axis=1)
+        mean_returns = per_member.mean(axis=1)
+        losses = np.where(member_failed, np.inf, -mean_returns)
+        total_steps = int(steps.sum())
+        saved = float(((cap - steps) * early).sum()) / float(cap * slots)
+        logs = {
+            "env_steps": total_steps,
+            "frames_per_second": total_steps / max(elapsed, 1e-9),
+            "policy_share": policy_time / max(elapsed, 1e-9),
+            "early_termination_saved": saved,
+            "failed_members": int(member_failed.sum()),
+        }
+        return losses, mean_returns, logs
