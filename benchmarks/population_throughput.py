@@ -37,12 +37,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import keras_lrne  # noqa: E402
-from keras_lrne import backend as lrne_backend  # noqa: E402
-from keras_lrne import presets  # noqa: E402
+import keras_lrne
+from keras_lrne import backend as lrne_backend
+from keras_lrne import presets
 
 VOCAB_SIZE = 2051
 
@@ -57,8 +57,8 @@ def parse_args(argv=None):
                         help="sequences per member N (default 16)")
     parser.add_argument("--sequence-length", type=int, default=128,
                         help="tokens per sequence T (default 128, the paper's)")
-    parser.add_argument("--generations", type=int, default=8,
-                        help="generations; the first (compilation) is excluded (default 8)")
+    parser.add_argument("--generations", type=int, default=10,
+                        help="generations; the first (compilation) is excluded (default 10)")
     parser.add_argument("--variants", default="factorized,full",
                         help="comma-separated LM variants (default factorized,full)")
     parser.add_argument("--naive-members", type=int, default=4,
@@ -111,6 +111,17 @@ def make_data(num_sequences, sequence_length, seed):
     tokens = rng.integers(0, VOCAB_SIZE, (num_sequences, sequence_length + 1), dtype=np.int64)
     tokens = tokens.astype("int32")
     return tokens[:, :-1], tokens[:, 1:]
+
+
+def block(tensors):
+    """Waits until `tensors` are computed (JAX dispatches asynchronously)."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        jax.block_until_ready(tensors)
+    else:  # a tiny host copy of each waits for the kernels that wrote it
+        for tensor in tensors:
+            np.asarray(keras.ops.convert_to_numpy(keras.ops.ravel(tensor)[:1]))
 
 
 def median(values):
@@ -225,6 +236,8 @@ class Bench(keras.callbacks.Callback):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        # Mutation may still be running asynchronously (JAX): it belongs to this generation.
+        block(self.model._lrne_state.population)
         wall = time.perf_counter() - self._start
         row = self._pending
         P = self.args.population
@@ -254,7 +267,7 @@ def bench_variant(variant, args, x, y):
     total = time.perf_counter() - start
     run = model._lrne_run
     rows = [r for r in bench.rows if r["generation"] > 0]
-    N, P = len(x), args.population
+    N = len(x)
     engine_tps = [r["member_tokens_per_second"] for r in rows]
     inference_tps = [bench._inf_tokens / r["inference_seconds"] for r in rows]
     naive_tps = [N * T / r["naive_member_seconds"] for r in rows]
@@ -295,7 +308,7 @@ def fmt_rate(value):
     return f"{value:,.0f}"
 
 
-def print_report(args, device, results):
+def print_report(args, device, results, load_before):
     backend = keras.config.backend()
     N, T, P = args.sequences, args.sequence_length, args.population
     print(f"population_throughput: backend={backend} device={device} "
@@ -303,6 +316,9 @@ def print_report(args, device, results):
     print(f"P={P} members x N={N} sequences x T={T} tokens, GA parents={args.parents}, "
           f"{args.generations} generations (first excluded), "
           f"naive loop {args.naive_members} members/generation, medians over generations")
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"1-min load average before/after: {load_before:.2f}/{load_after:.2f} "
+          f"(other work on the machine slows all three measurements alike)")
     print()
     header = (f"{'variant':<11}{'params':>8}{'C':>5}{'B':>4}{'member-tok/s':>14}"
               f"{'vs_inference':>14}{'vs_naive_loop':>15}{'overhead_share':>16}")
@@ -356,12 +372,13 @@ def print_report(args, device, results):
 def main(argv=None):
     args = parse_args(argv)
     device = device_name()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     x, y = make_data(args.sequences, args.sequence_length, args.seed)
     results = []
     for variant in args.variants:
         log(f"benchmarking {variant} ...")
         results.append(bench_variant(variant, args, x, y))
-    print_report(args, device, results)
+    print_report(args, device, results, load_before)
 
 
 if __name__ == "__main__":

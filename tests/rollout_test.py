@@ -1,0 +1,151 @@
+import gymnasium as gym
+import keras
+import numpy as np
+import pytest
+
+import keras_lrne
+from keras_lrne.strategies import GA
+from keras_lrne.tasks import Environment
+
+
+def policy(task, hidden=8):
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([
+        keras.Input(task.input_shape),
+        keras_lrne.layers.FactorizedDense(hidden, rank=2, activation="relu"),
+        keras.layers.Dense(task.num_outputs),
+    ])
+    model.compile(loss="mse")
+    return model
+
+
+def run(task, generations=3, seed=0, **kwargs):
+    kwargs.setdefault("strategy", GA(8, 2, mutation_rate=0.1))
+    model = policy(task)
+    history = model.evolve(task, generations=generations, seed=seed, verbose=0, **kwargs)
+    return model, history
+
+
+def test_cartpole_logs_and_determinism():
+    task = Environment("CartPole-v1", episodes=2, max_episode_steps=100)
+    _model, history = run(task)
+    logs = history.history
+    for key in ("loss", "episode_return", "mean_return", "median_return", "max_return",
+                "env_steps", "frames_per_second", "early_termination_saved",
+                "member_evals_per_second"):
+        assert len(logs[key]) == 3, key
+    np.testing.assert_allclose(logs["loss"], -np.asarray(logs["episode_return"]))
+    assert all(r <= 100 for r in logs["max_return"])
+    assert all(e >= r for e, r in zip(logs["episode_return"], logs["mean_return"]))
+    _, again = run(Environment("CartPole-v1", episodes=2, max_episode_steps=100))
+    assert again.history["episode_return"] == logs["episode_return"]
+    assert again.history["env_steps"] == logs["env_steps"]
+
+
+def test_policy_compiles_once_per_live_bucket():
+    task = Environment("CartPole-v1", max_episode_steps=60, num_envs=8)
+    model, _ = run(task, generations=2)
+    counts = dict(model._lrne_evaluator.rollout.trace_counts)
+    # Live sets are compacted into power-of-two buckets: at most log2(8) + 1 shapes.
+    assert 1 <= counts["policy"] <= 4
+    model2, _ = run(Environment("CartPole-v1", max_episode_steps=60, num_envs=8),
+                    generations=6)
+    assert model2._lrne_evaluator.rollout.trace_counts["policy"] <= 4
+
+
+def test_all_members_share_episode_seeds():
+    task = Environment("CartPole-v1", episodes=3)
+    a = task.episode_seeds(5, 0)
+    assert a == task.episode_seeds(5, 0) and a != task.episode_seeds(5, 1)
+    # Identical members get identical returns: the episodes are the same for everyone.
+    model = policy(task)
+    model.evolve(task, strategy=GA(4, 1, mutation_rate=1e-12), generations=1, seed=0,
+                 verbose=0)
+    evaluator = model._lrne_evaluator.rollout
+    state = model._lrne_state
+    same = [keras.ops.repeat(v[:1], 4, axis=0) for v in state.population]
+    _losses, returns, _ = evaluator.evaluate(same, generation=3)
+    assert len(set(np.round(returns, 6).tolist())) == 1
+
+
+def test_continuous_actions_and_observation_normalisation():
+    task = Environment("Pendulum-v1", max_episode_steps=20, normalize_observations=True,
+                       action_transform="tanh")
+    assert task.num_outputs == 1
+    actions = task.postprocess(np.array([[100.0], [-100.0], [0.0]]))
+    np.testing.assert_allclose(actions[:, 0], [2.0, -2.0, 0.0], atol=1e-5)
+    _, history = run(task, generations=2)
+    assert task.normalizer.count > 0
+    assert np.all(np.isfinite(history.history["episode_return"]))
+
+
+class Exploding(gym.Env):
+    """Crashes on the third step for some seeds; a stand-in for a flaky simulator."""
+
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if action == 1 and self.t == 3:
+            raise RuntimeError("simulator exploded")
+        return np.full(3, 0.1 * self.t, np.float32), 1.0, self.t >= 10, False, {}
+
+
+def test_a_crashing_environment_fails_that_member_not_the_run():
+    task = Environment(Exploding)
+    model, history = run(task, generations=2, strategy=GA(16, 2, mutation_rate=1.0))
+    losses = model._lrne_state.losses
+    assert np.isinf(losses).any() and np.isfinite(losses).any()
+    assert history.history["episode_return"][-1] == 10.0
+    assert history.history["failed_members"][0] > 0
+
+
+class EarlyStop(Environment):
+    def should_stop(self, rewards):
+        return len(rewards) >= 5
+
+
+def test_early_termination_is_logged():
+    task = EarlyStop("CartPole-v1", max_episode_steps=50)
+    _, history = run(task, generations=1)
+    saved = history.history["early_termination_saved"][0]
+    assert 0.0 < saved <= 0.9
+    assert history.history["max_return"][0] == 5.0
+
+
+def test_two_stage_selection_only_promotes_reevaluated_members():
+    task = Environment("CartPole-v1", max_episode_steps=40)
+    strategy = GA(8, 2, mutation_rate=0.5, reevaluate_top=3, reevaluate_episodes=2)
+    model, history = run(task, generations=2, strategy=strategy)
+    losses = model._lrne_state.losses
+    assert np.isfinite(losses).sum() == 3  # only the re-evaluated top 3 are eligible
+    assert history.history["env_steps"][0] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"env": "CartPole-v7"}, "CartPole-v1"),
+        ({"env": "CartPole-v1", "episodes": 0}, "`episodes`"),
+        ({"env": "CartPole-v1", "action_transform": "tanh"}, "action_transform"),
+        ({"env": "Pendulum-v1", "action_transform": "argmax"}, "action_transform"),
+        ({"env": 3}, "`env`"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Environment(**kwargs)
+
+
+def test_model_output_must_match_the_action_space():
+    task = Environment("CartPole-v1")
+    model = keras_lrne.Sequential([keras.Input(task.input_shape), keras.layers.Dense(5)])
+    model.compile(loss="mse")
+    with pytest.raises(ValueError, match="needs 2"):
+        model.evolve(task, strategy=GA(4, 1), generations=1, verbose=0)
