@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 VARIANTS = ("factorized", "full", "small")
 
 # The paper's LM settings (PAPER.md), selected with `--paper`.
@@ -51,6 +53,25 @@ def _positive_float(text):
     if value is None or not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
     return value
+
+
+RL_COMMANDS = {
+    "atari": {
+        "help": "evolve the paper's Atari policy (Nature-DQN on 84x84 RGB, 4-frame stack)",
+        "rank": 4, "population": 16, "parents": 4, "generations": 10, "episodes": 1,
+        "max_episode_steps": 2500, "paper_population": 512, "paper_parents": 16,
+    },
+    "carracing": {
+        "help": "evolve the paper's CarRacing-v3 policy (64x64 RGB, early termination)",
+        "rank": 1, "population": 8, "parents": 2, "generations": 5, "episodes": 2,
+        "max_episode_steps": 1000, "paper_population": 256, "paper_parents": 8,
+    },
+    "control": {
+        "help": "evolve an MLP policy on a gymnasium continuous-control env (MuJoCo)",
+        "rank": 4, "population": 32, "parents": 4, "generations": 20, "episodes": 1,
+        "max_episode_steps": 1000, "paper_population": "-", "paper_parents": "-",
+    },
+}
 
 
 def build_parser():
@@ -112,6 +133,40 @@ def build_parser():
                     help="output directory. Default: lrne_output/lm")
     lm.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                     help="0 silent, 1 progress bar, 2 one line per generation")
+
+    for name, spec in RL_COMMANDS.items():
+        sub = commands.add_parser(name, help=spec["help"], description=spec["help"])
+        if name == "atari":
+            sub.add_argument("--game", default="Frostbite",
+                             help="Atari game, e.g. Frostbite, Pong (paper: Asteroids, "
+                             "Frostbite, Gravitar, Kangaroo). Default: Frostbite")
+        if name == "control":
+            sub.add_argument("--env", default="HalfCheetah-v5",
+                             help="gymnasium continuous-control id (MuJoCo v5 ...). "
+                             "Default: HalfCheetah-v5")
+        sub.add_argument("--variant", choices=VARIANTS, default="factorized")
+        sub.add_argument("--rank", type=_positive_int, default=spec["rank"],
+                         help=f"factor rank (paper: {spec['rank']})")
+        sub.add_argument("--population", type=_positive_int, default=spec["population"],
+                         help=f"population size (paper: {spec['paper_population']}). "
+                         f"Default: {spec['population']}")
+        sub.add_argument("--parents", type=_positive_int, default=spec["parents"],
+                         help=f"truncation size (paper: {spec['paper_parents']}). "
+                         f"Default: {spec['parents']}")
+        sub.add_argument("--generations", type=_positive_int, default=spec["generations"])
+        sub.add_argument("--episodes", type=_positive_int, default=spec["episodes"],
+                         help="episodes per member per generation")
+        sub.add_argument("--max-episode-steps", type=_positive_int,
+                         default=spec["max_episode_steps"])
+        sub.add_argument("--mutation-rate", type=_positive_float, default=0.01)
+        if name == "carracing":
+            sub.add_argument("--reevaluate-top", type=_positive_int, default=None,
+                             help="two-stage selection: re-evaluate the best N (paper: 32)")
+            sub.add_argument("--reevaluate-episodes", type=_positive_int, default=None,
+                             help="episodes of the second stage (paper: 4)")
+        sub.add_argument("--seed", type=_non_negative_int, default=0)
+        sub.add_argument("--output", default=os.path.join("lrne_output", name))
+        sub.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
     return parser
 
 
@@ -256,6 +311,82 @@ def run_lm(args, argv):
     return 0
 
 
+def _make_rl(args):
+    import keras_lrne
+
+    tasks, presets = keras_lrne.tasks, keras_lrne.presets
+    if args.command == "atari":
+        task = tasks.Atari(args.game, episodes=args.episodes,
+                           max_episode_steps=args.max_episode_steps)
+        model = presets.atari_policy(args.variant, num_actions=task.num_outputs,
+                                     rank=args.rank)
+    elif args.command == "carracing":
+        task = tasks.CarRacing(episodes=args.episodes, max_episode_steps=args.max_episode_steps)
+        model = presets.carracing_policy(args.variant, num_actions=task.num_outputs,
+                                         rank=args.rank)
+    else:
+        task = tasks.Control(args.env, episodes=args.episodes,
+                             max_episode_steps=args.max_episode_steps)
+        model = presets.control_policy(args.variant, input_dim=task.input_shape[0],
+                                       num_actions=task.num_outputs, rank=args.rank)
+    return task, model
+
+
+def run_rl(args):
+    import keras
+
+    import keras_lrne
+    from keras_lrne.plotting import plot_histories
+
+    if args.population < args.parents + 1:
+        raise ValueError(
+            "Received an invalid value for `--population`, expected at least --parents + 1 = "
+            f"{args.parents + 1}. Received: --population={args.population}"
+        )
+    keras.utils.set_random_seed(args.seed)
+    task, model = _make_rl(args)
+    strategy = keras_lrne.strategies.GA(
+        population_size=args.population, num_parents=args.parents,
+        mutation_rate=args.mutation_rate,
+        reevaluate_top=getattr(args, "reevaluate_top", None),
+        reevaluate_episodes=getattr(args, "reevaluate_episodes", None),
+    )
+    output = args.output
+    os.makedirs(output, exist_ok=True)
+    params = int(model.count_params())
+    print(f"[keras-lrne] {args.command} {args.variant}: {params:,} parameters, {task!r}, "
+          f"{strategy}", flush=True)
+    start = time.perf_counter()
+    history = model.evolve(
+        task, strategy=strategy, generations=args.generations, seed=args.seed,
+        verbose=args.verbose,
+        callbacks=[keras.callbacks.CSVLogger(os.path.join(output, "history.csv"))],
+    )
+    wall = time.perf_counter() - start
+    plot_histories({args.variant: history.history}, os.path.join(output, "return.png"),
+                   title=f"keras-lrne {args.command} ({args.variant})",
+                   keys=("episode_return", "mean_return"), ylabel="episode return")
+    model.save(os.path.join(output, "model.keras"))
+    model.export(os.path.join(output, "saved_model"), format="tf_saved_model", verbose=False)
+    with open(os.path.join(output, "lineage.npz"), "wb") as f:
+        f.write(model.lineage.to_bytes())
+    logs = history.history
+    summary = {
+        "command": args.command, "variant": args.variant, "parameters": params,
+        "generations": len(history.epoch), "final_episode_return": logs["episode_return"][-1],
+        "best_episode_return": max(logs["episode_return"]), "wall_seconds": round(wall, 2),
+        "env_steps": int(sum(logs["env_steps"])),
+        "early_termination_saved": float(np.mean(logs["early_termination_saved"])),
+    }
+    with open(os.path.join(output, "summary.json"), "w") as f:
+        json.dump({"summary": summary, "args": vars(args), "strategy": strategy.get_config(),
+                   "task_state": task.get_state()}, f, indent=2, default=str)
+    print(f"[keras-lrne] {args.command} {args.variant}: elite return "
+          f"{logs['episode_return'][0]:.1f} -> {logs['episode_return'][-1]:.1f} in "
+          f"{summary['generations']} generations ({wall:.1f} s); wrote {output}", flush=True)
+    return 0
+
+
 def main(argv=None):
     """Entry point of the `keras-lrne` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -265,7 +396,8 @@ def main(argv=None):
     try:
         if args.command == "lm":
             return run_lm(args, argv)
-    except (ValueError, FileNotFoundError) as error:
+        return run_rl(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
         parser.exit(2, f"keras-lrne {args.command}: error: {error}\n")
     return 0
 

@@ -5,7 +5,8 @@ from matplotlib.figure import Figure
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
 
 
-def plot_histories(histories, path, title="keras-lrne", keys=("loss", "val_loss")):
+def plot_histories(histories, path, title="keras-lrne", keys=("loss", "val_loss"),
+                   ylabel="loss (cross-entropy, lower is better)"):
     """Plots one or more `History.history` dicts per generation and saves a PNG.
 
     Uses a bare `matplotlib.figure.Figure`, so it never changes the user's pyplot backend.
@@ -14,7 +15,8 @@ def plot_histories(histories, path, title="keras-lrne", keys=("loss", "val_loss"
         histories: `{label: history_dict}`; each dict maps log keys to per-generation lists.
         path: output PNG path.
         title: figure title.
-        keys: log keys to draw; `loss` solid, others dashed.
+        keys: log keys to draw; the first solid, others dashed.
+        ylabel: y-axis label.
 
     Returns:
         The path written.
@@ -31,11 +33,11 @@ def plot_histories(histories, path, title="keras-lrne", keys=("loss", "val_loss"
             values = history.get(key)
             if not values:
                 continue
-            style = "-" if key == "loss" else "--"
+            style = "-" if key == keys[0] else "--"
             name = label if len(keys) == 1 else f"{label} {key}"
             ax.plot(range(1, len(values) + 1), values, style, color=color, label=name)
     ax.set_xlabel("generation")
-    ax.set_ylabel("loss (cross-entropy, lower is better)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -233,7 +233,12 @@ def batch_data(array, batch_size):
 
 
 def mean_loss_fn(loss):
-    """A function `(y_true, y_pred) -> scalar mean loss` from what `compile()` received."""
+    """A function `(y_true, y_pred) -> scalar mean loss` from what `compile()` received.
+
+    None when no loss was given (environment tasks compute their own losses).
+    """
+    if loss is None:
+        return None
     fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
 
     def mean_loss(y_true, y_pred):

@@ -57,7 +57,8 @@ class _Run:
             population_batch_size=population_batch_size, batch_size=batch_size,
         )
         self.functions = pop.PopulationFunctions(
-            model, self.specs, model.loss, strategy.noise_stds(self.specs), self.chunk_size
+            model, self.specs, getattr(model, "loss", None), strategy.noise_stds(self.specs),
+            self.chunk_size,
         )
         self.seed = int(seed)
         self.bytes_per_sample = bytes_per_sample
@@ -269,11 +270,6 @@ class EvolveMixin:
                 f"Received an invalid value for `verbose`, expected 'auto', 0, 1 or 2. "
                 f"Received: verbose={verbose!r}"
             )
-        if not getattr(self, "compiled", False) or getattr(self, "loss", None) is None:
-            raise ValueError(
-                "The model has no loss: call `model.compile(loss=...)` before `evolve()`. "
-                f"Received: loss={getattr(self, 'loss', None)!r}"
-            )
         if isinstance(x, Task):
             if y is not None:
                 raise ValueError(
@@ -312,6 +308,11 @@ class EvolveMixin:
             run = _Run(self, strategy, seed, 1, 1, 1, 1)
             evaluator = _EnvironmentEvaluator(self, run, task, strategy, seed)
         else:
+            if not getattr(self, "compiled", False) or getattr(self, "loss", None) is None:
+                raise ValueError(
+                    "The model has no loss: call `model.compile(loss=...)` before "
+                    f"`evolve()`. Received: loss={getattr(self, 'loss', None)!r}"
+                )
             x0, _ = task.train_data(0)
             self._check_input_shape(x0)
             if not self.built or not self.trainable_variables:

@@ -125,7 +125,6 @@ class Environment(Task):
     >>> task = keras_lrne.tasks.Environment("CartPole-v1", episodes=2)
     >>> model = keras_lrne.Sequential([keras.Input(task.input_shape),
     ...                                keras.layers.Dense(task.num_outputs)])
-    >>> model.compile(loss="mse")  # unused by environment tasks, required by Keras style
     >>> history = model.evolve(task, strategy=keras_lrne.strategies.GA(16, 4))
     """
 
