@@ -72,18 +72,18 @@ class RolloutEvaluator:
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, population, generation, members=None, episodes=None, stage=0):
-        """Plays the episodes of `members` (default: all) and returns `(losses, logs)`.
+        """Plays the episodes of `members` (default: all) and returns `(losses, returns, logs)`.
 
         `losses[i]` is minus the mean return of member `members[i]`; a member whose
-        environment crashed or whose action was NaN gets +inf (the worst).
+        environment crashed or whose action was NaN gets +inf (the worst). Environment
+        slots are refilled with the next member-episode as soon as one ends, so the
+        vector of environments stays busy until the last episodes.
         """
         task = self.task
         size = int(population[0].shape[0])
         members = np.arange(size) if members is None else np.asarray(members)
         episodes = task.episodes if episodes is None else int(episodes)
-        seeds = np.random.default_rng([self.seed, 2, generation, stage]).integers(
-            0, 2**31 - 1, size=episodes
-        )
+        seeds = np.asarray(task.episode_seeds(self.seed, generation, stage, episodes))
         slots = len(members) * episodes
         returns = np.zeros(slots)
         failed = np.zeros(slots, bool)
@@ -91,56 +91,67 @@ class RolloutEvaluator:
         early = np.zeros(slots, bool)
         frozen = self.functions.frozen_values()
         non_trainable = self.functions.non_trainable_values()
+        collect = getattr(task, "normalizer", None) is not None
         raw_sample = []
         cap = task.episode_cap
         start_time = time.perf_counter()
         policy_time = 0.0
-        for first in range(0, slots, self.num_envs):
-            chunk = np.arange(first, min(first + self.num_envs, slots))
-            slot_member = members[chunk // episodes]
-            obs = self.vector_env.reset(seeds[chunk % episodes], len(chunk))
-            obs = np.array(obs)
-            rewards = [[] for _ in chunk]
-            live = list(range(len(chunk)))
-            live_key, weights = None, None
-            while live:
-                bucket = _bucket(len(live), self.num_envs)
-                key = tuple(live)
-                if key != live_key:
-                    index = np.resize(slot_member[live], bucket).astype(np.int32)
-                    weights = self._gather(population, index)
-                    live_key = key
-                x = task.preprocess(obs[live])
-                if len(live) < bucket:
-                    x = np.concatenate([x, np.repeat(x[:1], bucket - len(live), 0)])
-                t0 = time.perf_counter()
-                out = self._backend.to_numpy(self._policy(weights, frozen, non_trainable, x))
-                policy_time += time.perf_counter() - t0
-                out = out[: len(live)]
-                bad_action = ~np.all(np.isfinite(out), axis=1)
-                actions = task.postprocess(np.where(bad_action[:, None], 0.0, out))
-                new_obs, r, done, env_failed = self.vector_env.step(actions, live)
-                if len(raw_sample) < 64:
-                    raw_sample.append(obs[live[:8]])
-                still = []
-                for j, env_index in enumerate(live):
-                    slot = chunk[env_index]
-                    steps[slot] += 1
-                    if bad_action[j] or env_failed[j]:
-                        failed[slot] = True
-                        continue
-                    returns[slot] += r[j]
-                    rewards[env_index].append(r[j])
-                    if done[j]:
-                        continue
-                    if steps[slot] >= cap:
-                        continue
-                    if task.should_stop(rewards[env_index]):
-                        early[slot] = True
-                        continue
+
+        count = min(self.num_envs, slots)
+        env_slot = np.arange(count)
+        next_slot = count
+        obs = np.array(self.vector_env.reset(seeds[env_slot % episodes], count))
+        rewards = [[] for _ in range(count)]
+        live = list(range(count))
+        live_key, weights = None, None
+        while live:
+            bucket = _bucket(len(live), self.num_envs)
+            live_members = members[env_slot[live] // episodes]
+            key = (bucket, *live_members.tolist())
+            if key != live_key:
+                index = np.resize(live_members, bucket).astype(np.int32)
+                weights = self._gather(population, index)
+                live_key = key
+            x = task.preprocess(obs[live])
+            if len(live) < bucket:
+                x = np.concatenate([x, np.repeat(x[:1], bucket - len(live), 0)])
+            t0 = time.perf_counter()
+            out = self._backend.to_numpy(self._policy(weights, frozen, non_trainable, x))
+            policy_time += time.perf_counter() - t0
+            out = out[: len(live)]
+            bad_action = ~np.all(np.isfinite(out), axis=1)
+            actions = task.postprocess(np.where(bad_action[:, None], 0.0, out))
+            new_obs, r, done, env_failed = self.vector_env.step(actions, live)
+            if collect and len(raw_sample) < 64:
+                raw_sample.append(obs[live[:8]])
+            still, free = [], []
+            for j, env_index in enumerate(live):
+                slot = env_slot[env_index]
+                steps[slot] += 1
+                if bad_action[j] or env_failed[j]:
+                    failed[slot] = True
+                    free.append(env_index)
+                    continue
+                returns[slot] += r[j]
+                rewards[env_index].append(r[j])
+                if done[j] or steps[slot] >= cap:
+                    free.append(env_index)
+                elif task.should_stop(rewards[env_index]):
+                    early[slot] = True
+                    free.append(env_index)
+                else:
                     obs[env_index] = new_obs[j]
                     still.append(env_index)
-                live = still
+            refill = free[: max(0, slots - next_slot)]
+            if refill:
+                new_slots = np.arange(next_slot, next_slot + len(refill))
+                next_slot += len(refill)
+                env_slot[refill] = new_slots
+                obs[refill] = self.vector_env.reset_at(refill, seeds[new_slots % episodes])
+                for env_index in refill:
+                    rewards[env_index] = []
+                still = sorted(still + refill)
+            live = still
         elapsed = time.perf_counter() - start_time
         task.observe(raw_sample)
         per_member = returns.reshape(len(members), episodes)

@@ -1,7 +1,18 @@
 """Tasks: what a population is evaluated on."""
 
+from keras_lrne.tasks.atari import Atari
 from keras_lrne.tasks.base import ArrayTask, Task
+from keras_lrne.tasks.car_racing import CarRacing
+from keras_lrne.tasks.control import Control
 from keras_lrne.tasks.environment import Environment
 from keras_lrne.tasks.language_modeling import LanguageModeling
 
-__all__ = ["ArrayTask", "Environment", "LanguageModeling", "Task"]
+__all__ = [
+    "ArrayTask",
+    "Atari",
+    "CarRacing",
+    "Control",
+    "Environment",
+    "LanguageModeling",
+    "Task",
+]

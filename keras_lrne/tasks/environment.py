@@ -248,10 +248,19 @@ class Environment(Task):
         """Early-termination rule over an episode's rewards so far (default: never)."""
         return False
 
-    def episode_seeds(self, seed, generation):
-        """The `episodes` reset seeds of a generation, shared by all members."""
-        rng = np.random.default_rng([int(seed), 2, int(generation)])
-        return rng.integers(0, 2**31 - 1, size=self.episodes).tolist()
+    def episode_seeds(self, seed, generation, stage=0, episodes=None):
+        """The reset seeds of a generation's episodes, shared by all members.
+
+        Args:
+            seed: the run seed.
+            generation: the generation.
+            stage: 0 for the evaluation of all members, 1 for the second stage of
+                two-stage selection (new episodes).
+            episodes: how many (default `self.episodes`).
+        """
+        episodes = self.episodes if episodes is None else int(episodes)
+        rng = np.random.default_rng([int(seed), 2, int(generation), int(stage)])
+        return rng.integers(0, 2**31 - 1, size=episodes).tolist()
 
     def get_state(self):
         return {"normalizer": self.normalizer.get_state() if self.normalizer else None}
@@ -281,7 +290,11 @@ class ListVectorEnv:
 
     def reset(self, seeds, count):
         """Resets the first `count` environments with one seed each; returns observations."""
-        return np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs[:count], seeds)])
+        return self.reset_at(range(count), seeds)
+
+    def reset_at(self, indices, seeds):
+        """Resets the environments at `indices` with one seed each; returns observations."""
+        return np.stack([self.envs[i].reset(seed=int(s))[0] for i, s in zip(indices, seeds)])
 
     def step(self, actions, active):
         """Steps the envs at indices `active` with `actions` (aligned with `active`)."""
