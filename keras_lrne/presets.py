@@ -133,3 +133,175 @@ def language_model(
         )(x)
     logits = embedding.attend(x)
     return _model_class()(inputs, logits, name=name)
+
+
+# RL policies: conv stacks `(filters, kernel, stride)` then `Dense(units, relu)` and a
+# linear action head. "small" widths reproduce the paper's parameter counts exactly
+# (they are the widths in the authors' `*-nofa-small` experiment configs).
+_ATARI_KERNELS = ((8, 4), (4, 2), (3, 1))
+_ATARI_WIDTHS = {
+    # variant: (conv filters, dense units)
+    "full": ((32, 64, 64), 256),
+    "factorized": ((32, 64, 64), 256),
+    "small": ((4, 8, 8), 32),
+}
+_CARRACING_KERNELS = ((4, 2), (4, 2), (4, 2), (4, 2))
+_CARRACING_WIDTHS = {
+    "full": ((32, 64, 128, 256), 256),
+    "factorized": ((32, 64, 128, 256), 256),
+    "small": ((4, 4, 8, 16), 32),
+}
+
+
+def _kaiming_normal():
+    """N(0, 2/fan_in): the paper's initialisation of full kernels."""
+    return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
+
+def _validate_image_shape(input_shape):
+    valid = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
+    if valid:
+        try:
+            input_shape = tuple(
+                _init.validate_positive_int("input_shape", d) for d in input_shape
+            )
+        except ValueError:
+            valid = False
+    if not valid:
+        raise ValueError(
+            "Received an invalid value for `input_shape`, expected a tuple of 3 positive "
+            f"integers (height, width, channels). Received: input_shape={input_shape!r}"
+        )
+    return input_shape
+
+
+def _conv_policy(variant, variants, kernels, num_actions, rank, input_shape, name, prefix):
+    from keras_lrne.layers import FactorizedConv2D, FactorizedDense
+
+    if variant not in variants:
+        raise ValueError(
+            "Received an invalid value for `variant`, expected one of "
+            f"{sorted(variants)}. Received: variant={variant!r}"
+        )
+    num_actions = _init.validate_positive_int("num_actions", num_actions)
+    input_shape = _validate_image_shape(input_shape)
+    factorized = variant == "factorized"
+    if factorized:
+        rank = _init.validate_positive_int("rank", rank)
+    filters, units = variants[variant]
+    name = name or f"lrne_{prefix}_{variant}"
+
+    inputs = keras.Input(shape=input_shape, dtype="float32", name="frames")
+    x = inputs
+    for i, (width, (kernel, stride)) in enumerate(zip(filters, kernels)):
+        if factorized:
+            conv = FactorizedConv2D(
+                width, kernel, rank=rank, strides=stride, padding="valid",
+                activation="relu", name=f"conv_{i}",
+            )  # fmt: skip
+        else:
+            conv = keras.layers.Conv2D(
+                width, kernel, strides=stride, padding="valid", activation="relu",
+                kernel_initializer=_kaiming_normal(), bias_initializer="zeros",
+                name=f"conv_{i}",
+            )  # fmt: skip
+        x = conv(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    if factorized:
+        x = FactorizedDense(units, rank=rank, activation="relu", name="dense")(x)
+    else:
+        x = keras.layers.Dense(
+            units, activation="relu", kernel_initializer=_kaiming_normal(), name="dense"
+        )(x)
+    outputs = keras.layers.Dense(
+        num_actions, kernel_initializer=_kaiming_normal(), name="actions"
+    )(x)
+    return _model_class()(inputs, outputs, name=name)
+
+
+def atari_policy(
+    variant="factorized", num_actions=18, rank=4, input_shape=(84, 84, 12), name=None
+):
+    """Builds the paper's Atari policy: the Nature-DQN network.
+
+    `Input(input_shape, float32)` (4 stacked RGB frames already scaled to
+    `[0, 1]`) -> conv 8x8 stride 4 -> conv 4x4 stride 2 -> conv 3x3 stride 1
+    (ReLU, "valid" padding) -> flatten -> dense ReLU -> linear `Dense(num_actions)`
+    giving one score per action (the policy acts greedily on them).
+
+    Reference: Garbus & Pollack, "Low Rank Factorizations are Indirect Encodings
+    for Deep Neuroevolution" (arXiv 2504.03037, 2025). Parameter counts with
+    18 actions: "full" 902,066; "factorized" (rank 4) 26,674; "small" 17,350.
+
+    Args:
+        variant: One of `"full"` (`Conv2D` 32, 64, 64 filters, `Dense(256)`;
+            kernels N(0, 2/fan_in), zero biases), `"factorized"` (the same
+            widths with every conv a `FactorizedConv2D` and the 256-unit layer a
+            `FactorizedDense`, both of rank `rank`; the action layer stays a plain
+            `Dense`) or `"small"` (unfactorized, 4, 8, 8 filters and
+            `Dense(32)`: every width of "full" divided by 8, as in the authors'
+            code; the only width pattern with the full network's proportions that
+            gives exactly 17,350 parameters).
+        num_actions: Positive integer, size of the action space (18 = full ALE set).
+        rank: Positive integer, rank of the factorized layers ("factorized"
+            only; ignored otherwise).
+        input_shape: `(height, width, channels)` of the stacked frames.
+        name: Model name; defaults to `"lrne_atari_<variant>"`.
+
+    Returns:
+        A functional `keras_lrne.Model` mapping `(batch, *input_shape)` frames to
+        `(batch, num_actions)` action scores.
+
+    Example:
+
+    >>> model = atari_policy("factorized")
+    >>> model.count_params()
+    26674
+    """
+    return _conv_policy(
+        variant, _ATARI_WIDTHS, _ATARI_KERNELS, num_actions, rank, input_shape, name, "atari"
+    )
+
+
+def carracing_policy(
+    variant="factorized", num_actions=3, rank=1, input_shape=(64, 64, 12), name=None
+):
+    """Builds the paper's CarRacing-v3 policy.
+
+    `Input(input_shape, float32)` (4 stacked 64x64 RGB frames scaled to
+    `[0, 1]`) -> 4 convs 4x4 stride 2 (ReLU, "valid" padding: 64 -> 31 -> 14
+    -> 6 -> 2) -> flatten -> dense ReLU -> linear `Dense(num_actions)` (identity
+    outputs: steering, gas, brake).
+
+    Reference: Garbus & Pollack, "Low Rank Factorizations are Indirect Encodings
+    for Deep Neuroevolution" (arXiv 2504.03037, 2025). Parameter counts with
+    3 actions: "full" 957,923; "factorized" (rank 1) 7,043; "small" 5,795.
+
+    Args:
+        variant: One of `"full"` (`Conv2D` 32, 64, 128, 256 filters,
+            `Dense(256)`; kernels N(0, 2/fan_in), zero biases), `"factorized"`
+            (the same widths with every conv a `FactorizedConv2D` and the
+            256-unit layer a `FactorizedDense`, both of rank `rank`; the action
+            layer stays a plain `Dense`) or `"small"` (unfactorized, 4, 4, 8, 16
+            filters and `Dense(32)`, the widths of the authors' code, giving
+            exactly 5,795 parameters).
+        num_actions: Positive integer, size of the continuous action vector.
+        rank: Positive integer, rank of the factorized layers ("factorized"
+            only; ignored otherwise).
+        input_shape: `(height, width, channels)` of the stacked frames.
+        name: Model name; defaults to `"lrne_carracing_<variant>"`.
+
+    Returns:
+        A functional `keras_lrne.Model` mapping `(batch, *input_shape)` frames to
+        `(batch, num_actions)` actions.
+
+    Example:
+
+    >>> model = carracing_policy("factorized")
+    >>> model.count_params()
+    7043
+    """
+    return _conv_policy(
+        variant, _CARRACING_WIDTHS, _CARRACING_KERNELS, num_actions, rank, input_shape, name,
+        "carracing",
+    )  # fmt: skip

@@ -13,6 +13,7 @@ the small function set every backend module provides:
   `i` depend only on `(seeds[i], salt)`, so any member's noise can be regenerated alone.
 - `barrier(x)`: keeps the compiler from fusing across `x`, so results do not depend on
   the shapes a function was compiled for.
+- `block(tree)`: waits for asynchronously dispatched work (JAX) to finish.
 - `to_numpy(x)`: a host copy (waits for the device).
 - `device_memory_bytes()`: memory of the default accelerator, or None on CPU.
 """

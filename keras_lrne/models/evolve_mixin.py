@@ -95,8 +95,10 @@ class _SupervisedEvaluator:
                             keras.ops.convert_to_tensor(pop.batch_data(x, self.run.batch_size)),
                             keras.ops.convert_to_tensor(pop.batch_data(y, self.run.batch_size)))
         functions = self.functions
+        bk = lrne_backend.get()
+        bk.block(population)  # mutation may still run asynchronously: not evaluation time
         start = time.perf_counter()
-        losses = lrne_backend.get().to_numpy(functions.evaluate(
+        losses = bk.to_numpy(functions.evaluate(
             population, functions.frozen_values(), functions.non_trainable_values(),
             self._cached[1], self._cached[2],
         ))

@@ -34,6 +34,11 @@ def seeded_normal(seeds, salt, shape, dtype="float32"):
     return jax.vmap(one)(seeds)
 
 
+def block(tree):
+    """Waits until asynchronously dispatched work producing `tree` has finished."""
+    return jax.block_until_ready(tree)
+
+
 def to_numpy(x):
     return np.asarray(jax.device_get(x))
 

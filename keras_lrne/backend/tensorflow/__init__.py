@@ -40,6 +40,11 @@ def seeded_normal(seeds, salt, shape, dtype="float32"):
     )
 
 
+def block(tree):
+    """TensorFlow runs eagerly-called functions synchronously: nothing to wait for."""
+    return tree
+
+
 def to_numpy(x):
     return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
 

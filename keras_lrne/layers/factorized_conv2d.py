@@ -1,0 +1,288 @@
+"""`FactorizedConv2D`: a 2D convolution whose kernel is `reshape(U @ V) / 2`."""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lrne.layers import _init
+
+_PATHS = ("auto", "materialize", "two_step")
+
+
+def _validate_pair(name, value):
+    """Returns `value` as a pair of positive ints (an int `n` gives `(n, n)`)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        items = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        items = tuple(value)
+    else:
+        items = None
+    if items is None or any(
+        isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v <= 0
+        for v in items
+    ):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a positive integer or a "
+            f"tuple of 2 positive integers. Received: {name}={value!r}"
+        )
+    return (int(items[0]), int(items[1]))
+
+
+def _conv_output_length(length, kernel, stride, padding):
+    if length is None:
+        return None
+    if padding == "same":
+        return -(-int(length) // stride)
+    return max(0, (int(length) - kernel) // stride + 1)
+
+
+@keras.saving.register_keras_serializable(package="keras_lrne")
+class FactorizedConv2D(keras.layers.Layer):
+    """2D convolution (channels_last) whose kernel is a halved low-rank product.
+
+    The `(kh, kw, in, filters)` kernel is treated as a `(kh * kw * in, filters)`
+    matrix and stored only as two factors, `kernel_u (kh * kw * in, rank)` and
+    `kernel_v (rank, filters)`:
+
+    `kernel = reshape(kernel_u @ kernel_v, (kh, kw, in, filters)) / 2`
+
+    and the layer computes `activation(conv(inputs, kernel) + bias)`. `call` uses
+    whichever of two mathematically identical forms needs fewer multiply-adds for
+    the static input shape: materialising the kernel and running one convolution
+    (`kh*kw*in*rank*filters` once, plus `kh*kw*in*filters` per output position), or
+    convolving with `kernel_u` reshaped to `(kh, kw, in, rank)` and projecting the
+    `rank` channels with `kernel_v / 2` (`kh*kw*in*rank + rank*filters` per output
+    position). With an unknown batch size one example is assumed.
+
+    Reference: Garbus & Pollack, "Low Rank Factorizations are Indirect Encodings
+    for Deep Neuroevolution" (arXiv 2504.03037, 2025); the `/ 2` and the
+    initialisation follow the authors' code.
+
+    With `"auto"` initialisers the factors are drawn from zero-mean normals with
+    Var(U) = 2/fan_in (`fan_in = kh * kw * in`) and Var(V) = 2/rank, so
+    Var(U @ V) = 4/fan_in and, after halving, Var(kernel) = 1/fan_in.
+
+    A `UserWarning` is emitted at build time when `rank >= min(fan_in, filters)`,
+    since the factors then have at least as many parameters as the full kernel.
+
+    Args:
+        filters: Positive integer, number of output channels.
+        kernel_size: Positive integer or tuple of 2 positive integers, the height
+            and width of the convolution window.
+        rank: Positive integer, inner dimension of the factorization.
+        strides: Positive integer or tuple of 2 positive integers, the strides of
+            the convolution along height and width.
+        padding: `"valid"` (no padding) or `"same"` (zero padding so that the
+            output has `ceil(input / strides)` rows and columns).
+        activation: Activation function. `None` means linear.
+        use_bias: Boolean, whether the layer uses a (never factorized) bias.
+        kernel_u_initializer: `"auto"` or an initializer for `kernel_u`
+            `(kh * kw * in, rank)`.
+        kernel_v_initializer: `"auto"` or an initializer for `kernel_v`
+            `(rank, filters)`.
+        bias_initializer: Initializer for the bias vector.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: 4D tensor of shape `(batch, height, width, in)`.
+
+    Returns:
+        4D tensor of shape `(batch, new_height, new_width, filters)`.
+
+    Example:
+
+    >>> layer = FactorizedConv2D(16, 3, rank=2, strides=2, padding="same")
+    >>> y = layer(keras.ops.ones((1, 8, 8, 4)))
+    >>> tuple(y.shape)
+    (1, 4, 4, 16)
+    >>> [(w.name, tuple(w.shape)) for w in layer.trainable_weights]
+    [('kernel_u', (36, 2)), ('kernel_v', (2, 16)), ('bias', (16,))]
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        rank,
+        strides=1,
+        padding="valid",
+        activation=None,
+        use_bias=True,
+        kernel_u_initializer="auto",
+        kernel_v_initializer="auto",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = _init.validate_positive_int("filters", filters)
+        self.kernel_size = _validate_pair("kernel_size", kernel_size)
+        self.rank = _init.validate_positive_int("rank", rank)
+        self.strides = _validate_pair("strides", strides)
+        if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+            raise ValueError(
+                "Received an invalid value for `padding`, expected 'valid' or 'same'. "
+                f"Received: padding={padding!r}"
+            )
+        self.padding = padding.lower()
+        self.activation = keras.activations.get(activation)
+        self.use_bias = _init.validate_bool("use_bias", use_bias)
+        self.kernel_u_initializer = _init.get_initializer(
+            "kernel_u_initializer", kernel_u_initializer
+        )
+        self.kernel_v_initializer = _init.get_initializer(
+            "kernel_v_initializer", kernel_v_initializer
+        )
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        # Which form `call` uses: "auto" (fewer multiply-adds), "materialize" or
+        # "two_step". Private; tests force a path through it.
+        self._compute_path = "auto"
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if in_channels is None:
+            raise ValueError(
+                "The last (channel) dimension of the inputs to `FactorizedConv2D` should "
+                f"be defined. Received: input_shape={input_shape}"
+            )
+        in_channels = int(in_channels)
+        kh, kw = self.kernel_size
+        fan_in = kh * kw * in_channels
+        _init.warn_if_not_factorized(self.name, self.rank, fan_in, self.filters)
+        u_init = self.kernel_u_initializer
+        if u_init == _init.AUTO:
+            u_init = keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / fan_in))
+        v_init = self.kernel_v_initializer
+        if v_init == _init.AUTO:
+            v_init = keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / self.rank))
+        self._resolved_initializers = {"kernel_u": u_init, "kernel_v": v_init}
+        self.kernel_u = self.add_weight(
+            name="kernel_u", shape=(fan_in, self.rank), initializer=u_init
+        )
+        self.kernel_v = self.add_weight(
+            name="kernel_v", shape=(self.rank, self.filters), initializer=v_init
+        )
+        if self.use_bias:
+            self._resolved_initializers["bias"] = self.bias_initializer
+            self.bias = self.add_weight(
+                name="bias", shape=(self.filters,), initializer=self.bias_initializer
+            )
+        else:
+            self.bias = None
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: in_channels})
+
+    def _full_kernel(self, kernel_u, kernel_v):
+        kh, kw = self.kernel_size
+        in_channels = kernel_u.shape[0] // (kh * kw)
+        product = ops.matmul(kernel_u, ops.multiply(kernel_v, 0.5))
+        return ops.reshape(product, (kh, kw, in_channels, self.filters))
+
+    @property
+    def kernel(self):
+        """The full kernel `reshape(kernel_u @ kernel_v) / 2` (read-only)."""
+        if not self.built:
+            raise AttributeError("You must build the layer before accessing `kernel`.")
+        return self._full_kernel(self.kernel_u, self.kernel_v)
+
+    def _multiply_adds(self, input_shape):
+        """Multiply-adds `(materialize, two_step)` of one call on `input_shape`."""
+        kh, kw = self.kernel_size
+        fan_in = kh * kw * int(input_shape[-1])
+        out = self.compute_output_shape(input_shape)
+        positions = 1
+        for dim in (out[0], out[1], out[2]):
+            positions *= 1 if dim is None else int(dim)
+        materialize = fan_in * self.rank * self.filters + positions * fan_in * self.filters
+        two_step = positions * (fan_in * self.rank + self.rank * self.filters)
+        return materialize, two_step
+
+    def _use_two_step(self, input_shape):
+        if self._compute_path != "auto":
+            if self._compute_path not in _PATHS:
+                raise ValueError(
+                    f"Invalid `_compute_path`, expected one of {_PATHS}. "
+                    f"Received: _compute_path={self._compute_path!r}"
+                )
+            return self._compute_path == "two_step"
+        materialize, two_step = self._multiply_adds(input_shape)
+        return two_step < materialize
+
+    def call(self, inputs):
+        kh, kw = self.kernel_size
+        in_channels = self.kernel_u.shape[0] // (kh * kw)
+        if self._use_two_step(tuple(inputs.shape)):
+            kernel_u = ops.reshape(self.kernel_u, (kh, kw, in_channels, self.rank))
+            x = ops.conv(
+                inputs,
+                kernel_u,
+                strides=self.strides,
+                padding=self.padding,
+                data_format="channels_last",
+            )
+            x = ops.matmul(x, ops.multiply(self.kernel_v, 0.5))
+        else:
+            x = ops.conv(
+                inputs,
+                self._full_kernel(self.kernel_u, self.kernel_v),
+                strides=self.strides,
+                padding=self.padding,
+                data_format="channels_last",
+            )
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        height, width = (
+            _conv_output_length(input_shape[i + 1], self.kernel_size[i], self.strides[i],
+                                self.padding)
+            for i in range(2)
+        )  # fmt: skip
+        return (input_shape[0], height, width, self.filters)
+
+    def evolution_info(self):
+        """Mutation metadata for this layer's own trainable variables.
+
+        Returns:
+            Dict `{variable_name: {"init_std": float, "factor": bool}}` for
+            `kernel_u`, `kernel_v` (factors) and, if used, `bias` (not a factor;
+            a zero-initialised bias reports the Kaiming std `sqrt(2 / filters)`).
+        """
+        if not self.built:
+            raise ValueError(
+                f"Layer '{self.name}' must be built before calling `evolution_info()`."
+            )
+        info = {}
+        for var in (self.kernel_u, self.kernel_v, self.bias):
+            if var is None:
+                continue
+            key = var.name
+            info[key] = {
+                "init_std": _init.initializer_std(self._resolved_initializers[key], var.shape),
+                "factor": key in ("kernel_u", "kernel_v"),
+            }
+        return info
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "rank": self.rank,
+                "strides": self.strides,
+                "padding": self.padding,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_u_initializer": _init.serialize_initializer(self.kernel_u_initializer),
+                "kernel_v_initializer": _init.serialize_initializer(self.kernel_v_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config
