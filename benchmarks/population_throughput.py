@@ -64,8 +64,7 @@ def parse_args(argv=None):
     parser.add_argument("--naive-members", type=int, default=4,
                         help="members timed in the naive loop per generation (default 4)")
     parser.add_argument("--naive-batch-size", type=int, default=None,
-                        help="batch_size of the naive loop's model.evaluate "
-                             "(default: Keras' default, 32)")
+                        help="sequences per call in the naive loops (default: all N)")
     parser.add_argument("--population-batch-size", type=int, default=None,
                         help="engine chunk size C (default: automatic)")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -199,7 +198,7 @@ class Bench(keras.callbacks.Callback):
         """
         run = self.model._lrne_run
         variables = self.model.trainable_variables
-        batch = self.args.naive_batch_size
+        batch = self.args.naive_batch_size or len(self.x)
         loss_fn = self.model.loss
         losses = []
         start = time.perf_counter()

@@ -1,0 +1,173 @@
+"""Rollout throughput: the population closed loop vs the raw vector environment.
+
+Measured in one run on one machine (ratios are what to compare; machines are noisy):
+
+1. raw: ale-py's native vector environment (Frostbite, RGB, 4-frame stack) stepped with
+   random actions: the ceiling of any closed loop on this machine;
+2. keras-lrne's closed loop (`model.evolve(keras_lrne.tasks.Atari(...))`) with a
+   population of the paper's Atari network, factorized (rank 4) and full: member-steps/s
+   (environment steps of all members per second, policy included);
+3. the multiply-adds of a factorized conv computed as conv(x, U) then a 1x1 projection by
+   V vs the materialised kernel, for the paper's Atari net;
+4. the wall time of a CarRacing generation with early termination, factorized vs full
+   (the paper measured 0.62); skipped with --skip-carracing.
+
+The last line is one JSON object with at least `raw_env_steps_per_second`,
+`factorized_over_raw` and `full_over_raw`.
+
+    python benchmarks/rollout_throughput.py
+    KERAS_BACKEND=jax python benchmarks/rollout_throughput.py --population 64 --num-envs 64
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_lrne  # noqa: E402
+from keras_lrne.tasks._ale_vector import AleVectorEnv  # noqa: E402
+
+
+def raw_env_speed(game, num_envs, steps, seed=0):
+    env = AleVectorEnv(game, num_envs, grayscale=False, stack_num=4, frameskip=4,
+                       repeat_action_probability=0.0, noop_max=30, episodic_life=False,
+                       reward_clipping=False, maxpool=False)
+    rng = np.random.default_rng(seed)
+    env.reset(np.arange(num_envs), num_envs)
+    active = list(range(num_envs))
+    n = env.single_action_space.n
+    env.step(rng.integers(0, n, num_envs), active)
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(rng.integers(0, n, num_envs), active)
+    elapsed = time.perf_counter() - start
+    env.close()
+    return num_envs * steps / elapsed
+
+
+class GenerationTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds, self.logs = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+        self.logs.append(dict(logs or {}))
+
+
+def closed_loop_speed(variant, args):
+    task = keras_lrne.tasks.Atari(args.game, max_episode_steps=args.max_episode_steps,
+                                  num_envs=args.num_envs)
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.presets.atari_policy(variant, num_actions=task.num_outputs, rank=4)
+    timer = GenerationTimer()
+    model.evolve(task, strategy=keras_lrne.strategies.GA(args.population, args.parents),
+                 generations=args.generations, seed=0, verbose=0, callbacks=[timer])
+    # Generation 0 compiles the policy for its live-set buckets: excluded.
+    fps = [logs["frames_per_second"] for logs in timer.logs[1:]]
+    share = [logs["policy_share"] for logs in timer.logs[1:]]
+    return statistics.median(fps), statistics.median(share), model
+
+
+def conv_costs(model):
+    """Multiply-adds per frame of the factorized convs: two-step vs materialised kernel."""
+    two_step = materialised = 0
+    shape = model.input_shape[1:]
+    for layer in model.layers:
+        if isinstance(layer, keras_lrne.layers.FactorizedConv2D):
+            out = layer.compute_output_shape((1, *shape))
+            positions = out[1] * out[2]
+            kh, kw = layer.kernel_size
+            cin = shape[-1]
+            rank = layer.rank
+            two_step += positions * (kh * kw * cin * rank + rank * layer.filters)
+            materialised += positions * kh * kw * cin * layer.filters
+            shape = out[1:]
+        elif hasattr(layer, "compute_output_shape") and len(shape) == 3:
+            try:
+                shape = layer.compute_output_shape((1, *shape))[1:]
+            except Exception:  # noqa: BLE001 - only conv shapes matter here
+                break
+    return two_step, materialised
+
+
+def carracing_ratio(args):
+    seconds = {}
+    for variant in ("factorized", "full"):
+        task = keras_lrne.tasks.CarRacing(episodes=1, max_episode_steps=args.carracing_steps,
+                                          num_envs=args.carracing_population)
+        keras.utils.set_random_seed(0)
+        model = keras_lrne.presets.carracing_policy(variant, rank=1)
+        timer = GenerationTimer()
+        model.evolve(task, strategy=keras_lrne.strategies.GA(args.carracing_population, 1),
+                     generations=2, seed=0, verbose=0, callbacks=[timer])
+        seconds[variant] = (timer.seconds[-1], timer.logs[-1])
+    ratio = seconds["factorized"][0] / seconds["full"][0]
+    return ratio, seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--game", default="Frostbite")
+    parser.add_argument("--population", type=int, default=16)
+    parser.add_argument("--parents", type=int, default=4)
+    parser.add_argument("--num-envs", type=int, default=16)
+    parser.add_argument("--generations", type=int, default=3)
+    parser.add_argument("--max-episode-steps", type=int, default=150)
+    parser.add_argument("--raw-steps", type=int, default=150)
+    parser.add_argument("--skip-carracing", action="store_true")
+    parser.add_argument("--carracing-population", type=int, default=4)
+    parser.add_argument("--carracing-steps", type=int, default=200)
+    args = parser.parse_args(argv)
+
+    backend = keras.config.backend()
+    print(f"backend={backend} population={args.population} num_envs={args.num_envs} "
+          f"game={args.game} cap={args.max_episode_steps}", file=sys.stderr)
+    raw_before = raw_env_speed(args.game, args.num_envs, args.raw_steps)
+    fact_fps, fact_share, fact_model = closed_loop_speed("factorized", args)
+    full_fps, full_share, _ = closed_loop_speed("full", args)
+    raw_after = raw_env_speed(args.game, args.num_envs, args.raw_steps)
+    raw = statistics.mean([raw_before, raw_after])
+    two_step, materialised = conv_costs(fact_model)
+
+    print(f"raw vector env ({args.num_envs} envs, random actions): {raw:,.0f} env-steps/s "
+          f"(before {raw_before:,.0f}, after {raw_after:,.0f})")
+    print(f"closed loop, factorized rank 4: {fact_fps:,.0f} member-steps/s = "
+          f"{fact_fps / raw:.2f}x raw (policy {fact_share:.0%} of the time)")
+    print(f"closed loop, full:              {full_fps:,.0f} member-steps/s = "
+          f"{full_fps / raw:.2f}x raw (policy {full_share:.0%} of the time)")
+    print(f"factorized convs, multiply-adds per frame: two-step {two_step:,} vs "
+          f"materialised kernel {materialised:,} ({materialised / max(two_step, 1):.1f}x)")
+    result = {
+        "backend": backend,
+        "population": args.population,
+        "num_envs": args.num_envs,
+        "raw_env_steps_per_second": raw,
+        "factorized_member_steps_per_second": fact_fps,
+        "full_member_steps_per_second": full_fps,
+        "factorized_over_raw": fact_fps / raw,
+        "full_over_raw": full_fps / raw,
+        "conv_macs_two_step_over_materialised": two_step / max(materialised, 1),
+    }
+    if not args.skip_carracing:
+        ratio, seconds = carracing_ratio(args)
+        print(f"CarRacing generation wall time, factorized / full: {ratio:.2f} "
+              f"({seconds['factorized'][0]:.1f} s vs {seconds['full'][0]:.1f} s; "
+              f"early termination saved {seconds['factorized'][1]['early_termination_saved']:.0%}"
+              f" / {seconds['full'][1]['early_termination_saved']:.0%} of env steps)")
+        result["carracing_factorized_over_full_time"] = ratio
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
