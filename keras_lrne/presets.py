@@ -162,9 +162,7 @@ def _validate_image_shape(input_shape):
     valid = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
     if valid:
         try:
-            input_shape = tuple(
-                _init.validate_positive_int("input_shape", d) for d in input_shape
-            )
+            input_shape = tuple(_init.validate_positive_int("input_shape", d) for d in input_shape)
         except ValueError:
             valid = False
     if not valid:
@@ -213,15 +211,12 @@ def _conv_policy(variant, variants, kernels, num_actions, rank, input_shape, nam
         x = keras.layers.Dense(
             units, activation="relu", kernel_initializer=_kaiming_normal(), name="dense"
         )(x)
-    outputs = keras.layers.Dense(
-        num_actions, kernel_initializer=_kaiming_normal(), name="actions"
-    )(x)
+    head = keras.layers.Dense(num_actions, kernel_initializer=_kaiming_normal(), name="actions")
+    outputs = head(x)
     return _model_class()(inputs, outputs, name=name)
 
 
-def atari_policy(
-    variant="factorized", num_actions=18, rank=4, input_shape=(84, 84, 12), name=None
-):
+def atari_policy(variant="factorized", num_actions=18, rank=4, input_shape=(84, 84, 12), name=None):
     """Builds the paper's Atari policy: the Nature-DQN network.
 
     `Input(input_shape, float32)` (4 stacked RGB frames already scaled to
@@ -305,3 +300,60 @@ def carracing_policy(
         variant, _CARRACING_WIDTHS, _CARRACING_KERNELS, num_actions, rank, input_shape, name,
         "carracing",
     )  # fmt: skip
+
+
+_CONTROL_WIDTHS = {"full": 256, "factorized": 256, "small": 16}
+
+
+def control_policy(variant="factorized", input_dim=17, num_actions=6, rank=4, num_layers=2,
+                   name=None):
+    """Builds an MLP policy for vector-observation control (MuJoCo and friends).
+
+    Not one of the paper's networks (the paper evolved pixels-to-actions policies); the
+    same three variants applied to a two-hidden-layer MLP: "full" (`Dense(256)` x
+    `num_layers`, ReLU, N(0, 2/fan_in) kernels), "factorized" (every hidden layer a
+    `FactorizedDense(256, rank)`; the action layer stays a plain `Dense`) and "small"
+    (`Dense(16)` hidden layers).
+
+    Args:
+        variant: `"full"`, `"factorized"` or `"small"`.
+        input_dim: Positive integer, size of the observation vector (HalfCheetah: 17).
+        num_actions: Positive integer, size of the action vector (HalfCheetah: 6).
+        rank: Positive integer, rank of the factorized layers ("factorized" only).
+        num_layers: Positive integer, hidden layers.
+        name: Model name; defaults to `"lrne_control_<variant>"`.
+
+    Returns:
+        A functional `keras_lrne.Model` mapping `(batch, input_dim)` observations to
+        `(batch, num_actions)` raw actions (the task maps them to the action bounds).
+
+    Example:
+
+    >>> model = control_policy("factorized", input_dim=17, num_actions=6)
+    >>> model.count_params()
+    5194
+    """
+    from keras_lrne.layers import FactorizedDense
+
+    if variant not in _CONTROL_WIDTHS:
+        raise ValueError(
+            "Received an invalid value for `variant`, expected one of "
+            f"{sorted(_CONTROL_WIDTHS)}. Received: variant={variant!r}"
+        )
+    input_dim = _init.validate_positive_int("input_dim", input_dim)
+    num_actions = _init.validate_positive_int("num_actions", num_actions)
+    num_layers = _init.validate_positive_int("num_layers", num_layers)
+    if variant == "factorized":
+        rank = _init.validate_positive_int("rank", rank)
+    width = _CONTROL_WIDTHS[variant]
+    inputs = keras.Input(shape=(input_dim,), dtype="float32", name="observations")
+    x = inputs
+    for i in range(num_layers):
+        if variant == "factorized":
+            x = FactorizedDense(width, rank=rank, activation="relu", name=f"hidden_{i}")(x)
+        else:
+            x = keras.layers.Dense(width, activation="relu", kernel_initializer=_kaiming_normal(),
+                                   name=f"hidden_{i}")(x)
+    outputs = keras.layers.Dense(num_actions, kernel_initializer=_kaiming_normal(),
+                                 name="actions")(x)
+    return _model_class()(inputs, outputs, name=name or f"lrne_control_{variant}")
