@@ -24,3 +24,24 @@ def test_custom_model_example():
                                          "--parents", "2", "--verbose", "0"])
     losses = history.history["loss"]
     assert len(losses) == 3 and losses[-1] <= losses[0]
+
+
+def test_atari_example():
+    history = load("atari").main(["--game", "Pong", "--population", "3", "--parents", "1",
+                                  "--generations", "2", "--max-episode-steps", "20",
+                                  "--verbose", "0"])
+    assert len(history.history["episode_return"]) == 2
+
+
+def test_carracing_example():
+    history = load("carracing").main(["--population", "3", "--parents", "1",
+                                      "--reevaluate-top", "2", "--episodes", "1",
+                                      "--reevaluate-episodes", "1", "--generations", "1",
+                                      "--max-episode-steps", "15", "--verbose", "0"])
+    assert len(history.history["early_termination_saved"]) == 1
+
+
+def test_control_example():
+    history = load("control").main(["--population", "4", "--parents", "1", "--generations",
+                                    "2", "--max-episode-steps", "20", "--verbose", "0"])
+    assert len(history.history["episode_return"]) == 2
