@@ -213,7 +213,10 @@ class FactorizedConv2D(keras.layers.Layer):
     def call(self, inputs):
         kh, kw = self.kernel_size
         in_channels = self.kernel_u.shape[0] // (kh * kw)
-        if self._use_two_step(tuple(inputs.shape)):
+        # Only static integer dimensions count: symbolic ones (JAX export) and None mean
+        # "unknown", for which one example is assumed.
+        shape = tuple(d if isinstance(d, int) else None for d in inputs.shape)
+        if self._use_two_step(shape):
             kernel_u = ops.reshape(self.kernel_u, (kh, kw, in_channels, self.rank))
             x = ops.conv(
                 inputs,
