@@ -28,17 +28,15 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import keras_lrne  # noqa: E402
-from keras_lrne.tasks._ale_vector import AleVectorEnv  # noqa: E402
+import keras_lrne
 
 
 def raw_env_speed(game, num_envs, steps, seed=0):
-    env = AleVectorEnv(game, num_envs, grayscale=False, stack_num=4, frameskip=4,
-                       repeat_action_probability=0.0, noop_max=30, episodic_life=False,
-                       reward_clipping=False, maxpool=False)
+    """Random-action env-steps/s of exactly the vector env the Atari task steps."""
+    env = keras_lrne.tasks.Atari(game, num_envs=num_envs).make_vector_env(num_envs)
     rng = np.random.default_rng(seed)
     env.reset(np.arange(num_envs), num_envs)
     active = list(range(num_envs))
@@ -82,22 +80,14 @@ def closed_loop_speed(variant, args):
 def conv_costs(model):
     """Multiply-adds per frame of the factorized convs: two-step vs materialised kernel."""
     two_step = materialised = 0
-    shape = model.input_shape[1:]
     for layer in model.layers:
         if isinstance(layer, keras_lrne.layers.FactorizedConv2D):
-            out = layer.compute_output_shape((1, *shape))
+            cin = layer.input.shape[-1]
+            out = layer.output.shape
             positions = out[1] * out[2]
             kh, kw = layer.kernel_size
-            cin = shape[-1]
-            rank = layer.rank
-            two_step += positions * (kh * kw * cin * rank + rank * layer.filters)
+            two_step += positions * (kh * kw * cin * layer.rank + layer.rank * layer.filters)
             materialised += positions * kh * kw * cin * layer.filters
-            shape = out[1:]
-        elif hasattr(layer, "compute_output_shape") and len(shape) == 3:
-            try:
-                shape = layer.compute_output_shape((1, *shape))[1:]
-            except Exception:  # noqa: BLE001 - only conv shapes matter here
-                break
     return two_step, materialised
 
 

@@ -62,6 +62,7 @@ class RolloutEvaluator:
 
         def one(args):
             member, x = args
+            x = self.task.device_input(x)
             out, _ = self.model.stateless_call(
                 self.functions._assemble(member, frozen), non_trainable, x[None],
                 **self._kwargs,
@@ -112,7 +113,7 @@ class RolloutEvaluator:
                 index = np.resize(live_members, bucket).astype(np.int32)
                 weights = self._gather(population, index)
                 live_key = key
-            x = task.preprocess(obs[live])
+            x = task.host_input(obs[live])
             if len(live) < bucket:
                 x = np.concatenate([x, np.repeat(x[:1], bucket - len(live), 0)])
             t0 = time.perf_counter()

@@ -206,3 +206,20 @@ def test_control_bad_arguments(kwargs, match):
 
 def test_control_evolve_end_to_end_deterministic():
     evolve_twice(lambda: Control("HalfCheetah-v5", max_episode_steps=50), tiny_dense_policy)
+
+
+def test_atari_device_input_matches_preprocess():
+    from keras import ops
+
+    task = Atari("Pong", num_envs=2)
+    env = task.make_vector_env(2)
+    obs = env.reset([1, 2], 2)
+    for _ in range(3):
+        obs, *_ = env.step([1, 2], [0, 1])
+    env.close()
+    expected = task.preprocess(obs)
+    host = task.host_input(obs)
+    assert host.dtype == np.uint8
+    for i in range(2):
+        got = ops.convert_to_numpy(task.device_input(ops.convert_to_tensor(host[i])))
+        np.testing.assert_allclose(got, expected[i], rtol=0, atol=1e-7)

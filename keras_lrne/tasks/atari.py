@@ -3,6 +3,7 @@
 import difflib
 
 import numpy as np
+from keras import ops
 
 from keras_lrne.tasks._ale_vector import AleVectorEnv, _require_ale
 from keras_lrne.tasks.environment import Environment, _check_positive_int, _require_gymnasium
@@ -193,6 +194,16 @@ class Atari(Environment):
         out = np.empty((n, height, width, stack, channels), np.float32)
         np.multiply(obs.transpose(0, 2, 3, 1, 4), np.float32(1.0 / 255.0), out=out)
         return out.reshape(n, height, width, stack * channels)
+
+    def host_input(self, obs):
+        """The raw uint8 frames: conversion happens on the device (`device_input`)."""
+        return np.asarray(obs)
+
+    def device_input(self, x):
+        """One member's `(4, 84, 84, 3)` uint8 frames -> `(84, 84, 12)` float32 in [0, 1],
+        inside the compiled policy call (4x less data moved, no host pass over it)."""
+        x = ops.transpose(ops.cast(x, "float32") * (1.0 / 255.0), (1, 2, 0, 3))
+        return ops.reshape(x, (*x.shape[:2], -1))
 
     def __repr__(self):
         return (f"Atari({self.env!r}, episodes={self.episodes}, "

@@ -225,6 +225,22 @@ class Environment(Task):
         obs = np.asarray(obs, np.float32)
         return self.normalizer(obs) if self.normalizer is not None else obs
 
+    def host_input(self, obs):
+        """What the rollout engine sends to the device for a batch of raw observations.
+
+        Defaults to `preprocess(obs)`; tasks with large raw observations (frames) may send
+        them raw and convert them in `device_input`, inside the compiled policy call.
+        """
+        return self.preprocess(obs)
+
+    def device_input(self, x):
+        """Turns one member's `host_input` row into the model input (keras.ops, compiled).
+
+        Must agree with `preprocess`: `device_input(host_input(obs)[i]) ==
+        preprocess(obs)[i]`. Defaults to the identity.
+        """
+        return x
+
     def observe(self, raw_observations):
         """Called once per generation with a sample of raw observations (normaliser)."""
         if self.normalizer is not None and len(raw_observations):
