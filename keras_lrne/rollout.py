@@ -43,14 +43,21 @@ class RolloutEvaluator:
         bk = lrne_backend.get()
         self._backend = bk
         self.trace_counts = {"policy": 0, "gather": 0}
-        self._policy = bk.compile(self._policy_fn)
-        self._gather = bk.compile(self._gather_fn)
+        # One compiled function per live-set bucket size: each is traced once (and
+        # TensorFlow does not take the few bucket shapes for accidental retracing).
+        self._compiled = {}
         self._kwargs = (
             {"training": False} if getattr(model, "_call_has_training_arg", True) else {}
         )
 
     def close(self):
         self.vector_env.close()
+
+    def _functions_for(self, bucket):
+        if bucket not in self._compiled:
+            self._compiled[bucket] = (self._backend.compile(self._gather_fn),
+                                      self._backend.compile(self._policy_fn))
+        return self._compiled[bucket]
 
     # -- compiled bodies -----------------------------------------------------------------
     def _gather_fn(self, population, index):
@@ -107,17 +114,18 @@ class RolloutEvaluator:
         live_key, weights = None, None
         while live:
             bucket = _bucket(len(live), self.num_envs)
+            gather, policy = self._functions_for(bucket)
             live_members = members[env_slot[live] // episodes]
             key = (bucket, *live_members.tolist())
             if key != live_key:
                 index = np.resize(live_members, bucket).astype(np.int32)
-                weights = self._gather(population, index)
+                weights = gather(population, index)
                 live_key = key
             x = task.host_input(obs[live])
             if len(live) < bucket:
                 x = np.concatenate([x, np.repeat(x[:1], bucket - len(live), 0)])
             t0 = time.perf_counter()
-            out = self._backend.to_numpy(self._policy(weights, frozen, non_trainable, x))
+            out = self._backend.to_numpy(policy(weights, frozen, non_trainable, x))
             policy_time += time.perf_counter() - t0
             out = out[: len(live)]
             bad_action = ~np.all(np.isfinite(out), axis=1)
