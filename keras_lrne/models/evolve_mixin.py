@@ -1,12 +1,16 @@
 """`EvolveMixin`: adds `evolve()` to any Keras model."""
 
+import hashlib
+import json
 import numbers
+import os
 import time
 
 import keras
 import numpy as np
 
 from keras_lrne import backend as lrne_backend
+from keras_lrne import checkpoint
 from keras_lrne import population as pop
 from keras_lrne.lineage import Lineage
 from keras_lrne.rollout import RolloutEvaluator
@@ -173,6 +177,91 @@ class _EnvironmentEvaluator:
         self.rollout.close()
 
 
+def _open_backup(callbacks):
+    """Finds a `BackupAndRestore` callback; returns (state path, loaded checkpoint or None).
+
+    Fails before any work when the backup directory is not writable or its checkpoint is
+    damaged.
+    """
+    backup = next((c for c in callbacks or []
+                   if isinstance(c, keras.callbacks.BackupAndRestore)), None)
+    if backup is None:
+        return None, None
+    directory = backup.backup_dir
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, ".lrne_write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(
+            "The `BackupAndRestore` directory is not writable, so the run could not be "
+            f"resumed after a failure. Received: backup_dir={directory!r} ({error})"
+        ) from error
+    path = os.path.join(directory, checkpoint.STATE_FILE)
+    return path, (checkpoint.load(path) if os.path.exists(path) else None)
+
+
+def _task_signature(task):
+    if hasattr(task, "get_config"):
+        return json.loads(json.dumps(task.get_config(), default=str))
+    if isinstance(task, ArrayTask):
+        digest = hashlib.sha1(np.ascontiguousarray(task.x).tobytes()[: 1 << 20]).hexdigest()
+        return {"x": list(task.x.shape), "y": list(task.y.shape), "x_sha1": digest}
+    return repr(task)
+
+
+def _run_settings(seed, strategy, run, task):
+    return json.loads(json.dumps({
+        "seed": int(seed),
+        "strategy": {"class": strategy.__class__.__name__, **strategy.get_config()},
+        # Short names and shapes: auto-generated layer names differ between processes.
+        "variables": [[s.path.split("/")[-1], list(s.shape)] for s in run.evolvable],
+        "task": {"class": task.__class__.__name__, "signature": _task_signature(task)},
+    }, default=str))
+
+
+def _save_backup(path, state, lineage, records, task, settings):
+    bk = lrne_backend.get()
+    arrays = {f"population_{i}": bk.to_numpy(v) for i, v in enumerate(state.population)}
+    arrays.update(
+        losses=np.asarray(state.losses, np.float64),
+        parents=state.parents,
+        seeds=state.seeds,
+        lineage_parents=np.asarray(lineage.parents, np.int32).reshape(-1, lineage.population_size),
+        lineage_seeds=np.asarray(lineage.seeds, np.int32).reshape(-1, lineage.population_size),
+    )
+    meta = {
+        "settings": settings,
+        "generation": int(state.generation),
+        "best_loss": float(state.best_loss),
+        "history": records,
+        "task_state": task.get_state() if hasattr(task, "get_state") else None,
+    }
+    checkpoint.save(path, arrays, json.loads(json.dumps(meta, default=float)))
+
+
+def _restore(resume, path, settings, state, lineage, task):
+    arrays, meta = resume
+    checkpoint.check_settings(meta["settings"], settings, path)
+    population = [keras.ops.convert_to_tensor(arrays[f"population_{i}"])
+                  for i in range(len(state.population))]
+    state = state._replace(
+        population=population,
+        generation=int(meta["generation"]),
+        losses=arrays["losses"],
+        best_loss=float(meta["best_loss"]),
+        parents=arrays["parents"],
+        seeds=arrays["seeds"],
+    )
+    for parents, seeds in zip(arrays["lineage_parents"], arrays["lineage_seeds"]):
+        lineage.record(parents, seeds)
+    if meta.get("task_state") and hasattr(task, "set_state"):
+        task.set_state(meta["task_state"])
+    return state, int(meta["generation"]), {k: list(v) for k, v in meta["history"].items()}
+
+
 def _two_stage(strategy, evaluator, population, generation, losses, logs):
     """The paper's two-stage selection, when the strategy asks for it.
 
@@ -289,13 +378,17 @@ class EvolveMixin:
                 validation = as_arrays(validation_data, None, "validation_data")
         else:
             validation = task.validation_data()
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
-        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
+        ):
             raise ValueError(
                 "Received an invalid value for `seed`, expected a non-negative integer or "
                 f"None. Received: seed={seed!r}"
             )
+        backup_path, resume = _open_backup(callbacks)
+        if seed is None:
+            seed = (resume[1]["settings"]["seed"] if resume else
+                    int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF))
 
         is_env = isinstance(task, Environment)
         if is_env:
@@ -329,6 +422,11 @@ class EvolveMixin:
                           {"strategy": strategy.__class__.__name__, **strategy.get_config()})
         self._lrne_run, self._lrne_state, self.lineage = run, state, lineage
         self._lrne_evaluator = evaluator
+        settings = _run_settings(seed, strategy, run, task)
+        start, records = 0, {}
+        if resume:
+            state, start, records = _restore(resume, backup_path, settings, state, lineage, task)
+            self._lrne_state = state
 
         callback_list = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose != 0, model=self,
@@ -336,9 +434,17 @@ class EvolveMixin:
         )
         self.stop_training = False
         callback_list.on_train_begin()
+        if resume:
+            # After BackupAndRestore's own on_train_begin (which loads its weights): the
+            # model holds the elite of the last completed generation.
+            self._set_member(state.population, 0)
+            for callback in callback_list.callbacks:
+                if isinstance(callback, keras.callbacks.History):
+                    callback.epoch = list(range(start))
+                    callback.history = {k: list(v) for k, v in records.items()}
         logs = {}
         try:
-            for generation in range(generations):
+            for generation in range(start, generations):
                 callback_list.on_epoch_begin(generation)
                 callback_list.on_train_batch_begin(0)
                 population = strategy.ask(state)
@@ -349,6 +455,10 @@ class EvolveMixin:
                 self._set_member(state.population, 0)
                 self._lrne_state = state
                 logs.update(evaluator.validate(state.population))
+                for key, value in logs.items():
+                    records.setdefault(key, []).append(value)
+                if backup_path is not None:
+                    _save_backup(backup_path, state, lineage, records, task, settings)
                 callback_list.on_train_batch_end(0, logs)
                 callback_list.on_epoch_end(generation, logs)
                 if self.stop_training:
