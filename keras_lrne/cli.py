@@ -55,6 +55,27 @@ def _positive_float(text):
     return value
 
 
+RESUME_HELP = (
+    "continue an interrupted run from OUTPUT/backup (every run backs itself up there "
+    "after each generation; the backup is removed when the run completes)"
+)
+
+
+def _backup_callback(args, output):
+    """`BackupAndRestore(output/backup)`; refuses to overwrite an interrupted run."""
+    import keras
+
+    from keras_lrne import checkpoint
+
+    backup = os.path.join(output, "backup")
+    if os.path.exists(os.path.join(backup, checkpoint.STATE_FILE)) and not args.resume:
+        raise ValueError(
+            f"An interrupted run's backup exists in {backup!r}. Pass --resume to continue "
+            "it, or remove that directory (or choose another --output) to start again."
+        )
+    return keras.callbacks.BackupAndRestore(backup)
+
+
 RL_COMMANDS = {
     "atari": {
         "help": "evolve the paper's Atari policy (Nature-DQN on 84x84 RGB, 4-frame stack)",
@@ -133,6 +154,7 @@ def build_parser():
                     help="output directory. Default: lrne_output/lm")
     lm.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                     help="0 silent, 1 progress bar, 2 one line per generation")
+    lm.add_argument("--resume", action="store_true", help=RESUME_HELP)
 
     for name, spec in RL_COMMANDS.items():
         sub = commands.add_parser(name, help=spec["help"], description=spec["help"])
@@ -167,6 +189,7 @@ def build_parser():
         sub.add_argument("--seed", type=_non_negative_int, default=0)
         sub.add_argument("--output", default=os.path.join("lrne_output", name))
         sub.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+        sub.add_argument("--resume", action="store_true", help=RESUME_HELP)
     return parser
 
 
@@ -225,7 +248,9 @@ def _run_variant(args, task, variant, output):
         seed=args.seed,
         verbose=args.verbose,
         population_batch_size=args.population_batch_size,
-        callbacks=[keras.callbacks.CSVLogger(os.path.join(output, "history.csv"))],
+        callbacks=[_backup_callback(args, output),
+                   keras.callbacks.CSVLogger(os.path.join(output, "history.csv"),
+                                             append=args.resume)],
     )
     wall = time.perf_counter() - start
 
@@ -360,7 +385,9 @@ def run_rl(args):
     history = model.evolve(
         task, strategy=strategy, generations=args.generations, seed=args.seed,
         verbose=args.verbose,
-        callbacks=[keras.callbacks.CSVLogger(os.path.join(output, "history.csv"))],
+        callbacks=[_backup_callback(args, output),
+                   keras.callbacks.CSVLogger(os.path.join(output, "history.csv"),
+                                             append=args.resume)],
     )
     wall = time.perf_counter() - start
     plot_histories({args.variant: history.history}, os.path.join(output, "return.png"),

@@ -95,3 +95,37 @@ def test_paper_settings_fill_only_unset_options():
     cli._apply_paper_settings(args, ["lm", "--paper", "--generations", "5"])
     assert (args.population, args.parents, args.generations) == (512, 16, 5)
     assert (args.sequence_length, args.num_sequences) == (128, 1024)
+
+
+def test_lm_resume_after_an_interruption(tmp_path, monkeypatch):
+    from keras_lrne.models import evolve_mixin
+
+    out = tmp_path / "run"
+    original = evolve_mixin._save_backup
+
+    def save_then_crash(*args, **kwargs):
+        original(*args, **kwargs)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(evolve_mixin, "_save_backup", save_then_crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        cli.main(["lm", *TINY, "--output", str(out)])
+    monkeypatch.setattr(evolve_mixin, "_save_backup", original)
+    # Without --resume an interrupted run is never overwritten.
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lm", *TINY, "--output", str(out)])
+    assert info.value.code == 2
+    assert cli.main(["lm", *TINY, "--output", str(out), "--resume"]) == 0
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["generations"] == 2
+    assert not (out / "backup").exists()
+
+
+def test_lm_resume_with_a_corrupted_backup_fails_clearly(tmp_path, capsys):
+    backup = tmp_path / "run" / "backup"
+    backup.mkdir(parents=True)
+    (backup / "evolution_state.lrne").write_bytes(b"0" * 64 + b"\nnot a checkpoint")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lm", *TINY, "--output", str(tmp_path / "run"), "--resume"])
+    assert info.value.code == 2
+    assert "corrupted" in capsys.readouterr().err
