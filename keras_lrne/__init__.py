@@ -5,6 +5,7 @@ layers store each weight matrix as two low-rank factors (Garbus & Pollack, 2025)
 """
 
 from keras_lrne import layers, presets, strategies, tasks
+from keras_lrne.export import export_policy
 from keras_lrne.lineage import Lineage
 from keras_lrne.models import EvolveMixin, Model, Sequential
 
@@ -15,6 +16,7 @@ __all__ = [
     "Lineage",
     "Model",
     "Sequential",
+    "export_policy",
     "layers",
     "presets",
     "strategies",

@@ -395,6 +395,7 @@ def run_rl(args):
                    keys=("episode_return", "mean_return"), ylabel="episode return")
     model.save(os.path.join(output, "model.keras"))
     model.export(os.path.join(output, "saved_model"), format="tf_saved_model", verbose=False)
+    keras_lrne.export_policy(model, task, os.path.join(output, "policy"))
     with open(os.path.join(output, "lineage.npz"), "wb") as f:
         f.write(model.lineage.to_bytes())
     logs = history.history

@@ -22,6 +22,7 @@ def test_rl_commands_write_results(tmp_path, argv):
     for name in ("history.csv", "return.png", "model.keras", "lineage.npz"):
         assert (out / name).is_file(), name
     assert (out / "saved_model" / "saved_model.pb").is_file()
+    assert (out / "policy" / "keras_lrne_policy.json").is_file()
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert summary["command"] == argv[0] and summary["env_steps"] > 0
 

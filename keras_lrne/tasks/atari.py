@@ -205,6 +205,11 @@ class Atari(Environment):
         x = ops.transpose(ops.cast(x, "float32") * (1.0 / 255.0), (1, 2, 0, 3))
         return ops.reshape(x, (*x.shape[:2], -1))
 
+    def export_input(self, obs):
+        """`preprocess` in keras.ops (exported policies)."""
+        x = ops.transpose(ops.cast(obs, "float32") * (1.0 / 255.0), (0, 2, 3, 1, 4))
+        return ops.reshape(x, (-1, *x.shape[1:3], x.shape[3] * x.shape[4]))
+
     def __repr__(self):
         return (f"Atari({self.env!r}, episodes={self.episodes}, "
                 f"max_episode_steps={self.max_episode_steps}, version={self.version!r})")

@@ -134,6 +134,16 @@ class CarRacing(Environment):
             x.transpose(0, 2, 3, 1, 4).reshape(n, height, width, stack * channels)
         )
 
+    def export_input(self, obs):
+        """`preprocess` in keras.ops (exported policies): the exact 96 -> 64 area average
+        is a x2 nearest upsampling followed by 3x3 average pooling."""
+        from keras import ops
+
+        x = ops.cast(obs, "float32") * (1.0 / 255.0)  # (N, 4, 96, 96, 3)
+        x = ops.reshape(ops.transpose(x, (0, 2, 3, 1, 4)), (-1, 96, 96, 12))
+        x = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
+        return ops.average_pool(x, 3, strides=3, padding="valid")
+
     def should_stop(self, rewards):
         """True once more than 20 rewards were recorded and the last 21 are all negative."""
         if not self.early_termination or len(rewards) < NEGATIVE_STREAK:

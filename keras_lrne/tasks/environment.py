@@ -241,6 +241,35 @@ class Environment(Task):
         """
         return x
 
+    def export_input(self, obs):
+        """`preprocess` in keras.ops for a batch of raw observations (exported policies)."""
+        from keras import ops
+
+        x = ops.cast(obs, "float32")
+        if self.normalizer is not None and self.normalizer.count:
+            mean = ops.convert_to_tensor(self.normalizer.mean.astype("float32"))
+            std = ops.convert_to_tensor(
+                np.sqrt(self.normalizer.var + self.normalizer.epsilon).astype("float32")
+            )
+            x = ops.clip((x - mean) / std, -self.normalizer.clip, self.normalizer.clip)
+        return x
+
+    def export_output(self, outputs):
+        """`postprocess` in keras.ops: model outputs -> actions (exported policies)."""
+        from keras import ops
+
+        outputs = ops.reshape(ops.cast(outputs, "float32"), (ops.shape(outputs)[0], -1))
+        if self.action_transform == "argmax":
+            return ops.argmax(outputs, axis=-1)
+        outputs = ops.reshape(outputs, (-1, *self.action_space.shape))
+        low = ops.convert_to_tensor(self.action_space.low.astype("float32"))
+        high = ops.convert_to_tensor(self.action_space.high.astype("float32"))
+        if self.action_transform == "tanh":
+            return low + (ops.tanh(outputs) + 1.0) * 0.5 * (high - low)
+        if self.action_transform == "clip":
+            return ops.clip(outputs, low, high)
+        return outputs
+
     def observe(self, raw_observations):
         """Called once per generation with a sample of raw observations (normaliser)."""
         if self.normalizer is not None and len(raw_observations):

@@ -1,0 +1,69 @@
+"""`export_policy`: an evolved policy as a TensorFlow SavedModel that plays on its own."""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+POLICY_MARKER = "keras_lrne_policy.json"
+
+
+def export_policy(model, task, filepath):
+    """Exports `model` as a SavedModel mapping raw environment observations to actions.
+
+    The serving signature `serve` takes a batch of raw observations exactly as the
+    environment returns them (e.g. stacked uint8 frames, or vector observations with the
+    run's observation normalisation baked in) and returns actions (argmax indices for
+    Discrete spaces, the task's continuous transform for Box spaces). A process with
+    TensorFlow alone can load and run it (`tf.saved_model.load(filepath).serve(obs)`);
+    keras-lrne is not needed. Works for runs on the JAX backend too.
+
+    Args:
+        model: the evolved policy (after `model.evolve(task, ...)` it holds the elite).
+        task: the `keras_lrne.tasks.Environment` it was evolved on.
+        filepath: output directory.
+
+    Returns:
+        `filepath`.
+
+    Example:
+
+    >>> model.evolve(task, strategy=keras_lrne.strategies.GA(64, 8), generations=20)
+    >>> keras_lrne.export_policy(model, task, "policy")
+    >>> tf.saved_model.load("policy").serve(observations)  # -> actions
+    """
+    from keras_lrne.tasks.environment import Environment
+
+    if not isinstance(task, Environment):
+        raise ValueError(
+            "Received an invalid value for `task`, expected a keras_lrne environment task "
+            f"(Atari, CarRacing, Control, Environment). Received: task={task!r}"
+        )
+    if not getattr(model, "built", False) or getattr(model, "lineage", None) is None:
+        raise ValueError(
+            "The model was never evolved: call `model.evolve(task, ...)` before exporting its "
+            f"policy. Received: model={getattr(model, 'name', model)!r}"
+        )
+    raw = task.observation_space  # what the environment returns, before preprocessing
+    spec = keras.InputSpec(shape=(None, *raw.shape), dtype=str(np.dtype(raw.dtype)))
+
+    def serve(observations):
+        return task.export_output(model(task.export_input(observations), training=False))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=serve, input_signature=[spec])
+    archive.write_out(filepath, verbose=False)
+    marker = {
+        "format": "keras_lrne_policy",
+        "version": 1,
+        "task": repr(task),
+        "env": task.env if isinstance(task.env, str) else None,
+        "observation_shape": list(raw.shape),
+        "observation_dtype": str(np.dtype(raw.dtype)),
+        "action_transform": task.action_transform,
+    }
+    with open(os.path.join(filepath, POLICY_MARKER), "w") as f:
+        json.dump(marker, f, indent=2)
+    return filepath
