@@ -135,3 +135,31 @@ def initializer_std(initializer, shape):
     if not std > 0.0 or not math.isfinite(std):
         std = kaiming_std(shape)
     return std
+
+
+def factor_evolution_info(layer, names, factor_names):
+    """`evolution_info()` of a layer that keeps its initializers in
+    `layer._resolved_initializers` (keyed by variable name).
+
+    Args:
+        layer: the built layer.
+        names: attribute names of its own trainable variables (attributes that are None,
+            e.g. no bias, are skipped).
+        factor_names: names of the low-rank factor variables.
+
+    Returns:
+        Dict `{variable_name: {"init_std": float, "factor": bool}}`.
+    """
+    if not layer.built:
+        raise ValueError(
+            f"Layer '{layer.name}' must be built before calling `evolution_info()`."
+        )
+    variables = [getattr(layer, name) for name in names]
+    return {
+        var.name: {
+            "init_std": initializer_std(layer._resolved_initializers[var.name], var.shape),
+            "factor": var.name in factor_names,
+        }
+        for var in variables
+        if var is not None
+    }

@@ -257,20 +257,9 @@ class FactorizedConv2D(keras.layers.Layer):
             `kernel_u`, `kernel_v` (factors) and, if used, `bias` (not a factor;
             a zero-initialised bias reports the Kaiming std `sqrt(2 / filters)`).
         """
-        if not self.built:
-            raise ValueError(
-                f"Layer '{self.name}' must be built before calling `evolution_info()`."
-            )
-        info = {}
-        for var in (self.kernel_u, self.kernel_v, self.bias):
-            if var is None:
-                continue
-            key = var.name
-            info[key] = {
-                "init_std": _init.initializer_std(self._resolved_initializers[key], var.shape),
-                "factor": key in ("kernel_u", "kernel_v"),
-            }
-        return info
+        return _init.factor_evolution_info(
+            self, ("kernel_u", "kernel_v", "bias"), ("kernel_u", "kernel_v")
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -155,20 +155,11 @@ class FactorizedEmbedding(keras.layers.Layer):
             `embeddings_u`, `embeddings_v` (factors) and, if used,
             `output_bias` (not a factor).
         """
-        if not self.built:
-            raise ValueError(
-                f"Layer '{self.name}' must be built before calling `evolution_info()`."
-            )
-        info = {}
-        for var in (self.embeddings_u, self.embeddings_v, self.output_bias):
-            if var is None:
-                continue
-            key = var.name
-            info[key] = {
-                "init_std": _init.initializer_std(self._resolved_initializers[key], var.shape),
-                "factor": key in ("embeddings_u", "embeddings_v"),
-            }
-        return info
+        return _init.factor_evolution_info(
+            self,
+            ("embeddings_u", "embeddings_v", "output_bias"),
+            ("embeddings_u", "embeddings_v"),
+        )
 
     def get_config(self):
         config = super().get_config()
