@@ -25,34 +25,24 @@ PAPER_SETTINGS = {
 }
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
-    return value
+def _number_type(cast, description, valid):
+    """An argparse type: `cast(text)`, rejected with a clear message unless `valid`."""
+
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {description}, received {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, received {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
-    return value
+_positive_int = _number_type(int, "a positive integer", lambda v: v >= 1)
+_non_negative_int = _number_type(int, "a non-negative integer", lambda v: v >= 0)
+_positive_float = _number_type(float, "a positive number", lambda v: v > 0)
 
 
 RESUME_HELP = (
