@@ -6,10 +6,11 @@ import keras
 from keras import ops
 
 from keras_lrne.layers import _init
+from keras_lrne.layers._tied_head import TiedHeadMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_lrne")
-class FactorizedEmbedding(keras.layers.Layer):
+class FactorizedEmbedding(TiedHeadMixin, keras.layers.Layer):
     """Token embedding whose table is a low-rank product `U @ V`.
 
     `call(ids)` gathers rows of `embeddings_u (input_dim, rank)` and multiplies
@@ -129,23 +130,6 @@ class FactorizedEmbedding(keras.layers.Layer):
         rows = ops.take(self.embeddings_u, inputs, axis=0)
         out = ops.matmul(rows, self.embeddings_v)
         return ops.cast(out, self.compute_dtype)
-
-    def attend(self, inputs):
-        """Tied output head: `inputs @ embeddings.T (+ output_bias)`.
-
-        Runs as a normal layer call (`self(inputs, reverse=True)`), so it is
-        recorded in functional models and survives `.keras` save/load.
-        """
-        return self(inputs, reverse=True)
-
-    def compute_output_shape(self, input_shape, reverse=False):
-        if reverse:
-            return tuple(input_shape)[:-1] + (self.input_dim,)
-        return tuple(input_shape) + (self.output_dim,)
-
-    def compute_output_spec(self, inputs, reverse=False):
-        shape = self.compute_output_shape(inputs.shape, reverse=reverse)
-        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def evolution_info(self):
         """Mutation metadata for this layer's own trainable variables.
