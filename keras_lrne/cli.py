@@ -1,7 +1,9 @@
 """The `keras-lrne` command line.
 
 `keras-lrne lm` runs the paper's language-modelling experiment (offline on the embedded
-corpus by default); `keras-lrne lm --compare` runs its three variants side by side.
+corpus by default); `keras-lrne lm --compare` runs its three variants side by side;
+`keras-lrne atari|carracing|control` evolve policies; `keras-lrne play` runs an exported
+policy and `keras-lrne generate` samples from an evolved language model.
 """
 
 import argparse
@@ -180,6 +182,37 @@ def build_parser():
         sub.add_argument("--output", default=os.path.join("lrne_output", name))
         sub.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
         sub.add_argument("--resume", action="store_true", help=RESUME_HELP)
+
+    play = commands.add_parser(
+        "play", help="run an exported policy and print its episode returns",
+        description="Load a policy exported by keras_lrne.export_policy (or a run's output "
+        "directory, which holds one in policy/), play episodes and print the returns.",
+    )
+    play.add_argument("dir", metavar="DIR", help="policy directory or a run's --output")
+    play.add_argument("--env", default=None,
+                      help="environment id (default: the one the policy was evolved on; "
+                      "Atari policies take a game name or an ALE id)")
+    play.add_argument("--episodes", type=_positive_int, default=1)
+    play.add_argument("--max-episode-steps", type=_positive_int, default=None,
+                      help="step cap (default: the run's)")
+    play.add_argument("--seed", type=_non_negative_int, default=0,
+                      help="reset seed of the first episode (episode i uses seed + i)")
+    play.add_argument("--record", default=None, metavar="OUT.gif",
+                      help="write a GIF of the first episode")
+
+    gen = commands.add_parser(
+        "generate", help="sample text from an evolved language model",
+        description="Continue a prompt with the language model of a `keras-lrne lm` run "
+        "(its output directory holds model.keras and tokenizer.json).",
+    )
+    gen.add_argument("dir", metavar="DIR", help="the --output directory of a keras-lrne lm run")
+    gen.add_argument("--prompt", required=True, help="text to continue")
+    gen.add_argument("--max-tokens", type=_positive_int, default=50)
+    gen.add_argument("--temperature", type=_number_type(float, "a number >= 0",
+                                                        lambda v: v >= 0), default=1.0,
+                     help="sampling temperature; 0 is greedy. Default: 1.0")
+    gen.add_argument("--top-k", type=_positive_int, default=None)
+    gen.add_argument("--seed", type=_non_negative_int, default=0)
     return parser
 
 
@@ -252,6 +285,10 @@ def _run_variant(args, task, variant, output):
     model.export(os.path.join(output, "saved_model"), format="tf_saved_model", verbose=False)
     with open(os.path.join(output, "lineage.npz"), "wb") as f:
         f.write(model.lineage.to_bytes())
+    if task.vectorizer is not None:
+        from keras_lrne.generation import TOKENIZER_FILE, save_tokenizer
+
+        save_tokenizer(task, os.path.join(output, TOKENIZER_FILE))
     logs = history.history
     summary = {
         "variant": variant,
@@ -405,6 +442,41 @@ def run_rl(args):
     return 0
 
 
+def run_play(args):
+    from keras_lrne.playback import play
+
+    returns = play(args.dir, args.env, episodes=args.episodes, seed=args.seed,
+                   max_episode_steps=args.max_episode_steps, record=args.record)
+    for i, value in enumerate(returns):
+        print(f"episode {i + 1}: return {value:.2f}", flush=True)
+    print(f"mean return over {len(returns)} episode(s): {float(np.mean(returns)):.2f}")
+    if args.record:
+        print(f"[keras-lrne] wrote {args.record}")
+    return 0
+
+
+def run_generate(args):
+    import keras
+
+    import keras_lrne  # noqa: F401  (registers the layers for load_model)
+    from keras_lrne.generation import TOKENIZER_FILE, generate_text, load_tokenizer
+
+    model_path = os.path.join(args.dir, "model.keras")
+    if not os.path.isfile(model_path):
+        raise ValueError(
+            f"Received an invalid value for `DIR`: {model_path!r} does not exist; pass the "
+            f"--output directory of a `keras-lrne lm` run. Received: DIR={args.dir!r}"
+        )
+    kind, vocabulary = load_tokenizer(os.path.join(args.dir, TOKENIZER_FILE))
+    model = keras.saving.load_model(model_path, compile=False)
+    text = generate_text(model, args.prompt, vocabulary, tokenizer=kind,
+                         max_tokens=args.max_tokens, temperature=args.temperature,
+                         top_k=args.top_k, seed=args.seed)
+    sep = "" if kind == "character" else " "
+    print(args.prompt + sep + text)
+    return 0
+
+
 def main(argv=None):
     """Entry point of the `keras-lrne` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -414,6 +486,10 @@ def main(argv=None):
     try:
         if args.command == "lm":
             return run_lm(args, argv)
+        if args.command == "play":
+            return run_play(args)
+        if args.command == "generate":
+            return run_generate(args)
         return run_rl(args)
     except (ValueError, FileNotFoundError, ImportError) as error:
         parser.exit(2, f"keras-lrne {args.command}: error: {error}\n")

@@ -59,11 +59,43 @@ def export_policy(model, task, filepath):
         "format": "keras_lrne_policy",
         "version": 1,
         "task": repr(task),
+        "kind": _task_kind(task),
         "env": task.env if isinstance(task.env, str) else None,
+        "env_kwargs": _json_safe(getattr(task, "env_kwargs", {})),
+        "max_episode_steps": int(task.episode_cap),
         "observation_shape": list(raw.shape),
         "observation_dtype": str(np.dtype(raw.dtype)),
         "action_transform": task.action_transform,
     }
+    if marker["kind"] == "atari":
+        marker["atari"] = {"game": task.game, "version": task.version,
+                           "noop_max": task.noop_max,
+                           "full_action_space": task.full_action_space}
     with open(os.path.join(filepath, POLICY_MARKER), "w") as f:
         json.dump(marker, f, indent=2)
     return filepath
+
+
+def _task_kind(task):
+    """How `keras-lrne play` rebuilds the environment: `atari` (ale-py's native vector env),
+    `carracing` (CarRacing-v3 with a 4-frame stack) or `gym` (`gymnasium.make(env)`)."""
+    from keras_lrne.tasks.atari import Atari
+    from keras_lrne.tasks.car_racing import CarRacing
+
+    if isinstance(task, Atari):
+        return "atari"
+    if isinstance(task, CarRacing):
+        return "carracing"
+    return "gym"
+
+
+def _json_safe(kwargs):
+    """The JSON-serialisable entries of `kwargs` (env factories' arguments may not be)."""
+    safe = {}
+    for key, value in dict(kwargs).items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        safe[key] = value
+    return safe

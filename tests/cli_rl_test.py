@@ -25,6 +25,19 @@ def test_rl_commands_write_results(tmp_path, argv):
     assert (out / "policy" / "keras_lrne_policy.json").is_file()
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert summary["command"] == argv[0] and summary["env_steps"] > 0
+    # `keras-lrne play` runs the exported policy (from the run's output directory).
+    gif = tmp_path / "episode.gif"
+    code = cli.main(["play", str(out), "--episodes", "2", "--max-episode-steps", "6",
+                     "--record", str(gif)])
+    assert code == 0
+    from PIL import Image
+
+    with Image.open(gif) as image:  # one 30 ms frame per step of the first episode
+        durations = []  # (Pillow merges identical consecutive frames, adding durations)
+        for index in range(image.n_frames):
+            image.seek(index)
+            durations.append(image.info["duration"])
+    assert sum(durations) == 6 * 30
 
 
 @pytest.mark.parametrize(
@@ -41,3 +54,39 @@ def test_rl_bad_input(tmp_path, capsys, argv, message):
         cli.main([*argv, "--generations", "1", "--verbose", "0", "--output", str(tmp_path)])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_play_prints_returns_and_rejects_bad_input(tmp_path, capsys):
+    out = tmp_path / "ctl"
+    assert cli.main(["control", "--env", "Pendulum-v1", "--max-episode-steps", "10",
+                     "--population", "3", "--parents", "1", "--generations", "1",
+                     "--verbose", "0", "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["play", str(out / "policy"), "--env", "Pendulum-v1", "--episodes",
+                     "3", "--seed", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    returns = [float(line.split("return ")[1]) for line in lines[:3]]
+    assert [line.split(":")[0] for line in lines[:3]] == ["episode 1", "episode 2",
+                                                         "episode 3"]
+    assert lines[3].startswith("mean return over 3 episode(s): ")
+    assert float(lines[3].split(": ")[1]) == pytest.approx(sum(returns) / 3, abs=0.01)
+    # The same seed replays the same episodes.
+    from keras_lrne.playback import play
+
+    assert play(out, episodes=3, seed=5) == pytest.approx(returns, abs=0.01)
+    bad = [
+        (["play", str(tmp_path)], "not a keras-lrne policy"),
+        (["play", str(tmp_path / "missing")], "No such directory"),
+        (["play", str(out), "--env", "CartPole-v1"], "expects (3,)"),
+        (["play", str(out), "--env", "Pendulum-v9"], "Pendulum-v1"),
+        (["play", str(out), "--record", str(tmp_path / "x.png")], ".gif"),
+    ]
+    for argv, message in bad:
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err, argv
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "keras_lrne_policy.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid keras-lrne policy"):
+        play(tmp_path / "fake")

@@ -129,3 +129,29 @@ def test_lm_resume_with_a_corrupted_backup_fails_clearly(tmp_path, capsys):
         cli.main(["lm", *TINY, "--output", str(tmp_path / "run"), "--resume"])
     assert info.value.code == 2
     assert "corrupted" in capsys.readouterr().err
+
+
+def test_generate_samples_from_an_lm_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["lm", *TINY, "--output", str(out)]) == 0
+    assert (out / "tokenizer.json").is_file()
+    capsys.readouterr()
+    argv = ["generate", str(out), "--prompt", "The list", "--max-tokens", "7"]
+    assert cli.main([*argv, "--seed", "3"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert first.startswith("The list ") and len(first.split()) == 2 + 7
+    assert cli.main([*argv, "--seed", "3"]) == 0
+    assert capsys.readouterr().out.strip() == first  # seeded
+    assert cli.main([*argv, "--temperature", "0"]) == 0
+    vocabulary = json.loads((out / "tokenizer.json").read_text())["vocabulary"]
+    tokens = capsys.readouterr().out.split()[2:]
+    assert all(t in vocabulary[2:] for t in tokens)  # never padding or [UNK]
+    for bad, message in [
+        (["generate", str(tmp_path), "--prompt", "x"], "model.keras"),
+        (["generate", str(out), "--prompt", "   "], "`prompt`"),
+        (["generate", str(out), "--prompt", "x", "--temperature", "-1"], "number >= 0"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            cli.main(bad)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err, bad
