@@ -67,6 +67,80 @@ class Lineage:
             member = int(self.parents[g][member])
         return member, seeds[::-1]
 
+    def save(self, filepath):
+        """Writes the lineage to `filepath` (a compact `.npz`, see `to_bytes`)."""
+        with open(filepath, "wb") as f:
+            f.write(self.to_bytes())
+        return filepath
+
+    @classmethod
+    def load(cls, filepath):
+        """Reads a lineage file written by `save` (or a run's `lineage.npz`).
+
+        Raises:
+            ValueError: if the file is not a keras-lrne lineage.
+        """
+        with open(filepath, "rb") as f:
+            data = f.read()
+        try:
+            return cls.from_bytes(data)
+        except Exception as error:
+            raise ValueError(
+                f"{filepath!r} is not a keras-lrne lineage file ({type(error).__name__}: "
+                f"{error})."
+            ) from None
+
+    def rebuild_member(self, model, generation, member, assign=True):
+        """Rebuilds one member of the recorded run into `model`, without the run.
+
+        Works in a fresh process on any built model with the run's architecture (e.g.
+        the preset it used, or the run's `model.keras`): the member is redrawn from the
+        run seed and its chain of mutation seeds, bit-exact on the same backend.
+
+        Args:
+            model: a built Keras model with the same evolvable variables as the run's.
+            generation: population index (0 = initial population).
+            member: member index within that population.
+            assign: load the member into `model`'s variables.
+
+        Returns:
+            A list of numpy arrays, one per evolvable trainable variable, in
+            `model.trainable_variables` order.
+
+        Example:
+
+        >>> lineage = keras_lrne.Lineage.load("lrne_output/lm/lineage.npz")
+        >>> model = keras_lrne.presets.language_model("factorized", vocab_size=2048,
+        ...                                           sequence_length=64)
+        >>> weights = lineage.rebuild_member(model, generation=100, member=0)
+        """
+        from keras_lrne import population as pop
+        from keras_lrne import strategies
+
+        if not getattr(model, "built", False) or not model.trainable_variables:
+            raise ValueError(
+                "Received an invalid value for `model`, expected a built model with "
+                f"trainable variables. Received: model={getattr(model, 'name', model)!r}"
+            )
+        settings = dict(self.settings)
+        name = settings.pop("strategy", "GA")
+        settings.pop("evolvable_shapes", None)
+        strategy = getattr(strategies, name).from_config(settings)
+        specs = pop.collect_variable_specs(
+            model, freeze_normalization=strategy.config.freeze_normalization
+        )
+        shapes = [list(s.shape) for s in specs if s.evolvable]
+        recorded = self.settings.get("evolvable_shapes")
+        if recorded is not None and recorded != shapes:
+            raise ValueError(
+                "The model's evolvable variables differ from the run's: the lineage records "
+                f"shapes {recorded}, the model has {shapes}."
+            )
+        functions = pop.PopulationFunctions(model, specs, None, strategy.noise_stds(specs), 1)
+        root, seeds = self.chain(generation, member)
+        return pop.rebuild_values(model, specs, functions, self.seed, root, seeds,
+                                  assign=assign)
+
     def to_bytes(self):
         """Serialises the lineage to a compact `.npz` byte string."""
         buffer = io.BytesIO()

@@ -366,3 +366,23 @@ def estimate_bytes_per_member_sample(model, x_sample):
     out = sum(int(np.prod(t.shape[1:])) for t in keras.tree.flatten(y))
     inp = int(np.prod(np.shape(x_sample)[1:]))
     return 4 * (4 * out + 64 * inp) + 4096
+
+
+def rebuild_values(model, specs, functions, seed, root, seeds, assign=False):
+    """Redraws member `root` of the initial population, applies the mutations `seeds`.
+
+    Returns the member's evolvable values as numpy arrays (population axis dropped) and,
+    with `assign`, loads them into `model`'s trainable variables.
+    """
+    values = [ops.convert_to_tensor(v[None]) for v in initial_member(specs, seed, root)]
+    empty = np.zeros((0,), np.int32)
+    zero = np.zeros((1,), np.int32)
+    for child_seed in seeds:
+        values = functions.reproduce(values, empty, zero, np.asarray([child_seed], np.int32))
+    bk = lrne_backend.get()
+    arrays = [bk.to_numpy(v)[0] for v in values]
+    if assign:
+        variables = model.trainable_variables
+        for spec, array in zip([s for s in specs if s.evolvable], arrays):
+            variables[spec.index].assign(array)
+    return arrays

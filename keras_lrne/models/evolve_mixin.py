@@ -419,7 +419,8 @@ class EvolveMixin:
         state = strategy.init(pop.initial_population(run.specs, seed, strategy.population_size),
                               seed)
         lineage = Lineage(seed, strategy.population_size,
-                          {"strategy": strategy.__class__.__name__, **strategy.get_config()})
+                          {"strategy": strategy.__class__.__name__, **strategy.get_config(),
+                           "evolvable_shapes": [list(s.shape) for s in run.evolvable]})
         self._lrne_run, self._lrne_state, self.lineage = run, state, lineage
         self._lrne_evaluator = evaluator
         settings = _run_settings(seed, strategy, run, task)
@@ -523,13 +524,5 @@ class EvolveMixin:
         if run is None:
             raise ValueError("`rebuild_member()` needs a model that has been evolved.")
         root, seeds = self.lineage.chain(generation, member)
-        values = [keras.ops.convert_to_tensor(v[None]) for v in
-                  pop.initial_member(run.specs, run.seed, root)]
-        empty = np.zeros((0,), np.int32)
-        zero = np.zeros((1,), np.int32)
-        for seed in seeds:
-            values = run.functions.reproduce(values, empty, zero, np.asarray([seed], np.int32))
-        if assign:
-            self._set_member(values, 0)
-        bk = lrne_backend.get()
-        return [bk.to_numpy(v)[0] for v in values]
+        return pop.rebuild_values(self, run.specs, run.functions, run.seed, root, seeds,
+                                  assign=assign)

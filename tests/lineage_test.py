@@ -1,0 +1,103 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lrne
+from keras_lrne import Lineage
+from keras_lrne import layers as lrl
+from keras_lrne.strategies import GA
+
+
+def small_model(seed):
+    keras.utils.set_random_seed(seed)
+    model = keras_lrne.Sequential([keras.Input((6,)),
+                                   lrl.FactorizedDense(8, rank=2, activation="relu"),
+                                   keras.layers.LayerNormalization(), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    return model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = x[:, :1] * 0.5
+    model = small_model(0)
+    model.evolve(x, y, strategy=GA(10, 3, mutation_rate=0.1), generations=3, seed=11,
+                 verbose=0)
+    path = str(tmp_path_factory.mktemp("lineage") / "lineage.npz")
+    model.lineage.save(path)
+    return model, path
+
+
+def test_lineage_file_rebuilds_members_into_a_fresh_model(run):
+    model, path = run
+    lineage = Lineage.load(path)
+    assert lineage.num_generations == 4 and lineage.population_size == 10
+    other = small_model(5)  # same architecture, different initial weights
+    for generation, member in ((0, 0), (2, 4), (3, 9)):
+        expected = model.rebuild_member(generation, member)
+        rebuilt = lineage.rebuild_member(other, generation, member)
+        for a, b in zip(expected, rebuilt):
+            np.testing.assert_array_equal(a, b)
+    # assign=True (the default) loads the member into the model's variables.
+    evolvable = [v for v in other.trainable_variables if "normalization" not in v.path]
+    for variable, value in zip(evolvable, rebuilt):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
+
+
+def test_lineage_rebuild_in_a_fresh_process_equals_the_elite(run):
+    model, path = run
+    elite_weights = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    # The elite of the last generation is member 0 of the last population (elites are
+    # kept first and unchanged).
+    code = textwrap.dedent(f"""
+        import keras, numpy as np, keras_lrne
+        keras.utils.set_random_seed(99)
+        model = keras_lrne.Sequential([
+            keras.Input((6,)),
+            keras_lrne.layers.FactorizedDense(8, rank=2, activation="relu"),
+            keras.layers.LayerNormalization(), keras.layers.Dense(1)])
+        lineage = keras_lrne.Lineage.load({path!r})
+        lineage.rebuild_member(model, lineage.num_generations - 1, 0)
+        np.savez({path + '.weights.npz'!r},
+                 *[keras.ops.convert_to_numpy(v) for v in model.trainable_variables])
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with np.load(path + ".weights.npz") as saved:
+        rebuilt = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    evolvable = [i for i, v in enumerate(model.trainable_variables)
+                 if "normalization" not in v.path]
+    expected = model.rebuild_member(model.lineage.num_generations - 1, 0)
+    for i, value in zip(evolvable, expected):
+        np.testing.assert_array_equal(rebuilt[i], value)
+        np.testing.assert_array_equal(elite_weights[i], value)
+
+
+def test_lineage_bad_input(run, tmp_path):
+    _, path = run
+    lineage = Lineage.load(path)
+    wrong = keras_lrne.Sequential([keras.Input((6,)), keras.layers.Dense(3),
+                                   keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="differ from the run's"):
+        lineage.rebuild_member(wrong, 1, 0)
+    with pytest.raises(ValueError, match="`member`"):
+        lineage.rebuild_member(small_model(0), 1, 10)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a lineage")
+    with pytest.raises(ValueError, match="not a keras-lrne lineage"):
+        Lineage.load(str(bad))
+
+
+def test_lineage_is_a_few_bytes_per_member(run):
+    _, path = run
+    lineage = Lineage.load(path)
+    raw_bytes = sum(p.nbytes + s.nbytes for p, s in zip(lineage.parents, lineage.seeds))
+    assert raw_bytes == 8 * lineage.population_size * (lineage.num_generations - 1)
