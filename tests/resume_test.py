@@ -126,3 +126,32 @@ def test_unwritable_backup_dir_fails_before_any_work(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(ValueError, match="backup_dir"):
         small_run(tmp_path, callbacks=[keras.callbacks.BackupAndRestore(str(blocker / "b"))])
+
+
+def control_run(callbacks=(), generations=3):
+    """A tiny RL run whose task state (the running observation normaliser) must resume."""
+    task = keras_lrne.tasks.Control("Pendulum-v1", max_episode_steps=15)
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([keras.Input(task.input_shape),
+                                   keras.layers.Dense(task.num_outputs)])
+    history = model.evolve(task, strategy=GA(6, 2), generations=generations, seed=2,
+                           verbose=0, callbacks=list(callbacks))
+    return history, task, model
+
+
+def test_rl_run_resumes_with_its_observation_normaliser(tmp_path):
+    backup = str(tmp_path / "b")
+    with pytest.raises(RuntimeError, match="power cut"):
+        control_run([keras.callbacks.BackupAndRestore(backup), Stop()])
+    resumed, resumed_task, resumed_model = control_run(
+        [keras.callbacks.BackupAndRestore(backup)])
+    straight, straight_task, straight_model = control_run()
+    assert resumed.epoch == [0, 1, 2]
+    for key in ("episode_return", "mean_return", "loss"):
+        assert resumed.history[key] == straight.history[key], key
+    a, b = resumed_task.normalizer, straight_task.normalizer
+    assert a.count == b.count > 0
+    np.testing.assert_array_equal(a.mean, b.mean)
+    np.testing.assert_array_equal(a.var, b.var)
+    for wa, wb in zip(resumed_model.get_weights(), straight_model.get_weights()):
+        np.testing.assert_array_equal(wa, wb)

@@ -386,6 +386,10 @@ class EvolveMixin:
                 f"None. Received: seed={seed!r}"
             )
         backup_path, resume = _open_backup(callbacks)
+        if not hasattr(self, "optimizer"):
+            # Environment tasks need no compile(); Keras callbacks (BackupAndRestore,
+            # ModelCheckpoint) read `model.optimizer`, which only compile() creates.
+            self.optimizer = None
         if seed is None:
             seed = (resume[1]["settings"]["seed"] if resume else
                     int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF))
