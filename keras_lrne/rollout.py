@@ -7,12 +7,16 @@ handful of compiled shapes, traced in the first generations and reused afterward
 the live members' weights are gathered again only when the live set changes.
 """
 
+import concurrent.futures
 import time
 
 import numpy as np
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
+
+#: Two lanes need at least this many environments each.
+MIN_ENVS_PER_LANE = 4
 
 
 def _bucket(n, cap):
@@ -39,7 +43,16 @@ class RolloutEvaluator:
         self.task = task
         self.seed = int(seed)
         self.num_envs = int(task.num_envs or min(population_size * task.episodes, 64))
-        self.vector_env = task.make_vector_env(self.num_envs)
+        # Vector environments that step in native threads (they release the GIL) are
+        # split in two lanes whose stepping overlaps the other lane's policy call.
+        threaded = getattr(task, "threaded_vector_env", False)
+        self.num_lanes = 2 if threaded and self.num_envs >= MIN_ENVS_PER_LANE * 2 else 1
+        sizes = [self.num_envs // self.num_lanes] * self.num_lanes
+        sizes[0] += self.num_envs - sum(sizes)
+        self.vector_envs = [task.make_vector_env(n) for n in sizes]
+        self._pool = (concurrent.futures.ThreadPoolExecutor(self.num_lanes)
+                      if self.num_lanes > 1 else None)
+        self._policy_time = 0.0
         bk = lrne_backend.get()
         self._backend = bk
         self.trace_counts = {"policy": 0, "gather": 0}
@@ -51,7 +64,10 @@ class RolloutEvaluator:
         )
 
     def close(self):
-        self.vector_env.close()
+        for env in self.vector_envs:
+            env.close()
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def _functions_for(self, bucket):
         if bucket not in self._compiled:
@@ -86,94 +102,148 @@ class RolloutEvaluator:
         environment crashed or whose action was NaN gets +inf (the worst). Environment
         slots are refilled with the next member-episode as soon as one ends, so the
         vector of environments stays busy until the last episodes.
+
+        With two lanes (vector environments that step in native threads, e.g. ale-py's),
+        the environments are split in two halves that take turns: while one half steps in
+        a worker thread, the policy computes the other half's actions, so environment and
+        policy time overlap. The order of all decisions is fixed, so results do not depend
+        on thread timing.
         """
         task = self.task
         size = int(population[0].shape[0])
         members = np.arange(size) if members is None else np.asarray(members)
         episodes = task.episodes if episodes is None else int(episodes)
         seeds = np.asarray(task.episode_seeds(self.seed, generation, stage, episodes))
-        slots = len(members) * episodes
-        returns = np.zeros(slots)
-        failed = np.zeros(slots, bool)
-        steps = np.zeros(slots, np.int64)
-        early = np.zeros(slots, bool)
+        run = _Episodes(len(members) * episodes, members, episodes, seeds, task.episode_cap)
         frozen = self.functions.frozen_values()
         non_trainable = self.functions.non_trainable_values()
         collect = getattr(task, "normalizer", None) is not None
-        raw_sample = []
-        cap = task.episode_cap
         start_time = time.perf_counter()
-        policy_time = 0.0
-
-        count = min(self.num_envs, slots)
-        env_slot = np.arange(count)
-        next_slot = count
-        obs = np.array(self.vector_env.reset(seeds[env_slot % episodes], count))
-        rewards = [[] for _ in range(count)]
-        live = list(range(count))
-        live_key, weights = None, None
-        while live:
-            bucket = _bucket(len(live), self.num_envs)
-            gather, policy = self._functions_for(bucket)
-            live_members = members[env_slot[live] // episodes]
-            key = (bucket, *live_members.tolist())
-            if key != live_key:
-                index = np.resize(live_members, bucket).astype(np.int32)
-                weights = gather(population, index)
-                live_key = key
-            x = task.host_input(obs[live])
-            if len(live) < bucket:
-                x = np.concatenate([x, np.repeat(x[:1], bucket - len(live), 0)])
-            t0 = time.perf_counter()
-            out = self._backend.to_numpy(policy(weights, frozen, non_trainable, x))
-            policy_time += time.perf_counter() - t0
-            out = out[: len(live)]
-            bad_action = ~np.all(np.isfinite(out), axis=1)
-            actions = task.postprocess(np.where(bad_action[:, None], 0.0, out))
-            new_obs, r, done, env_failed = self.vector_env.step(actions, live)
-            if collect and len(raw_sample) < 64:
-                raw_sample.append(obs[live[:8]])
-            still, free = [], []
-            for j, env_index in enumerate(live):
-                slot = env_slot[env_index]
-                steps[slot] += 1
-                if bad_action[j] or env_failed[j]:
-                    failed[slot] = True
-                    free.append(env_index)
+        lanes = [lane for lane in (_Lane(env, run) for env in self.vector_envs) if lane.live]
+        pool = self._pool if len(lanes) > 1 else None
+        pending = {}
+        while any(lane.live for lane in lanes):
+            for i, lane in enumerate(lanes):
+                if i in pending:
+                    lane.advance(pending.pop(i).result(), task, collect)
+                if not lane.live:
                     continue
-                returns[slot] += r[j]
-                rewards[env_index].append(r[j])
-                if done[j] or steps[slot] >= cap:
-                    free.append(env_index)
-                elif task.should_stop(rewards[env_index]):
-                    early[slot] = True
-                    free.append(env_index)
+                actions, bad = self._actions(lane, population, frozen, non_trainable)
+                lane.bad_action = bad
+                if pool is None:
+                    lane.advance(lane.env.step(actions, lane.live), task, collect)
                 else:
-                    obs[env_index] = new_obs[j]
-                    still.append(env_index)
-            refill = free[: max(0, slots - next_slot)]
-            if refill:
-                new_slots = np.arange(next_slot, next_slot + len(refill))
-                next_slot += len(refill)
-                env_slot[refill] = new_slots
-                obs[refill] = self.vector_env.reset_at(refill, seeds[new_slots % episodes])
-                for env_index in refill:
-                    rewards[env_index] = []
-                still = sorted(still + refill)
-            live = still
+                    pending[i] = pool.submit(lane.env.step, actions, list(lane.live))
         elapsed = time.perf_counter() - start_time
-        task.observe(raw_sample)
-        per_member = returns.reshape(len(members), episodes)
-        member_failed = failed.reshape(len(members), episodes).any(axis=1)
+        task.observe(run.raw_sample)
+        per_member = run.returns.reshape(len(members), episodes)
+        member_failed = run.failed.reshape(len(members), episodes).any(axis=1)
         mean_returns = per_member.mean(axis=1)
         losses = np.where(member_failed, np.inf, -mean_returns)
-        total_steps = int(steps.sum())
-        saved = float(((cap - steps) * early).sum()) / float(cap * slots)
+        total_steps = int(run.steps.sum())
+        cap = run.cap
+        saved = float(((cap - run.steps) * run.early).sum()) / float(cap * run.slots)
         logs = {
             "env_steps": total_steps,
             "frames_per_second": total_steps / max(elapsed, 1e-9),
-            "policy_share": policy_time / max(elapsed, 1e-9),
+            "policy_share": self._policy_time / max(elapsed, 1e-9),
             "early_termination_saved": saved,
             "failed_members": int(member_failed.sum()),
         }
+        self._policy_time = 0.0
         return losses, mean_returns, logs
+
+    def _actions(self, lane, population, frozen, non_trainable):
+        """One compiled policy call for a lane's live member-episodes -> (actions, bad)."""
+        live = lane.live
+        bucket = _bucket(len(live), lane.env.num_envs)
+        gather, policy = self._functions_for(bucket)
+        live_members = lane.run.members[lane.env_slot[live] // lane.run.episodes]
+        key = (bucket, *live_members.tolist())
+        if key != lane.live_key:
+            index = np.resize(live_members, bucket).astype(np.int32)
+            lane.weights = gather(population, index)
+            lane.live_key = key
+        x = self.task.host_input(lane.obs[live])
+        if len(live) < bucket:
+            x = np.concatenate([x, np.repeat(x[:1], bucket - len(live), 0)])
+        t0 = time.perf_counter()
+        out = self._backend.to_numpy(policy(lane.weights, frozen, non_trainable, x))
+        self._policy_time += time.perf_counter() - t0
+        out = out[: len(live)]
+        bad_action = ~np.all(np.isfinite(out), axis=1)
+        return self.task.postprocess(np.where(bad_action[:, None], 0.0, out)), bad_action
+
+
+class _Episodes:
+    """The member-episodes of one evaluation: a queue of slots and their results."""
+
+    def __init__(self, slots, members, episodes, seeds, cap):
+        self.slots, self.members, self.episodes, self.seeds = slots, members, episodes, seeds
+        self.cap = cap
+        self.next_slot = 0
+        self.returns = np.zeros(slots)
+        self.failed = np.zeros(slots, bool)
+        self.steps = np.zeros(slots, np.int64)
+        self.early = np.zeros(slots, bool)
+        self.raw_sample = []
+
+    def take(self, count):
+        """The next `count` (or fewer) slots of the queue."""
+        count = max(0, min(count, self.slots - self.next_slot))
+        taken = np.arange(self.next_slot, self.next_slot + count)
+        self.next_slot += count
+        return taken
+
+
+class _Lane:
+    """One vector environment and the member-episodes it is playing."""
+
+    def __init__(self, env, run):
+        self.env, self.run = env, run
+        self.env_slot = np.zeros(env.num_envs, np.int64)
+        first = run.take(env.num_envs)
+        count = len(first)
+        self.live = list(range(count))
+        self.rewards = [[] for _ in range(env.num_envs)]
+        self.live_key, self.weights, self.bad_action = None, None, None
+        self.obs = None
+        if count:
+            self.env_slot[:count] = first
+            reset = np.asarray(env.reset(run.seeds[first % run.episodes], count))
+            self.obs = np.zeros((env.num_envs, *reset.shape[1:]), reset.dtype)
+            self.obs[:count] = reset
+
+    def advance(self, result, task, collect):
+        """Books one step's results; refills finished environments from the queue."""
+        run = self.run
+        new_obs, r, done, env_failed = result
+        if collect and len(run.raw_sample) < 64:
+            run.raw_sample.append(self.obs[self.live[:8]])
+        still, free = [], []
+        for j, env_index in enumerate(self.live):
+            slot = self.env_slot[env_index]
+            run.steps[slot] += 1
+            if self.bad_action[j] or env_failed[j]:
+                run.failed[slot] = True
+                free.append(env_index)
+                continue
+            run.returns[slot] += r[j]
+            self.rewards[env_index].append(r[j])
+            if done[j] or run.steps[slot] >= run.cap:
+                free.append(env_index)
+            elif task.should_stop(self.rewards[env_index]):
+                run.early[slot] = True
+                free.append(env_index)
+            else:
+                self.obs[env_index] = new_obs[j]
+                still.append(env_index)
+        new_slots = run.take(len(free))
+        refill = free[: len(new_slots)]
+        if refill:
+            self.env_slot[refill] = new_slots
+            self.obs[refill] = self.env.reset_at(refill, run.seeds[new_slots % run.episodes])
+            for env_index in refill:
+                self.rewards[env_index] = []
+            still = sorted(still + refill)
+        self.live = still

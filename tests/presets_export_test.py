@@ -38,8 +38,6 @@ def test_every_preset_exports_a_saved_model(tmp_path, family, variant, build):
 
 
 def test_exporting_an_unbuilt_model_fails_clearly(tmp_path):
-    import keras
-
     model = keras_lrne.Sequential([keras_lrne.layers.FactorizedDense(4, rank=2)])
     with pytest.raises(ValueError, match="built"):
         model.export(str(tmp_path / "x"), format="tf_saved_model")

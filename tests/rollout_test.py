@@ -149,3 +149,21 @@ def test_model_output_must_match_the_action_space():
     model.compile(loss="mse")
     with pytest.raises(ValueError, match="needs 2"):
         model.evolve(task, strategy=GA(4, 1), generations=1, verbose=0)
+
+
+def test_atari_lanes_overlap_stepping_without_changing_results():
+    """Two lanes (half the envs step while the policy runs on the other half) give the same
+    results as strict alternation: decisions are made in a fixed order."""
+    histories = {}
+    for overlap in (True, False):
+        task = keras_lrne.tasks.Atari("Pong", max_episode_steps=25, num_envs=8)
+        task.threaded_vector_env = overlap
+        keras.utils.set_random_seed(0)
+        model = keras_lrne.presets.atari_policy("small", num_actions=task.num_outputs)
+        history = model.evolve(task, strategy=GA(10, 2), generations=2, seed=4, verbose=0)
+        rollout = model._lrne_evaluator.rollout
+        assert rollout.num_lanes == (2 if overlap else 1)
+        assert sum(env.num_envs for env in rollout.vector_envs) == 8
+        histories[overlap] = history.history
+    for key in ("episode_return", "mean_return", "env_steps"):
+        assert histories[True][key] == histories[False][key], key
