@@ -22,3 +22,13 @@ __all__ = [
     "strategies",
     "tasks",
 ]
+
+
+def __getattr__(name):
+    # `EvolutionHyperModel` needs the optional keras-tuner: import it only when asked for
+    # (not in `__all__`, so `from keras_lrne import *` never needs keras-tuner).
+    if name == "EvolutionHyperModel":
+        from keras_lrne.tuner import EvolutionHyperModel
+
+        return EvolutionHyperModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
