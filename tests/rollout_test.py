@@ -157,7 +157,7 @@ def test_atari_lanes_overlap_stepping_without_changing_results():
     histories = {}
     for overlap in (True, False):
         task = keras_lrne.tasks.Atari("Pong", max_episode_steps=25, num_envs=8)
-        task.threaded_vector_env = overlap
+        task.rollout_lanes = 2 if overlap else 1
         keras.utils.set_random_seed(0)
         model = keras_lrne.presets.atari_policy("small", num_actions=task.num_outputs)
         history = model.evolve(task, strategy=GA(10, 2), generations=2, seed=4, verbose=0)
@@ -167,3 +167,20 @@ def test_atari_lanes_overlap_stepping_without_changing_results():
         histories[overlap] = history.history
     for key in ("episode_return", "mean_return", "env_steps"):
         assert histories[True][key] == histories[False][key], key
+
+
+def test_rollout_lanes_default_and_bad_value():
+    from keras_lrne import backend
+    from keras_lrne.rollout import _num_lanes
+
+    bk = backend.get()
+    task = Environment("CartPole-v1")
+    assert _num_lanes(task, 16, bk) == 1  # gymnasium envs step in Python: no lanes
+    atari = keras_lrne.tasks.Atari("Pong", num_envs=8)
+    expected = 2 if bk.device_memory_bytes() is not None else 1
+    assert _num_lanes(atari, 16, bk) == expected
+    atari.rollout_lanes = 2
+    assert _num_lanes(atari, 8, bk) == 2 and _num_lanes(atari, 7, bk) == 1
+    atari.rollout_lanes = 3
+    with pytest.raises(ValueError, match="rollout_lanes"):
+        _num_lanes(atari, 16, bk)

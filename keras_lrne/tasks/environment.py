@@ -130,6 +130,12 @@ class Environment(Task):
 
     #: Environment tasks report member_evals_per_second and frames per second.
     tokens_per_sample = None
+    #: Whether `make_vector_env` steps in native threads that release the GIL.
+    threaded_vector_env = False
+    #: Rollout lanes: 1 (stepping and the policy alternate), 2 (half the environments
+    #: step in a thread while the policy runs on the other half; needs 8+ environments)
+    #: or "auto" (2 for threaded vector environments with the policy on an accelerator).
+    rollout_lanes = "auto"
 
     def __init__(self, env, *, episodes=1, max_episode_steps=None, action_transform="auto",
                  normalize_observations=False, num_envs=None, env_kwargs=None):
