@@ -491,7 +491,7 @@ def main(argv=None):
         if args.command == "generate":
             return run_generate(args)
         return run_rl(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
         parser.exit(2, f"keras-lrne {args.command}: error: {error}\n")
     return 0
 

@@ -3,9 +3,13 @@
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 
+from keras_lrne import _replay
 from keras_lrne.export import POLICY_MARKER
 
 
@@ -122,7 +126,7 @@ def make_play_env(marker, env_id=None, max_episode_steps=None, render=False):
     gymnasium = tasks.environment._require_gymnasium()
     tasks.environment.check_env_id(env_id, "--env")
     kwargs = dict(marker.get("env_kwargs") or {})
-    if render:
+    if render and kind == "carracing":  # gymnasium ids replay in a separate process
         kwargs["render_mode"] = "rgb_array"
     if cap:
         kwargs["max_episode_steps"] = int(cap)
@@ -186,15 +190,22 @@ def play(directory, env=None, *, episodes=1, seed=0, max_episode_steps=None, rec
             f"{tuple(space.shape)}, but the policy expects {expected} (it was evolved on "
             f"{marker.get('env')!r})."
         )
-    frames, returns = [], []
+    # Atari frames come from the observations and CarRacing renders in this process;
+    # other gymnasium envs (MuJoCo's EGL rendering crashes beside TensorFlow) are
+    # replayed from the first episode's actions in a fresh process that renders them.
+    replay = record is not None and marker.get("kind", "gym") == "gym"
+    frames, returns, actions_taken = [], [], []
     try:
         for episode in range(int(episodes)):
             obs = np.asarray(venv.reset([int(seed) + episode], 1))
             total, steps = 0.0, 0
             while True:
-                if record is not None and episode == 0:
-                    frames.append(_frame(venv.render()))
                 action = serve(obs)
+                if record is not None and episode == 0:
+                    if replay:
+                        actions_taken.append(np.asarray(action)[0])
+                    else:
+                        frames.append(_replay.to_frame(_render(venv, record)))
                 obs, rewards, done, failed = venv.step(action, [0])
                 total += float(rewards[0])
                 steps += 1
@@ -204,23 +215,45 @@ def play(directory, env=None, *, episodes=1, seed=0, max_episode_steps=None, rec
             returns.append(total)
     finally:
         venv.close()
-    if record is not None:
-        _write_gif(frames, record, fps)
+    if replay:
+        _replay_in_subprocess(marker, env or marker.get("env"), cap, int(seed), actions_taken,
+                              record, fps)
+    elif record is not None:
+        _replay.write_gif(frames, record, fps)
     return returns
 
 
-def _frame(image, max_width=320):
-    """An RGB frame as a small palette image (GIFs of long episodes stay small)."""
-    from PIL import Image
+def _replay_in_subprocess(marker, env_id, cap, seed, actions, record, fps):
+    kwargs = dict(marker.get("env_kwargs") or {})
+    if cap:
+        kwargs["max_episode_steps"] = int(cap)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(os.path.join(tmp, "actions.npy"), np.stack(actions))
+        spec = {"env": env_id, "env_kwargs": kwargs, "seed": seed, "fps": fps,
+                "actions": os.path.join(tmp, "actions.npy"),
+                "path": os.path.abspath(record)}
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        result = subprocess.run([sys.executable, _replay.__file__,
+                                 os.path.join(tmp, "spec.json")],
+                                capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        detail = lines[-1] if lines else f"exit code {result.returncode}"
+        raise RuntimeError(
+            f"Cannot record {record!r}: rendering the episode failed ({detail}). On a "
+            "machine without a display, MuJoCo needs an off-screen OpenGL (MUJOCO_GL=egl "
+            "or MUJOCO_GL=osmesa); or play without --record."
+        )
 
-    img = Image.fromarray(np.asarray(image, np.uint8))
-    if img.width > max_width:
-        img = img.resize((max_width, round(img.height * max_width / img.width)))
-    return img.convert("P", palette=Image.Palette.ADAPTIVE)
 
-
-def _write_gif(frames, path, fps):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:],
-                   duration=10 * max(1, round(100 / fps)), loop=0)  # GIFs count in 10 ms
+def _render(venv, record):
+    try:
+        return venv.render()
+    except Exception as error:
+        raise RuntimeError(
+            f"Cannot record {record!r}: the environment failed to render a frame "
+            f"({type(error).__name__}: {error}). On a machine without a display, MuJoCo "
+            "needs an off-screen OpenGL (MUJOCO_GL=egl or MUJOCO_GL=osmesa); or play "
+            "without --record."
+        ) from None
