@@ -271,8 +271,17 @@ class PopulationFunctions:
         self.trace_counts = {"evaluate": 0, "reproduce": 0}
         bk = lrne_backend.get()
         self._backend = bk
-        self.evaluate = bk.compile(self._evaluate)
-        self.reproduce = bk.compile_random(self._reproduce)
+        # Fresh wrappers per run: TensorFlow counts traces per Python function, so
+        # compiling the bound methods of many runs (keras-tuner trials) would warn about
+        # "retracing" although each run traces once.
+        def evaluate(*args):
+            return self._evaluate(*args)
+
+        def reproduce(*args):
+            return self._reproduce(*args)
+
+        self.evaluate = bk.compile(evaluate)
+        self.reproduce = bk.compile_random(reproduce)
 
     # -- helpers -------------------------------------------------------------------
     def frozen_values(self):

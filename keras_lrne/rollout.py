@@ -89,8 +89,16 @@ class RolloutEvaluator:
 
     def _functions_for(self, bucket):
         if bucket not in self._compiled:
-            self._compiled[bucket] = (self._backend.compile(self._gather_fn),
-                                      self._backend.compile(self._policy_fn))
+            # Fresh wrappers per bucket: TensorFlow counts traces per Python function and
+            # would warn about "retracing" for the few intended bucket shapes.
+            def gather(*args):
+                return self._gather_fn(*args)
+
+            def policy(*args):
+                return self._policy_fn(*args)
+
+            self._compiled[bucket] = (self._backend.compile(gather),
+                                      self._backend.compile(policy))
         return self._compiled[bucket]
 
     # -- compiled bodies -----------------------------------------------------------------
