@@ -34,3 +34,22 @@ def test_readme_quick_start_runs(tmp_path, monkeypatch):
     assert (tmp_path / "log.csv").is_file()
     assert (tmp_path / "elite.keras").is_file()
     assert (tmp_path / "elite_savedmodel" / "saved_model.pb").is_file()
+
+
+def test_readme_tuning_example_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    code = next(b for b in blocks if "EvolutionHyperModel" in b)
+    small = (
+        code.replace("population_size=[16, 32]", "population_size=[4]")
+        .replace("num_parents=[2, 4]", "num_parents=[1]")
+        .replace("rank=[1, 2, 4]", "rank=[1, 2]")
+        .replace("max_trials=8", "max_trials=2")
+        .replace("generations=20", "generations=2, verbose=0")
+        .replace("num_sequences=64", "num_sequences=8")
+    )
+    assert small.count("[4]") == 1 and "max_trials=2" in small
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile("import keras, keras_lrne\n" + small, "README.md", "exec"), namespace)
+    assert len(namespace["tuner"].oracle.trials) == 2
+    assert namespace["best_model"].count_params() > 0
