@@ -25,8 +25,8 @@ def _num_lanes(task, num_envs, bk):
     `"auto"`: two lanes when the vector environment steps in native threads (it releases
     the GIL, as ale-py's does) and the policy runs on an accelerator, so that stepping on
     the CPU and the policy on the device overlap. On a CPU-only machine both compete for
-    the same cores: measured on 2 cores (Frostbite, 16 envs), two lanes ran at 0.89x the
-    speed of strict alternation, so one lane is used.
+    the same cores: measured on 2 cores (Frostbite, 16 envs), two lanes ran at 0.89x to
+    1.00x the speed of strict alternation, so one lane is used.
     """
     lanes = getattr(task, "rollout_lanes", "auto")
     if lanes not in ("auto", 1, 2) or isinstance(lanes, bool):
