@@ -443,10 +443,13 @@ def run_rl(args):
 
 
 def run_play(args):
-    from keras_lrne.playback import play
+    from keras_lrne.playback import RecordError, play
 
-    returns = play(args.dir, args.env, episodes=args.episodes, seed=args.seed,
-                   max_episode_steps=args.max_episode_steps, record=args.record)
+    try:
+        returns = play(args.dir, args.env, episodes=args.episodes, seed=args.seed,
+                       max_episode_steps=args.max_episode_steps, record=args.record)
+    except RecordError as error:
+        raise ValueError(str(error)) from None
     for i, value in enumerate(returns):
         print(f"episode {i + 1}: return {value:.2f}", flush=True)
     print(f"mean return over {len(returns)} episode(s): {float(np.mean(returns)):.2f}")
@@ -491,7 +494,7 @@ def main(argv=None):
         if args.command == "generate":
             return run_generate(args)
         return run_rl(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         parser.exit(2, f"keras-lrne {args.command}: error: {error}\n")
     return 0
 

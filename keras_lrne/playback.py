@@ -13,6 +13,10 @@ from keras_lrne import _replay
 from keras_lrne.export import POLICY_MARKER
 
 
+class RecordError(RuntimeError):
+    """Raised when `play(..., record=...)` cannot render the episode."""
+
+
 def find_policy_dir(directory):
     """Returns the policy directory inside `directory` (itself, or its `policy/` folder).
 
@@ -240,7 +244,7 @@ def _replay_in_subprocess(marker, env_id, cap, seed, actions, record, fps):
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         detail = lines[-1] if lines else f"exit code {result.returncode}"
-        raise RuntimeError(
+        raise RecordError(
             f"Cannot record {record!r}: rendering the episode failed ({detail}). On a "
             "machine without a display, MuJoCo needs an off-screen OpenGL (MUJOCO_GL=egl "
             "or MUJOCO_GL=osmesa); or play without --record."
@@ -251,7 +255,7 @@ def _render(venv, record):
     try:
         return venv.render()
     except Exception as error:
-        raise RuntimeError(
+        raise RecordError(
             f"Cannot record {record!r}: the environment failed to render a frame "
             f"({type(error).__name__}: {error}). On a machine without a display, MuJoCo "
             "needs an off-screen OpenGL (MUJOCO_GL=egl or MUJOCO_GL=osmesa); or play "

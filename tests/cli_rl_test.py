@@ -56,7 +56,7 @@ def test_rl_bad_input(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_play_prints_returns_and_rejects_bad_input(tmp_path, capsys):
+def test_play_prints_returns_and_rejects_bad_input(tmp_path, capsys, monkeypatch):
     out = tmp_path / "ctl"
     assert cli.main(["control", "--env", "Pendulum-v1", "--max-episode-steps", "10",
                      "--population", "3", "--parents", "1", "--generations", "1",
@@ -86,6 +86,14 @@ def test_play_prints_returns_and_rejects_bad_input(tmp_path, capsys):
             cli.main(argv)
         assert info.value.code == 2
         assert message in capsys.readouterr().err, argv
+    # A renderer that fails (here: no interpreter for the replay) is a clear error.
+    import keras_lrne.playback as playback
+
+    monkeypatch.setattr(playback.sys, "executable", "false")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["play", str(out), "--record", str(tmp_path / "x.gif")])
+    assert info.value.code == 2 and "Cannot record" in capsys.readouterr().err
+    monkeypatch.undo()
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "keras_lrne_policy.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid keras-lrne policy"):
