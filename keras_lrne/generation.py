@@ -89,6 +89,7 @@ def generate_text(model, prompt, vocabulary, *, tokenizer="word", max_tokens=50,
     >>> model = keras.saving.load_model("lrne_output/lm/model.keras")
     >>> keras_lrne.generation.generate_text(model, "the list", vocab, tokenizer=kind)
     """
+    from keras_lrne._validation import check_int
     from keras_lrne.tasks import _text
 
     if tokenizer not in TOKENIZER_KINDS:
@@ -96,24 +97,13 @@ def generate_text(model, prompt, vocabulary, *, tokenizer="word", max_tokens=50,
             f"Received an invalid value for `tokenizer`, expected one of {TOKENIZER_KINDS}. "
             f"Received: tokenizer={tokenizer!r}"
         )
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or (
-        max_tokens < 1
-    ):
-        raise ValueError(
-            "Received an invalid value for `max_tokens`, expected a positive integer. "
-            f"Received: max_tokens={max_tokens!r}"
-        )
+    check_int("max_tokens", max_tokens)
     if not isinstance(temperature, (int, float)) or not temperature >= 0:
         raise ValueError(
             "Received an invalid value for `temperature`, expected a number >= 0. "
             f"Received: temperature={temperature!r}"
         )
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
-                              or top_k < 1):
-        raise ValueError(
-            "Received an invalid value for `top_k`, expected a positive integer or None. "
-            f"Received: top_k={top_k!r}"
-        )
+    check_int("top_k", top_k, allow_none=True)
     vocabulary = list(vocabulary)
     vectorizer = _text.make_vectorizer(tokenizer, len(vocabulary))
     vectorizer.set_vocabulary(vocabulary[2:])  # ids 0 and 1 are padding and OOV

@@ -10,6 +10,7 @@ import tempfile
 import numpy as np
 
 from keras_lrne import _replay
+from keras_lrne._validation import check_int
 from keras_lrne.export import POLICY_MARKER
 
 
@@ -173,12 +174,8 @@ def play(directory, env=None, *, episodes=1, seed=0, max_episode_steps=None, rec
     >>> keras_lrne.playback.play("lrne_output/control", episodes=3)
     [1520.3, 1498.7, 1533.0]
     """
-    for name, value in (("episodes", episodes), ("fps", fps)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(
-                f"Received an invalid value for `{name}`, expected a positive integer. "
-                f"Received: {name}={value!r}"
-            )
+    check_int("episodes", episodes)
+    check_int("fps", fps)
     if record is not None and not str(record).lower().endswith(".gif"):
         raise ValueError(
             "Received an invalid value for `record`, expected a path ending in .gif. "

@@ -4,12 +4,12 @@ import warnings
 
 import keras
 
+from keras_lrne._validation import check_int
 from keras_lrne.layers import (
     FactorizedEmbedding,
     RotaryPosition,
     TiedEmbedding,
     TransformerBlock,
-    _init,
 )
 
 _LM_VARIANTS = {
@@ -93,23 +93,23 @@ def language_model(
             f"{sorted(_LM_VARIANTS)}. Received: variant={variant!r}"
         )
     default_hidden, default_ff, factorized = _LM_VARIANTS[variant]
-    vocab_size = _init.validate_positive_int("vocab_size", vocab_size)
-    sequence_length = _init.validate_positive_int("sequence_length", sequence_length)
-    hidden_dim = _init.validate_positive_int(
+    vocab_size = check_int("vocab_size", vocab_size)
+    sequence_length = check_int("sequence_length", sequence_length)
+    hidden_dim = check_int(
         "hidden_dim", default_hidden if hidden_dim is None else hidden_dim
     )
-    ff_dim = _init.validate_positive_int("ff_dim", default_ff if ff_dim is None else ff_dim)
-    num_layers = _init.validate_positive_int("num_layers", num_layers)
+    ff_dim = check_int("ff_dim", default_ff if ff_dim is None else ff_dim)
+    num_layers = check_int("num_layers", num_layers)
     if rotary_dims:
-        rotary_dims = _init.validate_positive_int("rotary_dims", rotary_dims)
+        rotary_dims = check_int("rotary_dims", rotary_dims)
         rotary_dims = min(rotary_dims, hidden_dim)
         rotary_dims -= rotary_dims % 2
     name = name or f"lrne_lm_{variant}"
 
     inputs = keras.Input((sequence_length,), dtype="int32", name="token_ids")
     if factorized:
-        rank = _init.validate_positive_int("rank", rank)
-        embed_rank = _init.validate_positive_int("embed_rank", embed_rank)
+        rank = check_int("rank", rank)
+        embed_rank = check_int("embed_rank", embed_rank)
         with warnings.catch_warnings():
             # The paper's embed_rank 32 at width 32 is intentionally not smaller.
             warnings.filterwarnings("ignore", message=".*no factorization.*")
@@ -162,7 +162,7 @@ def _validate_image_shape(input_shape):
     valid = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
     if valid:
         try:
-            input_shape = tuple(_init.validate_positive_int("input_shape", d) for d in input_shape)
+            input_shape = tuple(check_int("input_shape", d) for d in input_shape)
         except ValueError:
             valid = False
     if not valid:
@@ -181,11 +181,11 @@ def _conv_policy(variant, variants, kernels, num_actions, rank, input_shape, nam
             "Received an invalid value for `variant`, expected one of "
             f"{sorted(variants)}. Received: variant={variant!r}"
         )
-    num_actions = _init.validate_positive_int("num_actions", num_actions)
+    num_actions = check_int("num_actions", num_actions)
     input_shape = _validate_image_shape(input_shape)
     factorized = variant == "factorized"
     if factorized:
-        rank = _init.validate_positive_int("rank", rank)
+        rank = check_int("rank", rank)
     filters, units = variants[variant]
     name = name or f"lrne_{prefix}_{variant}"
 
@@ -340,11 +340,11 @@ def control_policy(variant="factorized", input_dim=17, num_actions=6, rank=4, nu
             "Received an invalid value for `variant`, expected one of "
             f"{sorted(_CONTROL_WIDTHS)}. Received: variant={variant!r}"
         )
-    input_dim = _init.validate_positive_int("input_dim", input_dim)
-    num_actions = _init.validate_positive_int("num_actions", num_actions)
-    num_layers = _init.validate_positive_int("num_layers", num_layers)
+    input_dim = check_int("input_dim", input_dim)
+    num_actions = check_int("num_actions", num_actions)
+    num_layers = check_int("num_layers", num_layers)
     if variant == "factorized":
-        rank = _init.validate_positive_int("rank", rank)
+        rank = check_int("rank", rank)
     width = _CONTROL_WIDTHS[variant]
     inputs = keras.Input(shape=(input_dim,), dtype="float32", name="observations")
     x = inputs

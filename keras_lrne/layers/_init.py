@@ -5,7 +5,6 @@ Argument validation, the paper's Kaiming-equivalent factor initialisers, and the
 """
 
 import math
-import numbers
 import warnings
 
 import keras
@@ -13,21 +12,6 @@ import numpy as np
 
 # Scales that are not `keras.initializers.Initializer` instances ("auto").
 AUTO = "auto"
-
-
-def validate_positive_int(name, value, allow_none=False):
-    """Returns `value` if it is a positive Python/NumPy integer, else raises.
-
-    `bool`, `float` and (unless `allow_none`) `None` are rejected.
-    """
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected a positive "
-            f"integer{' or None' if allow_none else ''}. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def validate_bool(name, value):

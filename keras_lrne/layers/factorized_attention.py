@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_lrne._validation import check_int
 from keras_lrne.layers import _init
 from keras_lrne.layers.factorized_dense import FactorizedDense
 
@@ -82,16 +83,16 @@ class FactorizedAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_heads = _init.validate_positive_int("num_heads", num_heads)
-        self.key_dim = _init.validate_positive_int("key_dim", key_dim)
-        self.rank = _init.validate_positive_int("rank", rank)
-        self.value_dim = _init.validate_positive_int("value_dim", value_dim, allow_none=True)
-        self.query_rank = _init.validate_positive_int("query_rank", query_rank, allow_none=True)
-        self.key_rank = _init.validate_positive_int("key_rank", key_rank, allow_none=True)
-        self.value_rank = _init.validate_positive_int("value_rank", value_rank, allow_none=True)
-        self.output_rank = _init.validate_positive_int("output_rank", output_rank, allow_none=True)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.key_dim = check_int("key_dim", key_dim)
+        self.rank = check_int("rank", rank)
+        self.value_dim = check_int("value_dim", value_dim, allow_none=True)
+        self.query_rank = check_int("query_rank", query_rank, allow_none=True)
+        self.key_rank = check_int("key_rank", key_rank, allow_none=True)
+        self.value_rank = check_int("value_rank", value_rank, allow_none=True)
+        self.output_rank = check_int("output_rank", output_rank, allow_none=True)
         self.use_bias = _init.validate_bool("use_bias", use_bias)
-        self._output_shape_arg = _init.validate_positive_int(
+        self._output_shape_arg = check_int(
             "output_shape", output_shape, allow_none=True
         )
         self.kernel_u_initializer = _init.get_initializer(

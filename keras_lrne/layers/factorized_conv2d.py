@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lrne._validation import check_int
 from keras_lrne.layers import _init
 
 _PATHS = ("auto", "materialize", "two_step")
@@ -117,9 +118,9 @@ class FactorizedConv2D(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.filters = _init.validate_positive_int("filters", filters)
+        self.filters = check_int("filters", filters)
         self.kernel_size = _validate_pair("kernel_size", kernel_size)
-        self.rank = _init.validate_positive_int("rank", rank)
+        self.rank = check_int("rank", rank)
         self.strides = _validate_pair("strides", strides)
         if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
             raise ValueError(

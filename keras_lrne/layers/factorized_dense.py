@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_lrne._validation import check_int
 from keras_lrne.layers import _init
 
 
@@ -67,8 +68,8 @@ class FactorizedDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = _init.validate_positive_int("units", units)
-        self.rank = _init.validate_positive_int("rank", rank)
+        self.units = check_int("units", units)
+        self.rank = check_int("rank", rank)
         self.activation = keras.activations.get(activation)
         self.use_bias = _init.validate_bool("use_bias", use_bias)
         self.kernel_u_initializer = _init.get_initializer(

@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_lrne._validation import check_int
 from keras_lrne.layers import _init
 from keras_lrne.layers._tied_head import TiedHeadMixin
 
@@ -69,9 +70,9 @@ class FactorizedEmbedding(TiedHeadMixin, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.input_dim = _init.validate_positive_int("input_dim", input_dim)
-        self.output_dim = _init.validate_positive_int("output_dim", output_dim)
-        self.rank = _init.validate_positive_int("rank", rank)
+        self.input_dim = check_int("input_dim", input_dim)
+        self.output_dim = check_int("output_dim", output_dim)
+        self.rank = check_int("rank", rank)
         self.embeddings_u_initializer = _init.get_initializer(
             "embeddings_u_initializer", embeddings_u_initializer
         )

@@ -5,7 +5,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_lrne.layers import _init
+from keras_lrne._validation import check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_lrne")
@@ -43,7 +43,7 @@ class RotaryPosition(keras.layers.Layer):
 
     def __init__(self, dims=4, max_wavelength=10000, **kwargs):
         super().__init__(**kwargs)
-        dims = _init.validate_positive_int("dims", dims)
+        dims = check_int("dims", dims)
         if dims % 2:
             raise ValueError(
                 "Received an invalid value for `dims`, expected a positive even "

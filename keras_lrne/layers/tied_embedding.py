@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_lrne._validation import check_int
 from keras_lrne.layers import _init
 from keras_lrne.layers._tied_head import TiedHeadMixin
 
@@ -59,8 +60,8 @@ class TiedEmbedding(TiedHeadMixin, keras.layers.Embedding):
         output_bias_initializer=None,
         **kwargs,
     ):
-        input_dim = _init.validate_positive_int("input_dim", input_dim)
-        output_dim = _init.validate_positive_int("output_dim", output_dim)
+        input_dim = check_int("input_dim", input_dim)
+        output_dim = check_int("output_dim", output_dim)
         if embeddings_initializer is None:
             embeddings_initializer = keras.initializers.RandomNormal(stddev=1.0)
         super().__init__(

@@ -4,7 +4,7 @@ import math
 
 import keras
 
-from keras_lrne.layers import _init
+from keras_lrne._validation import check_int
 from keras_lrne.layers.factorized_attention import FactorizedAttention
 from keras_lrne.layers.factorized_dense import FactorizedDense
 
@@ -74,13 +74,13 @@ class TransformerBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_heads = _init.validate_positive_int("num_heads", num_heads)
-        self.key_dim = _init.validate_positive_int("key_dim", key_dim)
-        self.ff_dim = _init.validate_positive_int("ff_dim", ff_dim)
-        self.rank = _init.validate_positive_int("rank", rank, allow_none=True)
-        self.qkv_rank = _init.validate_positive_int("qkv_rank", qkv_rank, allow_none=True)
-        self.o_rank = _init.validate_positive_int("o_rank", o_rank, allow_none=True)
-        self.ff_rank = _init.validate_positive_int("ff_rank", ff_rank, allow_none=True)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.key_dim = check_int("key_dim", key_dim)
+        self.ff_dim = check_int("ff_dim", ff_dim)
+        self.rank = check_int("rank", rank, allow_none=True)
+        self.qkv_rank = check_int("qkv_rank", qkv_rank, allow_none=True)
+        self.o_rank = check_int("o_rank", o_rank, allow_none=True)
+        self.ff_rank = check_int("ff_rank", ff_rank, allow_none=True)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         qkv = self.qkv_rank or self.rank
         out = self.o_rank or self.rank

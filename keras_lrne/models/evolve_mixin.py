@@ -12,6 +12,7 @@ import numpy as np
 from keras_lrne import backend as lrne_backend
 from keras_lrne import checkpoint
 from keras_lrne import population as pop
+from keras_lrne._validation import check_int
 from keras_lrne.lineage import Lineage
 from keras_lrne.rollout import RolloutEvaluator
 from keras_lrne.strategies import GA, Strategy
@@ -28,16 +29,6 @@ def _check_generations(generations):
         raise ValueError(
             "Received an invalid value for `generations`, expected an integer >= 1. "
             f"Received: generations={generations!r}"
-        )
-
-
-def _check_optional_positive(name, value):
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected a positive integer or None. "
-            f"Received: {name}={value!r}"
         )
 
 
@@ -345,8 +336,8 @@ class EvolveMixin:
         ... )
         """
         _check_generations(generations)
-        _check_optional_positive("population_batch_size", population_batch_size)
-        _check_optional_positive("batch_size", batch_size)
+        check_int("population_batch_size", population_batch_size, allow_none=True)
+        check_int("batch_size", batch_size, allow_none=True)
         if strategy is None:
             strategy = GA(population_size=64, num_parents=8)
         if not isinstance(strategy, Strategy):

@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from keras_lrne._validation import check_int
 from keras_lrne.strategies import operators
 from keras_lrne.strategies.base import Strategy
 
@@ -19,14 +20,6 @@ class GAConfig:
     freeze_normalization: bool = True
     reevaluate_top: int = None
     reevaluate_episodes: int = None
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected an integer >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
 
 
 def _check_rate(name, value):
@@ -83,8 +76,8 @@ class GA(Strategy):
     def __init__(self, population_size, num_parents, mutation_rate=0.01,
                  factor_mutation_rate=None, freeze_normalization=True, reevaluate_top=None,
                  reevaluate_episodes=None):
-        _check_int("population_size", population_size, 2)
-        _check_int("num_parents", num_parents, 1)
+        check_int("population_size", population_size, 2)
+        check_int("num_parents", num_parents, 1)
         if population_size < num_parents + 1:
             raise ValueError(
                 "Received an invalid value for `population_size`, expected at least "
@@ -101,8 +94,8 @@ class GA(Strategy):
                 f"reevaluate_episodes={reevaluate_episodes!r}"
             )
         if reevaluate_top is not None:
-            _check_int("reevaluate_top", reevaluate_top, num_parents)
-            _check_int("reevaluate_episodes", reevaluate_episodes, 1)
+            check_int("reevaluate_top", reevaluate_top, num_parents)
+            check_int("reevaluate_episodes", reevaluate_episodes, 1)
             if reevaluate_top > population_size:
                 raise ValueError(
                     "Received an invalid value for `reevaluate_top`, expected at most "

@@ -5,8 +5,9 @@ import difflib
 import numpy as np
 from keras import ops
 
+from keras_lrne._validation import check_int
 from keras_lrne.tasks._ale_vector import AleVectorEnv, _require_ale
-from keras_lrne.tasks.environment import Environment, _check_positive_int, _require_gymnasium
+from keras_lrne.tasks.environment import Environment, _require_gymnasium
 
 VERSIONS = ("v4", "v5")
 _FRAME_STACK = 4
@@ -119,10 +120,10 @@ class Atari(Environment):
     def __init__(self, game, *, episodes=1, max_episode_steps=2500, noop_max=30, version="v4",
                  full_action_space=False, num_envs=None, num_threads=None):
         _require_gymnasium()
-        _check_positive_int("episodes", episodes)
-        _check_positive_int("max_episode_steps", max_episode_steps)
-        _check_positive_int("num_envs", num_envs, allow_none=True)
-        _check_positive_int("num_threads", num_threads, allow_none=True)
+        check_int("episodes", episodes)
+        check_int("max_episode_steps", max_episode_steps)
+        check_int("num_envs", num_envs, allow_none=True)
+        check_int("num_threads", num_threads, allow_none=True)
         if isinstance(noop_max, bool) or not isinstance(noop_max, (int, np.integer)) or (
             noop_max < 0
         ):

@@ -2,10 +2,10 @@
 
 import difflib
 import math
-import numbers
 
 import numpy as np
 
+from keras_lrne._validation import check_int
 from keras_lrne.tasks.base import Task
 
 ACTION_TRANSFORMS = ("auto", "argmax", "identity", "clip", "tanh")
@@ -46,16 +46,6 @@ def check_env_id(env_id, argument="env_id"):
         f"Received an unknown gymnasium environment id for `{argument}`.{hint} "
         f"Received: {argument}={env_id!r}"
     )
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected a positive integer. "
-            f"Received: {name}={value!r}"
-        )
 
 
 class RunningNormalizer:
@@ -139,9 +129,9 @@ class Environment(Task):
 
     def __init__(self, env, *, episodes=1, max_episode_steps=None, action_transform="auto",
                  normalize_observations=False, num_envs=None, env_kwargs=None):
-        _check_positive_int("episodes", episodes)
-        _check_positive_int("max_episode_steps", max_episode_steps, allow_none=True)
-        _check_positive_int("num_envs", num_envs, allow_none=True)
+        check_int("episodes", episodes)
+        check_int("max_episode_steps", max_episode_steps, allow_none=True)
+        check_int("num_envs", num_envs, allow_none=True)
         if action_transform not in ACTION_TRANSFORMS:
             raise ValueError(
                 f"Received an invalid value for `action_transform`, expected one of "

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_lrne._validation import check_int
 from keras_lrne.tasks import _text
 from keras_lrne.tasks import corpus as corpus_lib
 from keras_lrne.tasks.base import Task
@@ -17,15 +18,6 @@ _TOKENIZERS = ("word", "character")
 
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_positive_int(name, value, minimum=1):
-    if not _is_int(value) or value < minimum:
-        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected {expected}. "
-            f"Received: {name}={value!r}"
-        )
 
 
 def _check_text_vocab_size(vocab_size):
@@ -236,16 +228,16 @@ class LanguageModeling(Task):
                 '"word", "character" or a `keras.layers.TextVectorization`. '
                 f"Received: tokenizer={tokenizer!r}"
             )
-        _check_positive_int("vocab_size", vocab_size)
+        check_int("vocab_size", vocab_size)
         if isinstance(tokenizer, str) and not isinstance(data, tf.data.Dataset):
             # Text for sure (datasets may hold token ids: checked once loaded).
             _check_text_vocab_size(vocab_size)
-        _check_positive_int("sequence_length", sequence_length)
-        _check_positive_int("num_sequences", num_sequences)
+        check_int("sequence_length", sequence_length)
+        check_int("num_sequences", num_sequences)
         if num_validation_sequences is not None:
-            _check_positive_int("num_validation_sequences", num_validation_sequences)
+            check_int("num_validation_sequences", num_validation_sequences)
         if max_documents is not None:
-            _check_positive_int("max_documents", max_documents)
+            check_int("max_documents", max_documents)
         if not isinstance(fresh_batch, (bool, np.bool_)):
             raise ValueError(
                 "Received an invalid value for `fresh_batch`, expected a boolean. "
