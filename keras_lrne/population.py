@@ -24,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
+from keras_lrne.layers import _vectorized
 from keras_lrne.layers._init import initializer_std, kaiming_std
 
 NORMALIZATION_LAYERS = tuple(
@@ -321,7 +322,8 @@ class PopulationFunctions:
                 y_pred, _ = self.model.stateless_call(trainable, non_trainable, xb, **kwargs)
                 return self._loss_fn(yb, y_pred)
 
-            return ops.vectorized_map(member_loss, members)
+            with _vectorized.member_calls():
+                return ops.vectorized_map(member_loss, members)
 
         def chunk_losses(members):
             if num_batches == 1:

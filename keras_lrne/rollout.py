@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
+from keras_lrne.layers import _vectorized
 
 #: Two lanes need at least this many environments each.
 MIN_ENVS_PER_LANE = 4
@@ -118,7 +119,8 @@ class RolloutEvaluator:
             )
             return ops.reshape(ops.cast(out, "float32"), (-1,))
 
-        return ops.vectorized_map(one, (list(weights), obs))
+        with _vectorized.member_calls():
+            return ops.vectorized_map(one, (list(weights), obs))
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self, population, generation, members=None, episodes=None, stage=0):

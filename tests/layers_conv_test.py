@@ -284,3 +284,98 @@ def test_compiled_population_map():
         pytest.skip("population map is only tested on TensorFlow and JAX")
     assert tuple(got.shape) == (3, 2, 2)
     np.testing.assert_allclose(_np(got), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel_size,strides,padding,shape",
+    [
+        (8, 4, "valid", (2, 84, 84, 3)),  # the paper's Atari conv: kernel = 2 x stride
+        (4, 2, "valid", (1, 20, 21, 5)),
+        (3, 1, "valid", (2, 9, 7, 4)),
+        (3, 2, "valid", (2, 10, 11, 2)),  # kernel not a multiple of the stride
+        (2, 3, "valid", (1, 13, 13, 2)),  # kernel smaller than the stride
+        ((5, 2), (3, 1), "same", (2, 7, 9, 2)),
+        (3, 2, "same", (1, 10, 11, 3)),
+        (1, 1, "same", (2, 4, 4, 3)),
+        (4, 2, "valid", (1, 4, 4, 2)),  # a single output position
+    ],
+)
+def test_conv2d_by_matmul_matches_conv(kernel_size, strides, padding, shape):
+    from keras_lrne.layers import _vectorized
+
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    sh, sw = (strides, strides) if isinstance(strides, int) else strides
+    rng = np.random.RandomState(7)
+    x = rng.randn(*shape).astype("float32")
+    kernel = rng.randn(kh, kw, shape[-1], 3).astype("float32")
+    expected = _np(ops.conv(x, kernel, strides=(sh, sw), padding=padding))
+    got = _np(_vectorized.conv2d_by_matmul(ops.convert_to_tensor(x),
+                                           ops.convert_to_tensor(kernel), (sh, sw), padding))
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_member_calls_context_selects_the_matmul_form(monkeypatch):
+    from keras_lrne.layers import _vectorized
+
+    calls = []
+    original = _vectorized.conv2d_by_matmul
+
+    def spy(*args):
+        calls.append(args[2:])
+        return original(*args)
+
+    monkeypatch.setattr(_vectorized, "conv2d_by_matmul", spy)
+    keras.utils.set_random_seed(0)
+    x = np.random.RandomState(0).randn(2, 11, 10, 3).astype("float32")
+    for path in ("two_step", "materialize"):
+        layer = lrl.FactorizedConv2D(5, 3, rank=2, strides=2, padding="same",
+                                     activation="relu", bias_initializer="ones")
+        layer._compute_path = path
+        plain = _np(layer(x))
+        assert not calls and not _vectorized.in_member_calls()
+        with _vectorized.member_calls():
+            assert _vectorized.in_member_calls()
+            member = _np(layer(x))
+        assert calls == [((2, 2), "same")]
+        calls.clear()
+        np.testing.assert_allclose(member, plain, rtol=1e-4, atol=1e-5)
+    assert not _vectorized.in_member_calls()
+    with pytest.raises(RuntimeError), _vectorized.member_calls():
+        raise RuntimeError("left by an exception")
+    assert not _vectorized.in_member_calls()
+
+
+@pytest.mark.parametrize("task_kind", ["supervised", "rollout"])
+def test_evolution_traces_the_vectorised_form(monkeypatch, task_kind):
+    """Both population engines (data batches and environment rollouts) trace
+    FactorizedConv2D in its vectorising form, and the results equal plain calls."""
+    import keras_lrne
+    from keras_lrne.layers import _vectorized
+
+    calls = []
+    original = _vectorized.conv2d_by_matmul
+    monkeypatch.setattr(_vectorized, "conv2d_by_matmul",
+                        lambda *args: calls.append(1) or original(*args))
+    keras.utils.set_random_seed(1)
+    if task_kind == "rollout":
+        task = keras_lrne.tasks.Atari("Pong", max_episode_steps=10, num_envs=4)
+        model = keras_lrne.presets.atari_policy("factorized", num_actions=task.num_outputs)
+        model.evolve(task, strategy=keras_lrne.strategies.GA(4, 2), generations=1, verbose=0)
+        assert len(calls) >= 3  # the net's three convolutions, once per traced bucket
+        return
+    model = keras_lrne.Sequential([
+        keras.Input((9, 9, 3)),
+        lrl.FactorizedConv2D(4, 3, rank=2, strides=2, activation="relu"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(2),
+    ])
+    model.compile(loss="mse")
+    rng = np.random.RandomState(1)
+    x, y = rng.rand(8, 9, 9, 3).astype("float32"), rng.rand(8, 2).astype("float32")
+    history = model.evolve(x, y, strategy=keras_lrne.strategies.GA(4, 2), generations=1,
+                           batch_size=8, seed=0, verbose=0)
+    assert calls
+    # The elite's reported loss is what a plain (ops.conv) call of the elite gives.
+    plain = float(np.mean((_np(model(x)) - y) ** 2))
+    np.testing.assert_allclose(history.history["loss"][-1], plain, rtol=1e-4)

@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_lrne._validation import check_int
-from keras_lrne.layers import _init
+from keras_lrne.layers import _init, _vectorized
 
 _PATHS = ("auto", "materialize", "two_step")
 
@@ -57,6 +57,11 @@ class FactorizedConv2D(keras.layers.Layer):
     convolving with `kernel_u` reshaped to `(kh, kw, in, rank)` and projecting the
     `rank` channels with `kernel_v / 2` (`kh*kw*in*rank + rank*filters` per output
     position). With an unknown batch size one example is assumed.
+
+    When `model.evolve()` evaluates a population (one vectorised call over members,
+    each with its own factors), the convolution is computed as one matrix product of
+    space-to-depth blocks followed by shifted sums, which vectorises over members;
+    outside evolution `keras.ops.conv` is used.
 
     Reference: Garbus & Pollack, "Low Rank Factorizations are Indirect Encodings
     for Deep Neuroevolution" (arXiv 2504.03037, 2025); the `/ 2` and the
@@ -217,24 +222,25 @@ class FactorizedConv2D(keras.layers.Layer):
         # Only static integer dimensions count: symbolic ones (JAX export) and None mean
         # "unknown", for which one example is assumed.
         shape = tuple(d if isinstance(d, int) else None for d in inputs.shape)
-        if self._use_two_step(shape):
-            kernel_u = ops.reshape(self.kernel_u, (kh, kw, in_channels, self.rank))
-            x = ops.conv(
-                inputs,
-                kernel_u,
-                strides=self.strides,
-                padding=self.padding,
-                data_format="channels_last",
-            )
-            x = ops.matmul(x, ops.multiply(self.kernel_v, 0.5))
+        two_step = self._use_two_step(shape)
+        if two_step:
+            kernel = ops.reshape(self.kernel_u, (kh, kw, in_channels, self.rank))
+        else:
+            kernel = self._full_kernel(self.kernel_u, self.kernel_v)
+        if _vectorized.in_member_calls():
+            # Traced per member inside the population's vectorised map: a form that
+            # vectorises over members (see `keras_lrne/layers/_vectorized.py`).
+            x = _vectorized.conv2d_by_matmul(inputs, kernel, self.strides, self.padding)
         else:
             x = ops.conv(
                 inputs,
-                self._full_kernel(self.kernel_u, self.kernel_v),
+                kernel,
                 strides=self.strides,
                 padding=self.padding,
                 data_format="channels_last",
             )
+        if two_step:
+            x = ops.matmul(x, ops.multiply(self.kernel_v, 0.5))
         if self.bias is not None:
             x = ops.add(x, self.bias)
         if self.activation is not None:
