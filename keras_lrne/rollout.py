@@ -98,8 +98,9 @@ class RolloutEvaluator:
             def policy(*args):
                 return self._policy_fn(*args)
 
-            self._compiled[bucket] = (self._backend.compile(gather),
-                                      self._backend.compile(policy))
+            # Each bucket's functions see one signature: the cheapest calls.
+            self._compiled[bucket] = (self._backend.compile_fixed(gather),
+                                      self._backend.compile_fixed(policy))
         return self._compiled[bucket]
 
     # -- compiled bodies -----------------------------------------------------------------

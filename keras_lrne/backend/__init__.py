@@ -5,6 +5,8 @@ the small function set every backend module provides:
 
 - `compile(fn)`: compile a pure function of tensors (XLA via `tf.function(jit_compile=True)`
   on TensorFlow, `jax.jit` on JAX).
+- `compile_fixed(fn)`: `compile` for a function always called with one signature (the
+  cheapest call; on TensorFlow a call with another signature raises an error).
 - `compile_random(fn)`: compile a function dominated by random-number generation (the
   fastest way for the backend; not XLA on TensorFlow CPU).
 - `map_chunks(fn, stacked, out_shape)`: a sequential map over the leading axis.

@@ -12,6 +12,12 @@ def compile(fn):
     return jax.jit(fn)
 
 
+def compile_fixed(fn):
+    """Like `compile`, for a function always called with the same signature
+    (`jax.jit`'s dispatch is already cheap)."""
+    return jax.jit(fn)
+
+
 def compile_random(fn):
     """Compiles a function dominated by random-number generation (`jax.jit` too)."""
     return jax.jit(fn)

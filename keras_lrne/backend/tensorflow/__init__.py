@@ -11,6 +11,27 @@ def compile(fn):
     return tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=False)
 
 
+class _FixedSignature:
+    """A compiled function called with one signature only, through its concrete
+    function: that skips `tf.function`'s per-call argument matching (0.3-0.9 ms of a
+    3-4 ms policy call measured on 2 CPU cores)."""
+
+    def __init__(self, fn):
+        self._function = compile(fn)
+        self._concrete = None
+
+    def __call__(self, *args):
+        if self._concrete is None:
+            self._concrete = self._function.get_concrete_function(*args)
+        return self._concrete(*args)
+
+
+def compile_fixed(fn):
+    """Like `compile`, for a function that is always called with the same signature
+    (shapes, dtypes and structure); a call with another signature raises an error."""
+    return _FixedSignature(fn)
+
+
 def compile_random(fn):
     """Compiles a function dominated by random-number generation.
 
