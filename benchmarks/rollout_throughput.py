@@ -37,20 +37,68 @@ import numpy as np
 import keras_lrne
 
 
-def raw_env_speed(game, num_envs, steps, seed=0):
-    """Random-action env-steps/s of exactly the vector env the Atari task steps."""
-    env = keras_lrne.tasks.Atari(game, num_envs=num_envs).make_vector_env(num_envs)
-    rng = np.random.default_rng(seed)
-    env.reset(np.arange(num_envs), num_envs)
-    active = list(range(num_envs))
-    n = env.single_action_space.n
-    env.step(rng.integers(0, n, num_envs), active)
-    start = time.perf_counter()
-    for _ in range(steps):
-        env.step(rng.integers(0, n, num_envs), active)
-    elapsed = time.perf_counter() - start
-    env.close()
-    return num_envs * steps / elapsed
+class RawEnv:
+    """Exactly the vector env the Atari task steps, stepped with random actions: the
+    ceiling of any closed loop on this machine."""
+
+    def __init__(self, game, num_envs, seed=0):
+        self.env = keras_lrne.tasks.Atari(game, num_envs=num_envs).make_vector_env(num_envs)
+        self.rng = np.random.default_rng(seed)
+        self.num_envs = num_envs
+        self.active = list(range(num_envs))
+        self.env.reset(np.arange(num_envs), num_envs)
+        self.speed(1)
+
+    def speed(self, steps):
+        """Random-action env-steps/s over `steps` steps of all envs."""
+        n = self.env.single_action_space.n
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.env.step(self.rng.integers(0, n, self.num_envs), self.active)
+        return self.num_envs * steps / (time.perf_counter() - start)
+
+    def close(self):
+        self.env.close()
+
+
+class RawProbe(keras.callbacks.Callback):
+    """Measures the raw env speed right before and right after every generation, so each
+    generation's closed-loop speed is compared with the env speed of the same moments
+    (the env speed of these machines drifts by tens of percent within minutes)."""
+
+    def __init__(self, raw, steps):
+        super().__init__()
+        self.raw, self.steps = raw, steps
+        self.ratios, self.raw_speeds, self.logs = [], [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._before = self.raw.speed(self.steps)
+
+    def on_epoch_end(self, epoch, logs=None):
+        after = self.raw.speed(self.steps)
+        logs = dict(logs or {})
+        raw = statistics.mean([self._before, after])
+        self.raw_speeds += [self._before, after]
+        self.ratios.append(logs["frames_per_second"] / raw)
+        self.logs.append(logs)
+
+
+def closed_loop_speed(variant, args, raw_env, lanes="auto"):
+    """Median over generations 1.. (generation 0 compiles the policy) of member-steps/s,
+    of member-steps/s over the raw speed of the same moments, and of the policy share."""
+    task = keras_lrne.tasks.Atari(args.game, max_episode_steps=args.max_episode_steps,
+                                  num_envs=args.num_envs)
+    # 1 lane: stepping and the policy strictly alternate; 2: they overlap (two halves).
+    task.rollout_lanes = lanes
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.presets.atari_policy(variant, num_actions=task.num_outputs, rank=4)
+    probe = RawProbe(raw_env, args.raw_steps)
+    model.evolve(task, strategy=keras_lrne.strategies.GA(args.population, args.parents),
+                 generations=args.generations, seed=0, verbose=0, callbacks=[probe])
+    fps = statistics.median(logs["frames_per_second"] for logs in probe.logs[1:])
+    share = statistics.median(logs["policy_share"] for logs in probe.logs[1:])
+    return {"fps": fps, "ratio": statistics.median(probe.ratios[1:]), "share": share,
+            "raw": probe.raw_speeds[2:], "model": model}
 
 
 class GenerationTimer(keras.callbacks.Callback):
@@ -64,22 +112,6 @@ class GenerationTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
         self.logs.append(dict(logs or {}))
-
-
-def closed_loop_speed(variant, args, lanes="auto"):
-    task = keras_lrne.tasks.Atari(args.game, max_episode_steps=args.max_episode_steps,
-                                  num_envs=args.num_envs)
-    # 1 lane: stepping and the policy strictly alternate; 2: they overlap (two halves).
-    task.rollout_lanes = lanes
-    keras.utils.set_random_seed(0)
-    model = keras_lrne.presets.atari_policy(variant, num_actions=task.num_outputs, rank=4)
-    timer = GenerationTimer()
-    model.evolve(task, strategy=keras_lrne.strategies.GA(args.population, args.parents),
-                 generations=args.generations, seed=0, verbose=0, callbacks=[timer])
-    # Generation 0 compiles the policy for its live-set buckets: excluded.
-    fps = [logs["frames_per_second"] for logs in timer.logs[1:]]
-    share = [logs["policy_share"] for logs in timer.logs[1:]]
-    return statistics.median(fps), statistics.median(share), model
 
 
 def conv_costs(model):
@@ -122,9 +154,12 @@ def main(argv=None):
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--parents", type=int, default=4)
     parser.add_argument("--num-envs", type=int, default=16)
-    parser.add_argument("--generations", type=int, default=3)
+    parser.add_argument("--generations", type=int, default=4,
+                        help="generations per closed-loop run (the first, compiling, is "
+                             "not timed)")
     parser.add_argument("--max-episode-steps", type=int, default=150)
-    parser.add_argument("--raw-steps", type=int, default=150)
+    parser.add_argument("--raw-steps", type=int, default=100,
+                        help="random-action steps of all envs per raw measurement")
     parser.add_argument("--skip-carracing", action="store_true")
     parser.add_argument("--carracing-population", type=int, default=4)
     parser.add_argument("--carracing-steps", type=int, default=200)
@@ -138,25 +173,28 @@ def main(argv=None):
           f"game={args.game} cap={args.max_episode_steps}", file=sys.stderr)
     result = {"backend": backend}
     if not args.skip_atari:
-        raw_before = raw_env_speed(args.game, args.num_envs, args.raw_steps)
-        fact_fps, fact_share, fact_model = closed_loop_speed("factorized", args)
-        full_fps, full_share, _ = closed_loop_speed("full", args)
-        default_lanes = fact_model._lrne_evaluator.rollout.num_lanes
+        raw_env = RawEnv(args.game, args.num_envs)
+        fact = closed_loop_speed("factorized", args, raw_env)
+        full = closed_loop_speed("full", args, raw_env)
+        default_lanes = fact["model"]._lrne_evaluator.rollout.num_lanes
         other_lanes = 1 if default_lanes == 2 else 2
-        other_fps, _, _ = closed_loop_speed("factorized", args, lanes=other_lanes)
-        raw_after = raw_env_speed(args.game, args.num_envs, args.raw_steps)
-        raw = statistics.mean([raw_before, raw_after])
-        two_step, materialised = conv_costs(fact_model)
+        other = closed_loop_speed("factorized", args, raw_env, lanes=other_lanes)
+        raw_env.close()
+        raw_speeds = fact["raw"] + full["raw"] + other["raw"]
+        raw = statistics.median(raw_speeds)
+        two_step, materialised = conv_costs(fact["model"])
 
-        print(f"raw vector env ({args.num_envs} envs, random actions): {raw:,.0f} env-steps/s "
-              f"(before {raw_before:,.0f}, after {raw_after:,.0f})")
-        print(f"closed loop, factorized rank 4: {fact_fps:,.0f} member-steps/s = "
-              f"{fact_fps / raw:.2f}x raw (policy {fact_share:.0%} of the time)")
-        print(f"closed loop, full:              {full_fps:,.0f} member-steps/s = "
-              f"{full_fps / raw:.2f}x raw (policy {full_share:.0%} of the time)")
-        print(f"factorized with {other_lanes} lane(s) instead of the default {default_lanes}: "
-              f"{other_fps:,.0f} member-steps/s = {other_fps / raw:.2f}x raw "
-              f"(default / other = {fact_fps / other_fps:.2f})")
+        print(f"raw vector env ({args.num_envs} envs, random actions), measured before and "
+              f"after every generation: median {raw:,.0f} env-steps/s (min "
+              f"{min(raw_speeds):,.0f}, max {max(raw_speeds):,.0f})")
+        print("closed loop (median over generations; each generation's speed over the raw "
+              "speed measured right before and after it):")
+        print(f"  factorized rank 4: {fact['fps']:,.0f} member-steps/s = "
+              f"{fact['ratio']:.2f}x raw (policy {fact['share']:.0%} of the time)")
+        print(f"  full:              {full['fps']:,.0f} member-steps/s = "
+              f"{full['ratio']:.2f}x raw (policy {full['share']:.0%} of the time)")
+        print(f"  factorized with {other_lanes} lane(s) instead of the default "
+              f"{default_lanes}: {other['fps']:,.0f} member-steps/s = {other['ratio']:.2f}x raw")
         print(f"factorized convs, multiply-adds per frame: two-step {two_step:,} vs "
               f"materialised kernel {materialised:,} ({materialised / max(two_step, 1):.1f}x)")
         result = {
@@ -164,12 +202,12 @@ def main(argv=None):
             "population": args.population,
             "num_envs": args.num_envs,
             "raw_env_steps_per_second": raw,
-            "factorized_member_steps_per_second": fact_fps,
-            "full_member_steps_per_second": full_fps,
-            "factorized_over_raw": fact_fps / raw,
-            "full_over_raw": full_fps / raw,
+            "factorized_member_steps_per_second": fact["fps"],
+            "full_member_steps_per_second": full["fps"],
+            "factorized_over_raw": fact["ratio"],
+            "full_over_raw": full["ratio"],
             "default_lanes": default_lanes,
-            f"factorized_{other_lanes}_lanes_over_raw": other_fps / raw,
+            f"factorized_{other_lanes}_lanes_over_raw": other["ratio"],
             "conv_macs_two_step_over_materialised": two_step / max(materialised, 1),
         }
     if not args.skip_carracing:
