@@ -3,13 +3,14 @@
 Measured in one run on one machine (ratios are what to compare; machines are noisy):
 
 1. raw: ale-py's native vector environment (Frostbite, RGB, 4-frame stack) stepped with
-   random actions: the ceiling of any closed loop on this machine;
+   random actions: the ceiling of any closed loop on this machine, measured right before
+   and after every generation (the env speed drifts by tens of percent within minutes);
+   each generation's closed-loop speed is divided by the raw speed of the same moments;
 2. keras-lrne's closed loop (`model.evolve(keras_lrne.tasks.Atari(...))`) with a
    population of the paper's Atari network, factorized (rank 4) and full: member-steps/s
    (environment steps of all members per second, policy included), with the default
-   rollout lanes (2 with an accelerator: one half of the environments steps while the
-   policy runs on the other; 1 on a CPU) and, for the factorized net, with the other
-   setting;
+   rollout lanes (2 for ale-py: one half of the environments steps while the policy runs
+   on the other) and, for the factorized net, with the other setting;
 3. the multiply-adds of a factorized conv computed as conv(x, U) then a 1x1 projection by
    V vs the materialised kernel, for the paper's Atari net;
 4. the wall time of a CarRacing generation with early termination, factorized vs full

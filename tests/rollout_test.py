@@ -177,8 +177,8 @@ def test_rollout_lanes_default_and_bad_value():
     task = Environment("CartPole-v1")
     assert _num_lanes(task, 16, bk) == 1  # gymnasium envs step in Python: no lanes
     atari = keras_lrne.tasks.Atari("Pong", num_envs=8)
-    expected = 2 if bk.device_memory_bytes() is not None else 1
-    assert _num_lanes(atari, 16, bk) == expected
+    assert _num_lanes(atari, 16, bk) == 2  # ale-py steps in native threads
+    assert _num_lanes(atari, 7, bk) == 1  # too few environments for two lanes
     atari.rollout_lanes = 2
     assert _num_lanes(atari, 8, bk) == 2 and _num_lanes(atari, 7, bk) == 1
     atari.rollout_lanes = 3

@@ -112,9 +112,9 @@ class Atari(Environment):
     ...                        generations=300)
     """
 
-    #: ale-py's vector environment steps in native threads (releasing the GIL), so with
-    #: the policy on an accelerator the rollout engine runs two of them in lanes that
-    #: overlap stepping with the policy forward.
+    #: ale-py's vector environment steps in native threads (releasing the GIL), so the
+    #: rollout engine runs two of them in lanes that overlap stepping with the policy
+    #: forward.
     threaded_vector_env = True
 
     def __init__(self, game, *, episodes=1, max_episode_steps=2500, noop_max=30, version="v4",

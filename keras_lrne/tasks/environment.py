@@ -124,7 +124,7 @@ class Environment(Task):
     threaded_vector_env = False
     #: Rollout lanes: 1 (stepping and the policy alternate), 2 (half the environments
     #: step in a thread while the policy runs on the other half; needs 8+ environments)
-    #: or "auto" (2 for threaded vector environments with the policy on an accelerator).
+    #: or "auto" (2 for vector environments that step in native threads).
     rollout_lanes = "auto"
 
     def __init__(self, env, *, episodes=1, max_episode_steps=None, action_transform="auto",
