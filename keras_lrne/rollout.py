@@ -20,7 +20,7 @@ from keras_lrne.layers import _vectorized
 MIN_ENVS_PER_LANE = 4
 
 
-def _num_lanes(task, num_envs, bk):
+def _num_lanes(task, num_envs):
     """1 or 2 lanes (see `RolloutEvaluator.evaluate`) from `task.rollout_lanes`.
 
     `"auto"`: two lanes when the vector environment steps in native threads (it releases
@@ -67,7 +67,7 @@ class RolloutEvaluator:
         self.seed = int(seed)
         self.num_envs = int(task.num_envs or min(population_size * task.episodes, 64))
         bk = lrne_backend.get()
-        self.num_lanes = _num_lanes(task, self.num_envs, bk)
+        self.num_lanes = _num_lanes(task, self.num_envs)
         sizes = [self.num_envs // self.num_lanes] * self.num_lanes
         sizes[0] += self.num_envs - sum(sizes)
         self.vector_envs = [task.make_vector_env(n) for n in sizes]

@@ -170,17 +170,15 @@ def test_atari_lanes_overlap_stepping_without_changing_results():
 
 
 def test_rollout_lanes_default_and_bad_value():
-    from keras_lrne import backend
     from keras_lrne.rollout import _num_lanes
 
-    bk = backend.get()
     task = Environment("CartPole-v1")
-    assert _num_lanes(task, 16, bk) == 1  # gymnasium envs step in Python: no lanes
+    assert _num_lanes(task, 16) == 1  # gymnasium envs step in Python: no lanes
     atari = keras_lrne.tasks.Atari("Pong", num_envs=8)
-    assert _num_lanes(atari, 16, bk) == 2  # ale-py steps in native threads
-    assert _num_lanes(atari, 7, bk) == 1  # too few environments for two lanes
+    assert _num_lanes(atari, 16) == 2  # ale-py steps in native threads
+    assert _num_lanes(atari, 7) == 1  # too few environments for two lanes
     atari.rollout_lanes = 2
-    assert _num_lanes(atari, 8, bk) == 2 and _num_lanes(atari, 7, bk) == 1
+    assert _num_lanes(atari, 8) == 2 and _num_lanes(atari, 7) == 1
     atari.rollout_lanes = 3
     with pytest.raises(ValueError, match="rollout_lanes"):
-        _num_lanes(atari, 16, bk)
+        _num_lanes(atari, 16)
