@@ -315,7 +315,9 @@ def test_conv2d_by_matmul_matches_conv(kernel_size, strides, padding, shape):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_member_calls_context_selects_the_matmul_form(monkeypatch):
+@pytest.fixture
+def matmul_calls(monkeypatch):
+    """Records the `(strides, padding)` of every `conv2d_by_matmul` call."""
     from keras_lrne.layers import _vectorized
 
     calls = []
@@ -326,6 +328,13 @@ def test_member_calls_context_selects_the_matmul_form(monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(_vectorized, "conv2d_by_matmul", spy)
+    return calls
+
+
+def test_member_calls_context_selects_the_matmul_form(matmul_calls):
+    from keras_lrne.layers import _vectorized
+
+    calls = matmul_calls
     keras.utils.set_random_seed(0)
     x = np.random.RandomState(0).randn(2, 11, 10, 3).astype("float32")
     for path in ("two_step", "materialize"):
@@ -347,16 +356,12 @@ def test_member_calls_context_selects_the_matmul_form(monkeypatch):
 
 
 @pytest.mark.parametrize("task_kind", ["supervised", "rollout"])
-def test_evolution_traces_the_vectorised_form(monkeypatch, task_kind):
+def test_evolution_traces_the_vectorised_form(matmul_calls, task_kind):
     """Both population engines (data batches and environment rollouts) trace
     FactorizedConv2D in its vectorising form, and the results equal plain calls."""
     import keras_lrne
-    from keras_lrne.layers import _vectorized
 
-    calls = []
-    original = _vectorized.conv2d_by_matmul
-    monkeypatch.setattr(_vectorized, "conv2d_by_matmul",
-                        lambda *args: calls.append(1) or original(*args))
+    calls = matmul_calls
     keras.utils.set_random_seed(1)
     if task_kind == "rollout":
         task = keras_lrne.tasks.Atari("Pong", max_episode_steps=10, num_envs=4)
