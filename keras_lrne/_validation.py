@@ -34,3 +34,18 @@ def check_int(name, value, minimum=1, allow_none=False):
             f"Received: {name}={value!r}"
         )
     return int(value)
+
+
+def check_bool(name, value):
+    """Returns `value` as a `bool` if it is one (Python or numpy), else raises.
+
+    Strings such as `"no"` and numbers are rejected rather than silently taken as truthy:
+    ``Received an invalid value for `name`, expected a boolean (True or False). Received:
+    name=value``.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a boolean (True or False). "
+            f"Received: {name}={value!r}"
+        )
+    return bool(value)

@@ -129,7 +129,11 @@ class RolloutEvaluator:
         """Plays the episodes of `members` (default: all) and returns `(losses, returns, logs)`.
 
         `losses[i]` is minus the mean return of member `members[i]`; a member whose
-        environment crashed or whose action was NaN gets +inf (the worst). Environment
+        environment crashed (in `reset` or `step`) or observed NaN or inf, or whose action
+        was NaN, gets +inf (the worst); non-finite observations never reach the policy or
+        the normaliser. If every reset raises, a `RuntimeError` names the environment and
+        chains the first exception. Observations whose shape is not the observation
+        space's raise a `ValueError`. Environment
         slots are refilled with the next member-episode as soon as one ends, so the
         vector of environments stays busy until the last episodes.
 
@@ -150,7 +154,8 @@ class RolloutEvaluator:
         non_trainable = self.functions.non_trainable_values()
         collect = getattr(task, "normalizer", None) is not None
         start_time = time.perf_counter()
-        lanes = [lane for lane in (_Lane(env, run) for env in self.vector_envs) if lane.live]
+        lanes = [lane for lane in (_Lane(env, run, task) for env in self.vector_envs)
+                 if lane.live]
         pool = self._pool if len(lanes) > 1 else None
         pending = {}
         while any(lane.live for lane in lanes):
@@ -166,6 +171,13 @@ class RolloutEvaluator:
                 else:
                     pending[i] = pool.submit(lane.env.step, actions, list(lane.live))
         elapsed = time.perf_counter() - start_time
+        if run.started == 0 and run.reset_error is not None:
+            error = run.reset_error
+            raise RuntimeError(
+                f"Every environment reset of generation {generation} failed, so no member "
+                f"could be evaluated: the environment {_env_name(task)} raised "
+                f"{type(error).__name__}: {error}"
+            ) from error
         task.observe(run.raw_sample)
         per_member = run.returns.reshape(len(members), episodes)
         member_failed = run.failed.reshape(len(members), episodes).any(axis=1)
@@ -218,6 +230,8 @@ class _Episodes:
         self.steps = np.zeros(slots, np.int64)
         self.early = np.zeros(slots, bool)
         self.raw_sample = []
+        self.started = 0  # member-episodes whose reset succeeded
+        self.reset_error = None  # the first exception a reset raised
 
     def take(self, count):
         """The next `count` (or fewer) slots of the queue."""
@@ -227,23 +241,84 @@ class _Episodes:
         return taken
 
 
+def _env_name(task):
+    env = getattr(task, "env", task)
+    return repr(env if isinstance(env, str) else getattr(env, "__name__", env))
+
+
 class _Lane:
     """One vector environment and the member-episodes it is playing."""
 
-    def __init__(self, env, run):
-        self.env, self.run = env, run
+    def __init__(self, env, run, task):
+        self.env, self.run, self.task = env, run, task
+        self.obs_shape = tuple(task.observation_space.shape)
         self.env_slot = np.zeros(env.num_envs, np.int64)
-        first = run.take(env.num_envs)
-        count = len(first)
-        self.live = list(range(count))
         self.rewards = [[] for _ in range(env.num_envs)]
         self.live_key, self.weights, self.bad_action = None, None, None
         self.obs = None
-        if count:
-            self.env_slot[:count] = first
-            reset = np.asarray(env.reset(run.seeds[first % run.episodes], count))
-            self.obs = np.zeros((env.num_envs, *reset.shape[1:]), reset.dtype)
-            self.obs[:count] = reset
+        self.live = self._start(list(range(env.num_envs)), first=True)
+
+    def _bad_observation(self, obs, source):
+        """True for a non-finite observation; raises for one of the wrong shape."""
+        if np.shape(obs) != self.obs_shape:
+            raise ValueError(
+                f"The environment {_env_name(self.task)} returned an observation of shape "
+                f"{np.shape(obs)} from `{source}()`, but its observation space (the task's "
+                f"observations) has shape {self.obs_shape}: fix the environment or its "
+                f"`observation_space`. Received: observation_space="
+                f"{self.task.observation_space}"
+            )
+        obs = np.asarray(obs)
+        return obs.dtype.kind in "fc" and not np.isfinite(obs).all()
+
+    def _reset(self, envs, seeds, first):
+        """Resets `envs`; returns (observations of those that reset, failed mask)."""
+        try_reset = getattr(self.env, "try_reset_at", None)
+        if try_reset is not None:
+            obs, failed, error = try_reset(envs, seeds)
+        else:
+            try:
+                obs = (self.env.reset(seeds, len(envs)) if first
+                       else self.env.reset_at(envs, seeds))
+                failed, error = np.zeros(len(envs), bool), None
+            except Exception as exc:  # a crashing environment fails its members, not the run
+                obs, failed, error = [], np.ones(len(envs), bool), exc
+        if error is not None and self.run.reset_error is None:
+            self.run.reset_error = error
+        return obs, failed
+
+    def _start(self, free, first=False):
+        """Starts queued member-episodes on the `free` environments; returns those started.
+
+        A member-episode whose reset raises or gives a non-finite observation failed; its
+        environment takes the next one from the queue.
+        """
+        run, started = self.run, []
+        while free:
+            slots = run.take(len(free))
+            if not len(slots):
+                break
+            envs, free = free[: len(slots)], free[len(slots):]
+            self.env_slot[envs] = slots
+            obs, failed = self._reset(envs, run.seeds[slots % run.episodes], first)
+            first = False
+            reset = iter(obs)
+            for env_index, env_failed in zip(envs, failed):
+                self.rewards[env_index] = []
+                if not env_failed:
+                    o = next(reset)
+                    env_failed = self._bad_observation(o, "reset")
+                if env_failed:
+                    run.failed[self.env_slot[env_index]] = True
+                    free.append(env_index)
+                    continue
+                if self.obs is None:
+                    o = np.asarray(o)
+                    self.obs = np.zeros((self.env.num_envs, *o.shape), o.dtype)
+                self.obs[env_index] = o
+                started.append(env_index)
+        run.started += len(started)
+        return sorted(started)
 
     def advance(self, result, task, collect):
         """Books one step's results; refills finished environments from the queue."""
@@ -266,15 +341,10 @@ class _Lane:
             elif task.should_stop(self.rewards[env_index]):
                 run.early[slot] = True
                 free.append(env_index)
+            elif self._bad_observation(new_obs[j], "step"):
+                run.failed[slot] = True  # a NaN/inf observation must not reach the policy
+                free.append(env_index)
             else:
                 self.obs[env_index] = new_obs[j]
                 still.append(env_index)
-        new_slots = run.take(len(free))
-        refill = free[: len(new_slots)]
-        if refill:
-            self.env_slot[refill] = new_slots
-            self.obs[refill] = self.env.reset_at(refill, run.seeds[new_slots % run.episodes])
-            for env_index in refill:
-                self.rewards[env_index] = []
-            still = sorted(still + refill)
-        self.live = still
+        self.live = sorted(still + self._start(free)) if free else still

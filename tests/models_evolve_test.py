@@ -298,6 +298,95 @@ def test_sequences_shorter_than_the_context_fail_clearly():
         model.evolve(x, x, strategy=GA(4, 1), generations=1, verbose=0)
 
 
+def _never_evaluated(monkeypatch):
+    """Makes any population evaluation fail: the checks must come before any work."""
+    from keras_lrne import population
+
+    def fail(*args, **kwargs):
+        raise AssertionError("evolve() started working before checking its arguments")
+
+    monkeypatch.setattr(population, "PopulationFunctions", fail)
+
+
+def test_several_inputs_or_outputs_fail_before_any_work(monkeypatch):
+    _never_evaluated(monkeypatch)
+    x, y = regression_data(n=8)
+    a, b = keras.Input((6,), name="a"), keras.Input((6,), name="b")
+    joined = keras.layers.Concatenate()([a, b])
+    two_inputs = keras_lrne.Model([a, b], keras.layers.Dense(1)(joined))
+    dict_inputs = keras_lrne.Model({"a": a, "b": b}, keras.layers.Dense(1)(joined))
+    hidden = keras.layers.Dense(4)(a)
+    two_outputs = keras_lrne.Model(a, [keras.layers.Dense(1)(hidden),
+                                       keras.layers.Dense(1)(hidden)])
+    dict_output = keras_lrne.Model(a, {"out": keras.layers.Dense(1)(hidden)})
+    cases = [
+        (two_inputs, [x, x], y, r"2 inputs, of shapes \[\(None, 6\), \(None, 6\)\]"),
+        (dict_inputs, {"a": x, "b": x}, y, r"inputs are a dict with keys \['a', 'b'\]"),
+        (two_outputs, x, [y, y], r"2 outputs"),
+        (dict_output, x, {"out": y}, r"outputs are a dict with keys \['out'\]"),
+        # A model without declared inputs (subclassed-like) given several arrays.
+        (small_model(), [x, x[:, :4]], y, r"x as a list of 2 arrays.*\(8, 6\), \(8, 4\)"),
+        (small_model(), x, {"out": y}, r"y as a dict with keys \['out'\]"),
+    ]
+    for model, xs, ys, match in cases:
+        model.compile(loss="mse")
+        with pytest.raises(ValueError, match=r"single input and a single output.*" + match):
+            model.evolve(xs, ys, strategy=GA(4, 1), generations=1, verbose=0)
+    model = small_model()
+    with pytest.raises(ValueError, match=r"validation_data\[0\] as a dict with keys \['a'\]"):
+        model.evolve(x, y, validation_data=({"a": x}, y), strategy=GA(4, 1), verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices(({"a": x}, y)).batch(4)
+    with pytest.raises(ValueError, match=r"x as a dataset whose inputs are a dict"):
+        model.evolve(dataset, strategy=GA(4, 1), verbose=0)
+
+
+@pytest.mark.parametrize(
+    "callbacks, match",
+    [
+        (keras.callbacks.History(), r"wrap a single callback in a list.*Received: callbacks="),
+        ([keras.callbacks.History(), "csv"], r"element 1 is a str.*callbacks\[1\]='csv'"),
+        (print, r"Received: callbacks=<built-in function print>"),
+    ],
+)
+def test_callbacks_must_be_a_list_of_callbacks(monkeypatch, callbacks, match):
+    _never_evaluated(monkeypatch)
+    x, y = regression_data(n=8)
+    with pytest.raises(ValueError, match=r"`callbacks`.*" + match):
+        small_model().evolve(x, y, strategy=GA(4, 1), callbacks=callbacks, verbose=0)
+    # A tuple of callbacks is a list of callbacks.
+    monkeypatch.undo()
+    history = small_model().evolve(x, y, strategy=GA(4, 1), verbose=0,
+                                   callbacks=(keras.callbacks.History(),))
+    assert len(history.history["loss"]) == 1
+
+
+def test_validation_data_of_the_wrong_shape_fails_before_the_run(monkeypatch):
+    _never_evaluated(monkeypatch)
+    x, y = regression_data(n=8)
+    with pytest.raises(ValueError, match=r"`validation_data`.*model's input shape.*"
+                                         r"\(6,\).*sample shape \(4,\)"):
+        small_model().evolve(x, y, validation_data=(x[:, :4], y), strategy=GA(4, 1),
+                             verbose=0)
+    with pytest.raises(ValueError, match=r"targets of `validation_data`.*\(1,\).*"
+                                         r"target shape \(3,\)"):
+        small_model().evolve(x, y, validation_data=(x, np.repeat(y, 3, 1)),
+                             strategy=GA(4, 1), verbose=0)
+    # Token data: validation targets one token short.
+    tokens = np.zeros((8, 5), "int32")
+    model = keras_lrne.Sequential([keras.Input((5,), dtype="int32"),
+                                   lrl.FactorizedEmbedding(20, 8, rank=2),
+                                   keras.layers.Dense(20)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match=r"`validation_data`.*\(5,\).*\(4,\)"):
+        model.evolve(tokens, tokens, validation_data=(tokens, tokens[:, :4]),
+                     strategy=GA(4, 1), verbose=0)
+    # A missing trailing 1 in the targets is accepted, as by the loss.
+    monkeypatch.undo()
+    history = small_model().evolve(x, y, validation_data=(x, y[:, 0]), strategy=GA(4, 1),
+                                   verbose=0)
+    assert len(history.history["val_loss"]) == 1
+
+
 def test_chunk_plan_fits_the_paper_lm_on_a_16_gb_device():
     from keras_lrne import population
 
@@ -334,3 +423,81 @@ def test_device_memory_does_not_grow_between_generations():
     evolve(small_model(), x, y, generations=12, callbacks=[Count()],
            validation_data=(x, y))
     assert counts[-1] <= counts[2], counts
+
+
+def _with(array, index, value):
+    array = array.copy()
+    array[index] = value
+    return array
+
+
+@pytest.mark.parametrize(
+    "make_args, match",
+    [
+        (lambda x, y: ((_with(x, (3, 2), np.nan), y), {}),
+         r"in `x`: 1 of 192 values are not finite, the first at index \[3, 2\]"),
+        (lambda x, y: ((x, _with(y, (5, 0), np.inf)), {}),
+         r"in `y`: 1 of 32 .* index \[5, 0\]\. .*y\[5, 0\]=inf"),
+        (lambda x, y: ((tf.constant(_with(x, (0, 0), np.nan)), tf.constant(y)), {}),
+         r"in `x`: .*index \[0, 0\]"),
+        (lambda x, y: ((tf.data.Dataset.from_tensor_slices(
+            (x, _with(_with(y, (7, 0), np.nan), (9, 0), -np.inf))).batch(8),), {}),
+         r"in `x` \(its targets\): 2 of 32 .* index \[7, 0\]"),
+        (lambda x, y: ((x, y), {"validation_data": (x, _with(y, (1, 0), np.nan))}),
+         r"in `validation_data` \(its targets\): 1 of 32"),
+        (lambda x, y: ((x, y), {"validation_data": tf.data.Dataset.from_tensor_slices(
+            (_with(x, (2, 1), np.inf), y)).batch(8)}),
+         r"in `validation_data` \(its inputs\): .*index \[2, 1\]"),
+    ],
+)
+def test_non_finite_data_fails_before_the_run(make_args, match):
+    x, y = regression_data()
+    args, kwargs = make_args(x, y)
+    model = small_model()
+    with pytest.raises(ValueError, match=match):
+        model.evolve(*args, strategy=GA(4, 1), generations=1, verbose=0, **kwargs)
+    assert not hasattr(model, "_lrne_state")  # failed before any generation
+
+
+def classifier(num_classes=5, loss=None):
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([keras.Input((6,)), lrl.FactorizedDense(num_classes, rank=2)])
+    model.compile(loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_sparse_labels_out_of_range_fail_before_the_run():
+    x, _ = regression_data()
+    y = np.arange(32) % 5
+    with pytest.raises(ValueError, match=r"`y`: .*\[0, 5\).* index \[9\]\. Received: y\[9\]=5"):
+        classifier().evolve(x, np.where(np.arange(32) == 9, 5, y), strategy=GA(4, 1),
+                            generations=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`y`: .*\[0, 5\).*y\[0\]=-1"):
+        classifier(loss="sparse_categorical_crossentropy").evolve(
+            x, y - 1, strategy=GA(4, 1), generations=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_data` \(its targets\).*18 labels.*\[2\]=5"):
+        classifier().evolve(x, y, validation_data=(x, y + 3), strategy=GA(4, 1),
+                            generations=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`x` \(its targets\).*=5"):
+        classifier().evolve(tf.data.Dataset.from_tensor_slices((x, y + 1)).batch(8),
+                            strategy=GA(4, 1), generations=1, verbose=0)
+    # In-range labels, the loss's ignore_class and other losses are accepted.
+    ignore = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+    for model, labels in ((classifier(), y), (classifier(loss=ignore), y - (y == 0)),
+                          (classifier(loss="mse"), np.full((32, 5), 9.0))):
+        history = model.evolve(x, labels, strategy=GA(4, 1), generations=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+
+
+def test_language_modeling_labels_pass_the_label_check():
+    task = keras_lrne.tasks.LanguageModeling(tokenizer="character", sequence_length=8,
+                                             num_sequences=8)
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([
+        keras.Input((8,), dtype="int32"),
+        lrl.FactorizedEmbedding(task.vocab_size, 4, rank=2),
+        keras.layers.Dense(task.vocab_size),
+    ])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.evolve(task, strategy=GA(4, 1), generations=1, seed=0, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

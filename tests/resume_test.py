@@ -155,3 +155,230 @@ def test_rl_run_resumes_with_its_observation_normaliser(tmp_path):
     np.testing.assert_array_equal(a.var, b.var)
     for wa, wb in zip(resumed_model.get_weights(), straight_model.get_weights()):
         np.testing.assert_array_equal(wa, wb)
+
+
+def _interrupted(tmp_path, **kwargs):
+    """A backup directory holding the checkpoint of a run stopped after generation 1."""
+    backup = tmp_path / "b"
+    with pytest.raises(RuntimeError, match="power cut"):
+        small_run(tmp_path, callbacks=[keras.callbacks.BackupAndRestore(str(backup)), Stop()],
+                  **kwargs)
+    return backup
+
+
+def test_torn_or_missing_keras_backup_files_never_block_a_resume(tmp_path):
+    backup = _interrupted(tmp_path, generations=4)
+    # evolve() writes no Keras backup files (its own checkpoint is the source of truth)...
+    assert sorted(p.name for p in backup.iterdir()) == sorted([checkpoint.LOCK_FILE,
+                                                                checkpoint.STATE_FILE])
+    # ...and never reads those a crash of another tool may have torn.
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n torn")
+    (backup / "training_metadata.json").write_text('{"epoch": ')
+    resumed = small_run(tmp_path, callbacks=[keras.callbacks.BackupAndRestore(str(backup))],
+                        generations=4)
+    assert resumed.epoch == [0, 1, 2, 3]
+    assert resumed.history["loss"] == small_run(tmp_path, generations=4).history["loss"]
+
+
+def test_resume_rewrites_the_csv_log_with_every_generation_once(tmp_path):
+    backup = _interrupted(tmp_path, generations=4)
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss\n0,1.0\n0,1.0\n1,")  # a duplicated row and a torn one
+    resumed = small_run(tmp_path, generations=4, callbacks=[
+        keras.callbacks.BackupAndRestore(str(backup)),
+        keras.callbacks.CSVLogger(str(log), append=True)])
+    straight_log = tmp_path / "straight.csv"
+    small_run(tmp_path, generations=4, callbacks=[keras.callbacks.CSVLogger(str(straight_log))])
+    import csv
+
+    rows = list(csv.DictReader(log.open()))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
+    straight = list(csv.DictReader(straight_log.open()))
+    timing = {"member_evals_per_second"}
+    assert ([{k: v for k, v in r.items() if k not in timing} for r in rows]
+            == [{k: v for k, v in r.items() if k not in timing} for r in straight])
+    assert [float(r["loss"]) for r in rows] == resumed.history["loss"]
+
+
+def test_save_freq_and_delete_checkpoint_are_honoured(tmp_path):
+    backup = tmp_path / "b"
+    saved = []
+    original = checkpoint.save
+
+    def spy(path, arrays, meta):
+        saved.append(meta["generation"])
+        return original(path, arrays, meta)
+
+    checkpoint.save = spy
+    try:
+        small_run(tmp_path, generations=5, callbacks=[keras.callbacks.BackupAndRestore(
+            str(backup), save_freq=2, delete_checkpoint=False)])
+    finally:
+        checkpoint.save = original
+    assert saved == [2, 4, 5]  # every 2 generations, and the end of the run
+    assert (backup / checkpoint.STATE_FILE).is_file()  # kept: delete_checkpoint=False
+    # Resuming a finished run runs nothing more and returns the whole History.
+    again = small_run(tmp_path, generations=5, callbacks=[
+        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)])
+    assert again.epoch == [0, 1, 2, 3, 4]
+
+
+def test_a_run_stopped_by_a_callback_stays_stopped_on_resume(tmp_path):
+    class StopAt1(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = epoch == 1
+
+    backup = str(tmp_path / "b")
+    first = small_run(tmp_path, generations=5, callbacks=[
+        keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False), StopAt1()])
+    assert first.epoch == [0, 1]
+    again = small_run(tmp_path, generations=5, callbacks=[
+        keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)])
+    assert again.epoch == [0, 1] and again.history["loss"] == first.history["loss"]
+
+
+def test_checkpoint_path_replaced_by_a_directory_is_reported(tmp_path):
+    backup = tmp_path / "b"
+    (backup / checkpoint.STATE_FILE).mkdir(parents=True)
+    with pytest.raises(ValueError, match="is a directory"):
+        small_run(tmp_path, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from keras_lrne.checkpoint import BackupLock
+    BackupLock(sys.argv[1]).acquire()
+    print("locked", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_second_process_on_one_backup_directory_gets_a_clear_error(tmp_path):
+    backup = tmp_path / "b"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(backup)],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(checkpoint.BackupInUseError) as info:
+            small_run(tmp_path, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+        message = str(info.value)
+        assert str(backup) in message and f"process {holder.pid}" in message
+    finally:
+        holder.kill()
+        holder.wait()
+    # The operating system releases the lock of a killed process: the run goes ahead.
+    small_run(tmp_path, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+
+
+def test_the_lock_is_released_when_evolve_fails(tmp_path):
+    backup = _interrupted(tmp_path)
+    with pytest.raises(ValueError, match="strategy"):
+        small_run(tmp_path, strategy=GA(10, 2),
+                  callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+    assert not checkpoint._HELD  # nothing stays locked in this process
+
+
+def _settings_run(tmp_path, backup, x=None, y=None, activation=None, loss="mse"):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32") if x is None else x
+    y = x.sum(axis=1, keepdims=True) if y is None else y
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(1,
+                                                                         activation=activation)])
+    model.compile(loss=loss)
+    callbacks = [keras.callbacks.BackupAndRestore(str(backup))]
+    if backup.name == "stopped":
+        callbacks.append(Stop())
+    return model.evolve(x, y, strategy=GA(8, 2), generations=3, seed=1, verbose=0,
+                        callbacks=callbacks)
+
+
+@pytest.mark.parametrize("change, names", [
+    ("x_late", "task.x"),       # a change past the first MiB of x
+    ("y", "task.y"),
+    ("activation", "model"),
+    ("loss", "loss"),
+])
+def test_resume_refuses_other_data_model_or_loss(tmp_path, change, names):
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(70_000, 4)).astype("float32")  # 1.1 MB
+    backup = tmp_path / "stopped"
+    with pytest.raises(RuntimeError, match="power cut"):
+        _settings_run(tmp_path, backup, x=big)
+    kwargs = {"x": big.copy()}
+    if change == "x_late":
+        kwargs["x"][-1, -1] += 1.0
+    elif change == "y":
+        kwargs["y"] = big.sum(axis=1, keepdims=True) + 1.0
+    elif change == "activation":
+        kwargs["activation"] = "relu"
+    else:
+        kwargs["loss"] = "mae"
+    backup.rename(tmp_path / "b")
+    with pytest.raises(ValueError, match="differ") as info:
+        _settings_run(tmp_path, tmp_path / "b", **kwargs)
+    assert names in str(info.value)
+    # The same data and model resume.
+    _settings_run(tmp_path, tmp_path / "b", x=big.copy())
+
+
+def test_resume_refuses_other_documents_and_env_settings(tmp_path):
+    def lm(docs, backup, stop=False):
+        task = keras_lrne.tasks.LanguageModeling(docs, sequence_length=4, num_sequences=2,
+                                                 vocab_size=16)
+        keras.utils.set_random_seed(0)
+        model = keras_lrne.Sequential([keras.Input((4,), dtype="int32"),
+                                       keras.layers.Embedding(task.vocab_size, 4),
+                                       keras.layers.Dense(task.vocab_size)])
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        callbacks = [keras.callbacks.BackupAndRestore(str(backup))] + ([Stop()] if stop else [])
+        return model.evolve(task, strategy=GA(4, 1), generations=3, seed=0, verbose=0,
+                            callbacks=callbacks)
+
+    docs = ["the cat sat on the mat and the dog ran " * 3] * 4
+    with pytest.raises(RuntimeError, match="power cut"):
+        lm(docs, tmp_path / "lm", stop=True)
+    other = docs[:3] + ["the dog sat on the mat and the cat ran " * 3]
+    with pytest.raises(ValueError, match=r"task\.tokens"):
+        lm(other, tmp_path / "lm")
+
+    def control(backup, stop=False, **kwargs):
+        task = keras_lrne.tasks.Control("Pendulum-v1", **{"max_episode_steps": 5, **kwargs})
+        keras.utils.set_random_seed(0)
+        model = keras_lrne.Sequential([keras.Input(task.input_shape),
+                                       keras.layers.Dense(task.num_outputs)])
+        callbacks = [keras.callbacks.BackupAndRestore(str(backup))] + ([Stop()] if stop else [])
+        return model.evolve(task, strategy=GA(4, 1), generations=3, seed=0, verbose=0,
+                            callbacks=callbacks)
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        control(tmp_path / "env", stop=True)
+    with pytest.raises(ValueError, match="max_episode_steps: checkpoint 5 vs now 6"):
+        control(tmp_path / "env", max_episode_steps=6)
+    with pytest.raises(ValueError, match="normalize_observations"):
+        control(tmp_path / "env", normalize_observations=False)
+
+
+def test_memory_stays_flat_over_hundreds_of_backed_up_generations(tmp_path):
+    def rss_mib():  # the current resident set size (Linux)
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    samples = {}
+
+    class Measure(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch in (100, 399):
+                samples[epoch] = rss_mib()
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    model.evolve(x, x.sum(axis=1, keepdims=True), strategy=GA(8, 2), generations=400, seed=0,
+                 verbose=0, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "b")),
+                                       Measure()])
+    assert samples[399] - samples[100] < 8, samples  # before: +17.1 MiB (Keras h5 saves)

@@ -182,3 +182,105 @@ def test_rollout_lanes_default_and_bad_value():
     atari.rollout_lanes = 3
     with pytest.raises(ValueError, match="rollout_lanes"):
         _num_lanes(atari, 16)
+
+
+class Diverging(gym.Env):
+    """Observes NaN after action 1 on the second step: a stand-in for a diverging simulator."""
+
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.full(3, 0.5, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        value = np.nan if action == 1 and self.t == 2 else 0.1 * self.t
+        return np.full(3, value, np.float32), 1.0, self.t >= 5, False, {}
+
+
+def test_non_finite_observations_fail_the_member_and_spare_the_normaliser():
+    task = Environment(Diverging, normalize_observations=True)
+    model, history = run(task, generations=2, strategy=GA(12, 2, mutation_rate=1.0))
+    normalizer = task.normalizer
+    assert normalizer.count > 0
+    assert np.isfinite(normalizer.mean).all() and np.isfinite(normalizer.var).all()
+    losses = model._lrne_state.losses
+    assert np.isinf(losses).any() and np.isfinite(losses).any()
+    assert all(failed > 0 for failed in history.history["failed_members"])
+    assert history.history["episode_return"] == [5.0, 5.0]
+
+
+class FlakyReset(gym.Env):
+    """Every third reset (counted over all instances) raises."""
+
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    resets = 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        FlakyReset.resets += 1
+        if FlakyReset.resets % 3 == 0:
+            raise OSError("simulator lost its licence")
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(3, np.float32), 1.0, self.t >= 4, False, {}
+
+
+def test_a_raising_reset_fails_that_member_not_the_run():
+    FlakyReset.resets = 0
+    task = Environment(FlakyReset)
+    _, history = run(task, generations=2, strategy=GA(6, 2))
+    assert history.history["failed_members"] == [2, 2]  # resets 3, 6, then 9, 12
+    assert history.history["episode_return"] == [4.0, 4.0]
+
+
+class BrokenReset(FlakyReset):
+    def reset(self, seed=None, options=None):
+        raise OSError("simulator lost its licence")
+
+
+def test_every_reset_failing_raises_naming_the_env_and_the_error():
+    task = Environment(BrokenReset)
+    with pytest.raises(RuntimeError, match=r"Every environment reset of generation 0 failed"
+                       r".*'BrokenReset' raised OSError: simulator lost its licence") as info:
+        run(task, generations=1, strategy=GA(4, 1))
+    assert isinstance(info.value.__cause__, OSError)
+
+
+class WrongShape(FlakyReset):
+    """Declares (3,) observations but returns `reset_shape` / `step_shape` ones."""
+
+    def __init__(self, reset_shape=(3,), step_shape=(3,)):
+        self.reset_shape, self.step_shape = reset_shape, step_shape
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        return np.zeros(self.reset_shape, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(self.step_shape, np.float32), 1.0, self.t >= 4, False, {}
+
+
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        (((4,), (3,)), r"'wrong_shape' returned an observation of shape \(4,\) from `reset\(\)`"
+                       r", but its observation space .* has shape \(3,\)"),
+        (((3,), (1,)), r"of shape \(1,\) from `step\(\)`, but .* has shape \(3,\)"),
+    ],
+)
+def test_observations_of_the_wrong_shape_fail_clearly(shapes, match):
+    def wrong_shape():
+        return WrongShape(*shapes)
+
+    task = Environment(wrong_shape)
+    with pytest.raises(ValueError, match=match):
+        run(task, generations=1, strategy=GA(4, 1))

@@ -18,6 +18,13 @@ from keras_lrne.strategies import GA, operators
         ({"population_size": 8, "num_parents": 2, "mutation_rate": float("nan")}, "mutation_rate"),
         ({"population_size": 8, "num_parents": 2, "factor_mutation_rate": -1.0},
          "factor_mutation_rate"),
+        # Not silently truthy: "no" used to become True.
+        ({"population_size": 8, "num_parents": 2, "freeze_normalization": "no"},
+         "freeze_normalization"),
+        ({"population_size": 8, "num_parents": 2, "freeze_normalization": 0},
+         "freeze_normalization"),
+        ({"population_size": 8, "num_parents": 2, "freeze_normalization": None},
+         "freeze_normalization"),
     ],
 )
 def test_invalid_arguments_name_the_argument(kwargs, argument):

@@ -203,6 +203,43 @@ def test_missing_text_file(tmp_path):
     assert str(path) in str(info.value)
 
 
+def test_text_file_that_is_not_utf8_names_the_file_and_offset(tmp_path):
+    path = tmp_path / "latin1.txt"
+    good = "the dog ran.\ncafé\n".encode()  # 'é' is two bytes in UTF-8
+    path.write_bytes(good + "a cat saw a bird, très joli\n".encode("latin-1"))
+    offset = len(good) + len("a cat saw a bird, tr")
+    with pytest.raises(ValueError, match=(
+        rf"`text_file`.*not valid UTF-8.*byte 0xe8 at byte offset {offset}, line 3"
+    )) as info:
+        LanguageModeling(text_file=path)
+    assert f"text_file={str(path)!r}" in str(info.value)
+    # The offset is the file's, whatever the read chunks (a multi-byte character may
+    # straddle two of them).
+    from keras_lrne.tasks import corpus
+
+    for chunk_size in (1, 3, 7, 1 << 20):
+        assert corpus._first_invalid_utf8(path, chunk_size)[:3] == (offset, 3, 0xE8)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"data": [""]}, {"data": ["", " ", "\n\t"]}, {"data": [""], "tokenizer": "character"},
+     {"data": tf.data.Dataset.from_tensor_slices(["", "  "])}],
+)
+def test_only_empty_documents_fail_clearly(kwargs):
+    # Used to fail inside TensorFlow with "Table not initialized".
+    with pytest.raises(ValueError, match=r"`data`.*empty.*blank.*Received: data="):
+        LanguageModeling(sequence_length=2, num_sequences=1, **kwargs)
+
+
+def test_blank_text_file_names_text_file(tmp_path):
+    path = tmp_path / "blank.txt"
+    path.write_text("\n  \n\t\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"`text_file`.*empty") as info:
+        LanguageModeling(text_file=path)
+    assert f"text_file={str(path)!r}" in str(info.value)
+
+
 def test_list_of_strings():
     task = LanguageModeling(STORIES, tokenizer="character", sequence_length=16, num_sequences=8)
     x, y = task.train_data(0)

@@ -185,6 +185,29 @@ def test_control_preprocess_normalizes():
     np.testing.assert_allclose(task.preprocess(obs).mean(axis=0), 0.0, atol=1e-5)
 
 
+def test_control_normaliser_ignores_non_finite_observations():
+    task = Control("Pendulum-v1")
+    obs = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -2.0]])
+    poisoned = np.array([[np.nan, 0.0, 0.0], [0.0, np.inf, 0.0], [0.0, 0.0, -np.inf]])
+    task.observe([obs[:1], poisoned, obs[1:]])
+    normalizer = task.normalizer
+    assert normalizer.count == 2
+    np.testing.assert_allclose(normalizer.mean, obs.mean(axis=0))
+    np.testing.assert_allclose(normalizer.var, obs.var(axis=0))
+    task.observe([poisoned])  # nothing finite: the statistics do not move
+    assert normalizer.count == 2 and np.isfinite(normalizer.var).all()
+
+
+@pytest.mark.parametrize("returned", ["CartPole-v1", None])
+def test_env_factory_must_return_a_gymnasium_env(returned):
+    def factory():
+        return returned
+
+    with pytest.raises(ValueError, match=rf"`env`.*returned {returned!r} of type "
+                                         rf"{type(returned).__name__}\. Received: env=<function"):
+        keras_lrne.tasks.Environment(factory)
+
+
 @pytest.mark.parametrize("env_id, match", [
     ("HalfCheeta-v5", "Did you mean: 'HalfCheetah-v5'"),
     ("CarRacing-v3", "vector observations.*env_id='CarRacing-v3'"),

@@ -1,9 +1,9 @@
 """`EvolveMixin`: adds `evolve()` to any Keras model."""
 
-import hashlib
 import json
 import numbers
 import os
+import shutil
 import time
 
 import keras
@@ -16,7 +16,7 @@ from keras_lrne._validation import check_int
 from keras_lrne.lineage import Lineage
 from keras_lrne.rollout import RolloutEvaluator
 from keras_lrne.strategies import GA, Strategy
-from keras_lrne.tasks.base import ArrayTask, Task, as_arrays
+from keras_lrne.tasks.base import ArrayTask, Task, as_arrays, check_sparse_labels
 from keras_lrne.tasks.environment import Environment
 
 
@@ -30,6 +30,57 @@ def _check_generations(generations):
             "Received an invalid value for `generations`, expected an integer >= 1. "
             f"Received: generations={generations!r}"
         )
+
+
+def _check_callbacks(callbacks):
+    """`callbacks` must be None or a list/tuple of `keras.callbacks.Callback`, as in `fit()`."""
+    if callbacks is None:
+        return
+    if not isinstance(callbacks, (list, tuple)):
+        raise ValueError(
+            "Received an invalid value for `callbacks`, expected a list of "
+            "`keras.callbacks.Callback` (wrap a single callback in a list: "
+            f"`callbacks=[callback]`). Received: callbacks={callbacks!r}"
+        )
+    for i, callback in enumerate(callbacks):
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise ValueError(
+                "Received an invalid value for `callbacks`, expected a list of "
+                f"`keras.callbacks.Callback`, but element {i} is a "
+                f"{type(callback).__name__}. Received: callbacks[{i}]={callback!r:.200}"
+            )
+
+
+_SINGLE_IO = ("evolve() supports models with a single input and a single output, trained on "
+              "one input array and one target array.")
+
+
+def _several_arrays(value):
+    """Describes `value` when it holds several arrays (a dict, or a list/tuple of arrays,
+    as Keras takes for several inputs or outputs), else returns None."""
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(map(str, value))}"
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, dict) or len(getattr(v, "shape", ())) >= 1 for v in value
+    ):
+        shapes = [tuple(v.shape) if hasattr(v, "shape") else "dict" for v in value]
+        return f"a {type(value).__name__} of {len(value)} arrays with shapes {shapes}"
+    if hasattr(value, "element_spec"):  # a tf.data.Dataset of (x, y) batches
+        spec = value.element_spec
+        if isinstance(spec, tuple):
+            for name, part in zip(("inputs", "targets"), spec):
+                if isinstance(part, (dict, list, tuple)):
+                    keys = sorted(map(str, part)) if isinstance(part, dict) else len(part)
+                    kind = "a dict with keys" if isinstance(part, dict) else "a tuple of"
+                    return f"a dataset whose {name} are {kind} {keys}"
+    return None
+
+
+def _trailing_ones_removed(shape):
+    shape = tuple(shape)
+    while shape and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
 
 
 class _Run:
@@ -168,52 +219,118 @@ class _EnvironmentEvaluator:
         self.rollout.close()
 
 
-def _open_backup(callbacks):
-    """Finds a `BackupAndRestore` callback; returns (state path, loaded checkpoint or None).
+class _Backup:
+    """What `evolve()` does for a `keras.callbacks.BackupAndRestore` callback.
 
-    Fails before any work when the backup directory is not writable or its checkpoint is
-    damaged.
+    keras-lrne's atomic checkpoint (`checkpoint.STATE_FILE` in the callback's
+    `backup_dir`) is the run's only backup: `evolve()` handles the callback itself, so
+    Keras' in-place `latest.weights.h5` / `training_metadata.json` writes (which a crash
+    can tear, and whose h5 saves grow memory over long runs) are never made, and such
+    files left in the directory are never read. The callback's `save_freq` ("epoch" or
+    every N generations) and `delete_checkpoint` are honoured. The directory is locked
+    for the run (`checkpoint.BackupLock`).
     """
-    backup = next((c for c in callbacks or []
-                   if isinstance(c, keras.callbacks.BackupAndRestore)), None)
-    if backup is None:
-        return None, None
-    directory = backup.backup_dir
+
+    def __init__(self, callback):
+        self.callback = callback
+        self.directory = os.fspath(callback.backup_dir)
+        self.path = os.path.join(self.directory, checkpoint.STATE_FILE)
+        freq = callback.save_freq
+        # One generation is one batch of `fit()`: an integer save_freq counts generations.
+        self.every = 1 if freq == "epoch" else (int(freq) if freq else 0)
+        self.lock = checkpoint.BackupLock(self.directory)
+        self.saved = None  # the generation count of the last checkpoint written
+
+    @classmethod
+    def find(cls, callbacks):
+        callback = next((c for c in callbacks or []
+                         if isinstance(c, keras.callbacks.BackupAndRestore)), None)
+        return None if callback is None else cls(callback)
+
+    def open(self):
+        """Checks the directory, locks it, and returns the checkpoint (or None).
+
+        Fails before any work when the directory is not writable, is in use by another
+        process, or holds a damaged checkpoint.
+        """
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            probe = os.path.join(self.directory, f".lrne_write_test-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as error:
+            raise ValueError(
+                "The `BackupAndRestore` directory is not writable, so the run could not be "
+                f"resumed after a failure. Received: backup_dir={self.directory!r} ({error})"
+            ) from error
+        self.lock.acquire()
+        try:
+            return checkpoint.load(self.path) if os.path.lexists(self.path) else None
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def save(self, state, lineage, records, task, settings, generation):
+        """Saves after `generation` when `save_freq` says so."""
+        if self.every and (generation + 1) % self.every == 0:
+            _save_backup(self.path, state, lineage, records, task, settings)
+            self.saved = state.generation
+
+    def finish(self, state, lineage, records, task, settings, stopped):
+        """Saves the end of a run: all of it, and whether a callback stopped it early
+        (a resumed stopped run runs no more generations)."""
+        if stopped or self.saved != state.generation:
+            _save_backup(self.path, state, lineage, records, task, settings, stopped)
+
+    def close(self, completed):
+        """Releases the lock; after a completed run, deletes the backup if asked to."""
+        try:
+            if completed and self.callback.delete_checkpoint:
+                shutil.rmtree(self.directory, ignore_errors=True)
+        finally:
+            self.lock.release()
+
+
+def _model_signature(model):
+    """Every layer's class and config (without its auto-generated name), in order."""
+    layers = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        try:
+            config = dict(layer.get_config())
+        except NotImplementedError:
+            config = {}
+        config.pop("name", None)
+        layers.append([layer.__class__.__name__, config])
+    return layers
+
+
+def _loss_signature(loss):
+    if loss is None or isinstance(loss, str):
+        return loss
     try:
-        os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, ".lrne_write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(
-            "The `BackupAndRestore` directory is not writable, so the run could not be "
-            f"resumed after a failure. Received: backup_dir={directory!r} ({error})"
-        ) from error
-    path = os.path.join(directory, checkpoint.STATE_FILE)
-    return path, (checkpoint.load(path) if os.path.exists(path) else None)
+        return keras.saving.serialize_keras_object(loss)
+    except Exception:  # an object Keras cannot serialise: its type and repr
+        return f"{type(loss).__qualname__}: {loss!r}"
 
 
-def _task_signature(task):
-    if hasattr(task, "get_config"):
-        return json.loads(json.dumps(task.get_config(), default=str))
-    if isinstance(task, ArrayTask):
-        digest = hashlib.sha1(np.ascontiguousarray(task.x).tobytes()[: 1 << 20]).hexdigest()
-        return {"x": list(task.x.shape), "y": list(task.y.shape), "x_sha1": digest}
-    return repr(task)
-
-
-def _run_settings(seed, strategy, run, task):
-    return json.loads(json.dumps({
+def _run_settings(seed, strategy, run, task, model, validation_data, validation):
+    """The run's signature: a resume must match it exactly (mismatches are named)."""
+    settings = {
         "seed": int(seed),
         "strategy": {"class": strategy.__class__.__name__, **strategy.get_config()},
         # Short names and shapes: auto-generated layer names differ between processes.
         "variables": [[s.path.split("/")[-1], list(s.shape)] for s in run.evolvable],
-        "task": {"class": task.__class__.__name__, "signature": _task_signature(task)},
-    }, default=str))
+        "task": task.fingerprint(),
+        "model": _model_signature(model),
+        "loss": _loss_signature(getattr(model, "loss", None)),
+        "validation_data": (None if validation_data is None or validation is None
+                            else checkpoint.streaming_digest(*validation)),
+    }
+    return json.loads(json.dumps(settings, default=str))
 
 
-def _save_backup(path, state, lineage, records, task, settings):
+def _save_backup(path, state, lineage, records, task, settings, stopped=False):
     bk = lrne_backend.get()
     arrays = {f"population_{i}": bk.to_numpy(v) for i, v in enumerate(state.population)}
     arrays.update(
@@ -229,6 +346,7 @@ def _save_backup(path, state, lineage, records, task, settings):
         "best_loss": float(state.best_loss),
         "history": records,
         "task_state": task.get_state() if hasattr(task, "get_state") else None,
+        "stopped": bool(stopped),
     }
     checkpoint.save(path, arrays, json.loads(json.dumps(meta, default=float)))
 
@@ -250,7 +368,29 @@ def _restore(resume, path, settings, state, lineage, task):
         lineage.record(parents, seeds)
     if meta.get("task_state") and hasattr(task, "set_state"):
         task.set_state(meta["task_state"])
-    return state, int(meta["generation"]), {k: list(v) for k, v in meta["history"].items()}
+    records = {k: list(v) for k, v in meta["history"].items()}
+    return state, int(meta["generation"]), records, bool(meta.get("stopped"))
+
+
+def _rewrite_csv_loggers(callbacks, records, generations):
+    """Rewrites every `CSVLogger` file from the checkpoint's History, then appends to it.
+
+    A crash between the checkpoint and the logger's row (or in the middle of a row) would
+    otherwise lose or tear a generation: after a resume the file has every completed
+    generation exactly once, written by Keras' own `CSVLogger` (same format).
+    """
+    loggers = [c for c in callbacks or [] if isinstance(c, keras.callbacks.CSVLogger)]
+    for logger in loggers:
+        with checkpoint.atomic_path(logger.filename) as tmp:
+            writer = keras.callbacks.CSVLogger(tmp, separator=logger.sep)
+            writer.on_train_begin()
+            for generation in range(generations):
+                writer.on_epoch_end(
+                    generation,
+                    {k: v[generation] for k, v in records.items() if generation < len(v)},
+                )
+            writer.on_train_end()
+    return loggers
 
 
 def _two_stage(strategy, evaluator, population, generation, losses, logs):
@@ -352,6 +492,8 @@ class EvolveMixin:
                 f"Received an invalid value for `verbose`, expected 'auto', 0, 1 or 2. "
                 f"Received: verbose={verbose!r}"
             )
+        _check_callbacks(callbacks)
+        self._check_single_input_output(x, y, validation_data)
         if isinstance(x, Task):
             if y is not None:
                 raise ValueError(
@@ -369,6 +511,8 @@ class EvolveMixin:
                 validation = as_arrays(validation_data, None, "validation_data")
         else:
             validation = task.validation_data()
+        if validation is not None and not isinstance(task, Environment):
+            self._check_validation_shapes(task, validation)
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
         ):
@@ -376,7 +520,22 @@ class EvolveMixin:
                 "Received an invalid value for `seed`, expected a non-negative integer or "
                 f"None. Received: seed={seed!r}"
             )
-        backup_path, resume = _open_backup(callbacks)
+        backup = _Backup.find(callbacks)
+        resume = backup.open() if backup is not None else None
+        completed = False
+        try:
+            history = self._evolve(task, validation_data, validation, strategy, generations,
+                                   callbacks, verbose, seed, population_batch_size,
+                                   batch_size, backup, resume)
+            completed = True
+            return history
+        finally:
+            if backup is not None:
+                backup.close(completed)
+
+    def _evolve(self, task, validation_data, validation, strategy, generations, callbacks,
+                verbose, seed, population_batch_size, batch_size, backup, resume):
+        """The body of `evolve()` once its arguments are checked and the backup is open."""
         if not hasattr(self, "optimizer"):
             # Environment tasks need no compile(); Keras callbacks (BackupAndRestore,
             # ModelCheckpoint) read `model.optimizer`, which only compile() creates.
@@ -403,10 +562,12 @@ class EvolveMixin:
                     "The model has no loss: call `model.compile(loss=...)` before "
                     f"`evolve()`. Received: loss={getattr(self, 'loss', None)!r}"
                 )
-            x0, _ = task.train_data(0)
+            x0, y0 = task.train_data(0)
             self._check_input_shape(x0)
             if not self.built or not self.trainable_variables:
                 self(x0[:1], training=False)
+            check_sparse_labels(self, x0[:1], {getattr(task, "targets_argument", "x"): y0,
+                                               "validation_data": validation and validation[1]})
             run = _Run(self, strategy, seed, pop.estimate_bytes_per_member_sample(self, x0),
                        len(x0), population_batch_size, batch_size)
             evaluator = _SupervisedEvaluator(run, task, validation)
@@ -418,21 +579,30 @@ class EvolveMixin:
                            "evolvable_shapes": [list(s.shape) for s in run.evolvable]})
         self._lrne_run, self._lrne_state, self.lineage = run, state, lineage
         self._lrne_evaluator = evaluator
-        settings = _run_settings(seed, strategy, run, task)
-        start, records = 0, {}
+        settings = _run_settings(seed, strategy, run, task, self, validation_data, validation)
+        start, records, stopped = 0, {}, False
         if resume:
-            state, start, records = _restore(resume, backup_path, settings, state, lineage, task)
+            state, start, records, stopped = _restore(resume, backup.path, settings, state,
+                                                       lineage, task)
             self._lrne_state = state
 
+        # The BackupAndRestore callback is handled here (see `_Backup`), not by Keras.
+        others = [c for c in callbacks or [] if backup is None or c is not backup.callback]
+        appending = _rewrite_csv_loggers(others, records, start) if resume else []
+        saved_append = [logger.append for logger in appending]
+        for logger in appending:
+            logger.append = True
         callback_list = keras.callbacks.CallbackList(
-            callbacks, add_history=True, add_progbar=verbose != 0, model=self,
+            others, add_history=True, add_progbar=verbose != 0, model=self,
             verbose=verbose, epochs=generations, steps=1,
         )
         self.stop_training = False
         callback_list.on_train_begin()
+        for logger, append in zip(appending, saved_append):
+            logger.append = append
         if resume:
-            # After BackupAndRestore's own on_train_begin (which loads its weights): the
-            # model holds the elite of the last completed generation.
+            # After the callbacks' on_train_begin: the model holds the elite of the last
+            # completed generation.
             self._set_member(state.population, 0)
             for callback in callback_list.callbacks:
                 if isinstance(callback, keras.callbacks.History):
@@ -440,7 +610,8 @@ class EvolveMixin:
                     callback.history = {k: list(v) for k, v in records.items()}
         logs = {}
         try:
-            for generation in range(start, generations):
+            # A run that a callback stopped (e.g. EarlyStopping) stays stopped on resume.
+            for generation in range(start, start if stopped else generations):
                 callback_list.on_epoch_begin(generation)
                 callback_list.on_train_batch_begin(0)
                 population = strategy.ask(state)
@@ -453,12 +624,15 @@ class EvolveMixin:
                 logs.update(evaluator.validate(state.population))
                 for key, value in logs.items():
                     records.setdefault(key, []).append(value)
-                if backup_path is not None:
-                    _save_backup(backup_path, state, lineage, records, task, settings)
+                if backup is not None:
+                    backup.save(state, lineage, records, task, settings, generation)
                 callback_list.on_train_batch_end(0, logs)
                 callback_list.on_epoch_end(generation, logs)
                 if self.stop_training:
                     break
+            if backup is not None and not stopped:
+                backup.finish(state, lineage, records, task, settings,
+                              stopped=bool(self.stop_training))
         finally:
             evaluator.close()
         callback_list.on_train_end(logs)
@@ -485,6 +659,68 @@ class EvolveMixin:
                 "The samples do not match the model's input shape: each sample must have "
                 f"shape {expected} (e.g. sequences of the model's context length). "
                 f"Received: x with sample shape {received}"
+            )
+
+    def _check_single_input_output(self, x, y, validation_data):
+        """Fails before any work for models or data with several inputs or outputs."""
+        for kind in ("input", "output"):
+            try:
+                structure = getattr(self, kind)  # a functional model's nested inputs/outputs
+            except (AttributeError, ValueError):
+                structure = None
+            try:
+                flat = getattr(self, kind + "s")
+            except (AttributeError, ValueError):
+                flat = None
+            if isinstance(structure, dict):
+                received = f"a model whose {kind}s are a dict with keys {sorted(structure)}"
+            elif flat is not None and len(flat) != 1:
+                shapes = [tuple(t.shape) for t in flat]
+                received = f"a model with {len(flat)} {kind}s, of shapes {shapes}"
+            else:
+                continue
+            raise ValueError(f"{_SINGLE_IO} Received: {received}")
+        pairs = [] if isinstance(x, Task) else [("x", x), ("y", y)]
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            pairs += [("validation_data[0]", validation_data[0]),
+                      ("validation_data[1]", validation_data[1])]
+        else:
+            pairs.append(("validation_data", validation_data))
+        for name, value in pairs:
+            described = _several_arrays(value)
+            if described is not None:
+                raise ValueError(f"{_SINGLE_IO} Received: {name} as {described}")
+
+    def _check_validation_shapes(self, task, validation):
+        """Fails before the run when validation samples or targets are shaped unlike the
+        model's input (or, without a declared input, the training samples) and the
+        training targets; otherwise they would fail only after the first generation."""
+        x0, y0 = task.train_data(0)
+        self._check_input_shape(x0)  # a training mismatch is reported as such, first
+        try:
+            inputs = self.inputs
+        except (AttributeError, ValueError):
+            inputs = None
+        if inputs and len(inputs) == 1:
+            expected, what = tuple(inputs[0].shape[1:]), "the model's input shape"
+        else:
+            expected, what = tuple(np.shape(x0)[1:]), "the training samples' shape"
+        received = tuple(np.shape(validation[0])[1:])
+        if len(expected) != len(received) or any(
+            e is not None and e != r for e, r in zip(expected, received)
+        ):
+            raise ValueError(
+                f"The samples of `validation_data` do not match {what}: each sample must "
+                f"have shape {expected}. Received: validation_data with sample shape "
+                f"{received}"
+            )
+        expected = tuple(np.shape(y0)[1:])
+        received = tuple(np.shape(validation[1])[1:])
+        if _trailing_ones_removed(expected) != _trailing_ones_removed(received):
+            raise ValueError(
+                "The targets of `validation_data` do not match the training targets: each "
+                f"target must have shape {expected}, as in training. Received: "
+                f"validation_data with target shape {received}"
             )
 
     def _check_output_size(self, task):

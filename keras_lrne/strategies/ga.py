@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from keras_lrne._validation import check_int
+from keras_lrne._validation import check_bool, check_int
 from keras_lrne.strategies import operators
 from keras_lrne.strategies.base import Strategy
 
@@ -87,6 +87,7 @@ class GA(Strategy):
         _check_rate("mutation_rate", mutation_rate)
         if factor_mutation_rate is not None:
             _check_rate("factor_mutation_rate", factor_mutation_rate)
+        freeze_normalization = check_bool("freeze_normalization", freeze_normalization)
         if (reevaluate_top is None) != (reevaluate_episodes is None):
             raise ValueError(
                 "`reevaluate_top` and `reevaluate_episodes` go together: give both or "
@@ -110,7 +111,7 @@ class GA(Strategy):
                 factor_mutation_rate=(
                     None if factor_mutation_rate is None else float(factor_mutation_rate)
                 ),
-                freeze_normalization=bool(freeze_normalization),
+                freeze_normalization=freeze_normalization,
                 reevaluate_top=None if reevaluate_top is None else int(reevaluate_top),
                 reevaluate_episodes=(
                     None if reevaluate_episodes is None else int(reevaluate_episodes)

@@ -22,6 +22,21 @@ class Task:
         """Returns `(x, y)` numpy arrays, or None."""
         return None
 
+    def fingerprint(self):
+        """What determines this task's losses, as a JSON-able dict.
+
+        A resumed run (`BackupAndRestore`) must match the checkpoint's fingerprint, so a
+        resume never mixes two runs' data or settings; a mismatch names each difference.
+        The default holds the class and, when the task has one, `get_config()`. Tasks of
+        your own that hold data should add a digest of it (e.g. with
+        `keras_lrne.checkpoint.streaming_digest(array, ...)`).
+
+        Returns:
+            A dict of JSON-able values.
+        """
+        config = self.get_config() if hasattr(self, "get_config") else None
+        return {"class": type(self).__name__, "config": config}
+
 
 def _to_numpy(value):
     if hasattr(value, "numpy"):
@@ -52,7 +67,7 @@ def dataset_to_arrays(dataset, argument):
             f"Received an empty dataset for `{argument}`. Received: {argument}={dataset}"
         )
     # Like `fit()`, dataset elements are batches.
-    return np.concatenate(xs), np.concatenate(ys)
+    return _check_finite(np.concatenate(xs), np.concatenate(ys), argument)
 
 
 class ArrayTask(Task):
@@ -66,6 +81,8 @@ class ArrayTask(Task):
 
     def __init__(self, x, y=None, validation_data=None):
         self.x, self.y = as_arrays(x, y, "x")
+        # Where the targets came from, for error messages: `y`, or `x` (a dataset).
+        self.targets_argument = "x" if y is None else "y"
         self._validation = None
         if validation_data is not None:
             if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
@@ -81,6 +98,14 @@ class ArrayTask(Task):
 
     def validation_data(self):
         return self._validation
+
+    def fingerprint(self):
+        """The class and a SHA-256 of every byte, dtype and shape of the data."""
+        from keras_lrne.checkpoint import streaming_digest
+
+        validation = self._validation or (None, None)
+        return {"class": type(self).__name__, "x": streaming_digest(self.x),
+                "y": streaming_digest(self.y), "validation": streaming_digest(*validation)}
 
 
 def as_arrays(x, y, argument):
@@ -105,4 +130,92 @@ def as_arrays(x, y, argument):
             f"`{argument}` and its targets have different numbers of samples. "
             f"Received: x.shape={x.shape}, y.shape={y.shape}"
         )
+    return _check_finite(x, y, argument, separate_targets=argument == "x")
+
+
+def _check_finite(x, y, argument, separate_targets=False):
+    """Fails when floating-point inputs or targets hold NaN or inf (every loss would be).
+
+    `separate_targets`: the targets were passed as `y` (arrays), not inside `argument`.
+    """
+    checks = ((x, argument, "" if separate_targets else " (its inputs)"),
+              (y, "y" if separate_targets else argument, "" if separate_targets
+               else " (its targets)"))
+    for values, name, part in checks:
+        if not (np.issubdtype(values.dtype, np.inexact) or "float" in values.dtype.name):
+            continue
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+            index = ", ".join(map(str, first))
+            raise ValueError(
+                f"Received non-finite values (NaN or inf) in `{name}`{part}: {int(bad.sum())} "
+                f"of {bad.size} values are not finite, the first at index [{index}]. Every "
+                "member's loss would be NaN or inf. Clean or drop those samples before "
+                f"`evolve()`. Received: {name}[{index}]={float(values[first])}"
+            )
     return x, y
+
+
+def _sparse_loss_ignore_class(loss):
+    """`(is_sparse_categorical_crossentropy, ignore_class)` for a compiled loss."""
+    import keras
+
+    if isinstance(loss, str):
+        return loss == "sparse_categorical_crossentropy", None
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return True, loss.get_config().get("ignore_class")
+    return loss is keras.losses.sparse_categorical_crossentropy, None
+
+
+def check_sparse_labels(model, sample, labels):
+    """Fails when sparse categorical labels fall outside the model's classes.
+
+    With a sparse categorical cross-entropy loss (`"sparse_categorical_crossentropy"` or
+    `keras.losses.SparseCategoricalCrossentropy`), every label must be an integer in
+    `[0, num_classes)`, `num_classes` being the last dimension of the model's output (or
+    the loss's `ignore_class`); other labels give NaN or meaningless losses, silently.
+    Does nothing for other losses or models with several outputs.
+
+    Args:
+        model: the built, compiled model.
+        sample: a batch of inputs, used only when the model has no symbolic outputs (a
+            subclassed model) to find its output size.
+        labels: dict mapping the argument the labels came from (`"y"`, `"x"` for a dataset
+            or task, `"validation_data"`) to a numpy array of labels, or None.
+    """
+    sparse, ignore_class = _sparse_loss_ignore_class(getattr(model, "loss", None))
+    if not sparse:
+        return
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if not outputs:
+        outputs = model(sample, training=False)
+    if isinstance(outputs, (list, tuple)):
+        if len(outputs) != 1:
+            return
+        outputs = outputs[0]
+    if not hasattr(outputs, "shape") or outputs.shape[-1] is None:
+        return
+    num_classes = int(outputs.shape[-1])
+    for name, values in labels.items():
+        if values is None:
+            continue
+        values = np.asarray(values)
+        bad = (values < 0) | (values >= num_classes)
+        if ignore_class is not None:
+            bad &= values != ignore_class
+        if not bad.any():
+            continue
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+        index = ", ".join(map(str, first))
+        part = "" if name == "y" else " (its targets)"
+        raise ValueError(
+            f"Received labels out of range in `{name}`{part}: a sparse categorical "
+            f"cross-entropy loss needs labels in [0, {num_classes}), the model having "
+            f"{num_classes} classes (the last dimension of its output), but "
+            f"{int(bad.sum())} labels are outside it, the first at index [{index}]. "
+            f"Received: {name}[{index}]={values[first].item()!r}"
+        )

@@ -41,8 +41,42 @@ def load_text_file(text_file):
         raise FileNotFoundError(
             f"Received an invalid value for `text_file`: no such file. Received: text_file={path!r}"
         )
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\r\n") for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\r\n") for line in f if line.strip()]
+    except UnicodeDecodeError:
+        offset, line, byte, reason = _first_invalid_utf8(path)
+        raise ValueError(
+            "Received an invalid value for `text_file`: the file is not valid UTF-8 text "
+            f"(byte 0x{byte:02x} at byte offset {offset}, line {line}: {reason}). "
+            "Re-encode it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`). "
+            f"Received: text_file={path!r}"
+        ) from None
+
+
+def _first_invalid_utf8(path, chunk_size=1 << 20):
+    """`(byte offset, 1-based line, byte, reason)` of the first byte that is not UTF-8.
+
+    The decoder's own position is relative to its internal buffer, so the file is
+    decoded again here, chunk by chunk, counting bytes and newlines.
+    """
+    import codecs
+
+    base, lines, pending = 0, 1, b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_size)
+            data = pending + chunk
+            try:
+                _, consumed = codecs.utf_8_decode(data, "strict", not chunk)
+            except UnicodeDecodeError as error:
+                return (base + error.start, lines + data.count(b"\n", 0, error.start),
+                        data[error.start], error.reason)
+            lines += data.count(b"\n", 0, consumed)
+            base += consumed
+            pending = data[consumed:]
+            if not chunk:
+                return base, lines, 0, "not found again (the file changed?)"
 
 
 def check_tfds_name(name):

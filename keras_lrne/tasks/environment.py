@@ -48,6 +48,21 @@ def check_env_id(env_id, argument="env_id"):
     )
 
 
+def _check_is_env(env, argument_value, argument="env"):
+    """Raises a clear error when an environment factory returned something else."""
+    gymnasium = _require_gymnasium()
+    if isinstance(env, gymnasium.Env) or all(
+        hasattr(env, name) for name in ("reset", "step", "observation_space", "action_space")
+    ):
+        return
+    raise ValueError(
+        f"Received an invalid value for `{argument}`: a callable `{argument}` must return a "
+        f"`gymnasium.Env` (with `reset`, `step`, `observation_space` and `action_space`), "
+        f"but it returned {env!r} of type {type(env).__name__}. "
+        f"Received: {argument}={argument_value!r}"
+    )
+
+
 class RunningNormalizer:
     """Running mean/std of observations (Chan et al. parallel update), host side.
 
@@ -64,6 +79,8 @@ class RunningNormalizer:
 
     def update(self, batch):
         batch = np.asarray(batch, np.float64).reshape((-1, *self.mean.shape))
+        # A NaN or inf observation would poison the statistics for the rest of the run.
+        batch = batch[np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)]
         if batch.shape[0] == 0:
             return
         b_mean, b_var, b_count = batch.mean(0), batch.var(0), batch.shape[0]
@@ -150,6 +167,7 @@ class Environment(Task):
         self.num_envs = num_envs
         self.env_kwargs = dict(env_kwargs or {})
         probe = self.make_env()
+        _check_is_env(probe, env)
         self.observation_space = probe.observation_space
         self.action_space = probe.action_space
         spec_steps = getattr(getattr(probe, "spec", None), "max_episode_steps", None)
@@ -303,6 +321,25 @@ class Environment(Task):
         rng = np.random.default_rng([int(seed), 2, int(generation), int(stage)])
         return rng.integers(0, 2**31 - 1, size=episodes).tolist()
 
+    #: Attributes that only change speed, not results: left out of `fingerprint()`.
+    PERFORMANCE_SETTINGS = ("num_envs", "num_threads", "rollout_lanes")
+
+    def fingerprint(self):
+        """Every setting of the task (env, episodes, step caps, transforms, env kwargs,
+        normalisation, spaces ...), so a resume with other settings is refused."""
+        settings = {}
+        for key, value in sorted(vars(self).items()):
+            if key.startswith("_") or key in self.PERFORMANCE_SETTINGS or key == "normalizer":
+                continue
+            if callable(value) and not isinstance(value, type):
+                module = getattr(value, "__module__", "")
+                value = f"{module}.{getattr(value, '__qualname__', value)}"
+            elif not isinstance(value, (str, int, float, bool, type(None), list, tuple, dict)):
+                value = str(value)
+            settings[key] = value
+        settings["normalize_observations"] = self.normalizer is not None
+        return {"class": type(self).__name__, "settings": settings}
+
     def get_state(self):
         return {"normalizer": self.normalizer.get_state() if self.normalizer else None}
 
@@ -336,6 +373,24 @@ class ListVectorEnv:
     def reset_at(self, indices, seeds):
         """Resets the environments at `indices` with one seed each; returns observations."""
         return np.stack([self.envs[i].reset(seed=int(s))[0] for i, s in zip(indices, seeds)])
+
+    def try_reset_at(self, indices, seeds):
+        """`reset_at` where a raising environment fails alone (as in `step`).
+
+        Returns:
+            `(observations, failed, error)`: the observations of the environments that
+            reset (a list aligned with `indices[~failed]`), a boolean array aligned with
+            `indices`, and the first exception raised (or None).
+        """
+        obs, failed, error = [], [], None
+        for i, s in zip(indices, seeds):
+            try:
+                obs.append(self.envs[i].reset(seed=int(s))[0])
+                failed.append(False)
+            except Exception as exc:  # a crashing environment fails one member, not the run
+                error = error or exc
+                failed.append(True)
+        return obs, np.asarray(failed, bool), error
 
     def step(self, actions, active):
         """Steps the envs at indices `active` with `actions` (aligned with `active`)."""

@@ -1,5 +1,6 @@
 """Next-token prediction data for evolving language models."""
 
+import json
 import numbers
 import os
 import warnings
@@ -9,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_lrne._validation import check_int
+from keras_lrne.checkpoint import streaming_digest
 from keras_lrne.tasks import _text
 from keras_lrne.tasks import corpus as corpus_lib
 from keras_lrne.tasks.base import Task
@@ -160,11 +162,9 @@ class LanguageModeling(Task):
             self._vectorizer = self._make_vectorizer(corpus.texts)
             stream = _text.tokenize(self._vectorizer, corpus.texts)
         if stream.size == 0:
-            raise ValueError(
-                "Received an invalid value for `data`: the dataset is empty (it produced "
-                f"no tokens). Received: data={self._describe_data()}"
-            )
+            raise self._no_tokens_error()
         self.num_tokens = int(stream.size)
+        self._stream_digest = streaming_digest(stream)
         self._make_windows(stream)
 
     # ------------------------------------------------------------------ setup
@@ -298,7 +298,21 @@ class LanguageModeling(Task):
             _check_text_vocab_size(self.requested_vocab_size)
             vectorizer = _text.make_vectorizer(self.tokenizer, self.requested_vocab_size)
         vectorizer.adapt(texts.batch(_text.BATCH_SIZE))
+        if not _text.is_adapted(vectorizer):
+            # No token at all (e.g. only empty or blank documents): tokenising would fail
+            # with TensorFlow's "Table not initialized".
+            raise self._no_tokens_error()
         return vectorizer
+
+    def _no_tokens_error(self):
+        name = "data" if self.text_file is None else "text_file"
+        received = self._describe_data() if self.text_file is not None else (
+            f"data={self._describe_data()}")
+        return ValueError(
+            f"Received an invalid value for `{name}`: the dataset is empty (it produced no "
+            "tokens: no documents, or only empty or blank ones). "
+            f"Received: {received}"
+        )
 
     def _check_ids(self, ids):
         if ids.size == 0:
@@ -488,6 +502,18 @@ class LanguageModeling(Task):
             data_dir=None if self.data_dir is None else os.fspath(self.data_dir),
         )
         return config
+
+    def fingerprint(self):
+        """`get_config()` plus SHA-256 digests of the whole token stream (every document
+        or the file's contents, as tokenised) and of the vocabulary."""
+        vocabulary = self.vocabulary
+        return {
+            "class": type(self).__name__,
+            "config": json.loads(json.dumps(self.get_config(), default=str)),
+            "tokens": self._stream_digest,
+            "vocabulary": None if vocabulary is None else streaming_digest(
+                np.asarray(vocabulary, dtype=object)),
+        }
 
     def __repr__(self):
         tokenizer = (
