@@ -7,7 +7,94 @@ import keras
 import numpy as np
 
 TOKENIZER_FILE = "tokenizer.json"
+MODEL_FILE = "model.keras"
 TOKENIZER_KINDS = ("word", "character")
+
+
+def load_model(filepath):
+    """Loads a `.keras` model file (e.g. a run's `model.keras`), without compiling it.
+
+    Unlike `keras.saving.load_model`, which reports a truncated or damaged file as "File
+    not found", a file that exists but is not a complete `.keras` archive is reported as
+    truncated or corrupt, naming the path.
+
+    Args:
+        filepath: path of the `.keras` file.
+
+    Returns:
+        The Keras model.
+
+    Raises:
+        ValueError: naming the path, if the file is missing, truncated or corrupt, or
+            cannot be loaded.
+    """
+    import zipfile
+
+    path = os.fspath(filepath)
+    if not os.path.isfile(path):
+        raise ValueError(f"No model found: {path!r} does not exist.")
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # reads every member and checks its CRC-32
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        reason = f"it is not a complete `.keras` zip archive ({error})"
+    else:
+        reason = None if damaged is None else f"its entry {damaged!r} fails its CRC check"
+    if reason is not None:
+        raise ValueError(
+            f"The model file {path!r} exists ({size} bytes) but is truncated or corrupt: "
+            f"{reason}. Save the model again (or re-run) to replace it."
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:
+        raise ValueError(
+            f"The model file {path!r} could not be loaded ({type(error).__name__}: {error})."
+        ) from error
+
+
+def load_run(directory):
+    """Loads what `keras-lrne generate` needs from a `keras-lrne lm` output directory.
+
+    Reads `directory/model.keras` (see `load_model`) and `directory/tokenizer.json` (see
+    `load_tokenizer`), and checks that the vocabulary has one token per model output.
+
+    Args:
+        directory: the `--output` directory of a `keras-lrne lm` run.
+
+    Returns:
+        `(model, kind, vocabulary)`, ready for `generate_text(model, prompt, vocabulary,
+        tokenizer=kind)`.
+
+    Raises:
+        ValueError: naming the file at fault.
+    """
+    directory = os.fspath(directory)
+    model_path = os.path.join(directory, MODEL_FILE)
+    if not os.path.isfile(model_path):
+        raise ValueError(
+            f"No model found: {model_path!r} does not exist; pass the output directory of "
+            f"a `keras-lrne lm` run (it holds {MODEL_FILE} and {TOKENIZER_FILE}). "
+            f"Received: directory={directory!r}"
+        )
+    tokenizer_path = os.path.join(directory, TOKENIZER_FILE)
+    kind, vocabulary = load_tokenizer(tokenizer_path)
+    model = load_model(model_path)
+    _check_vocab_size(tokenizer_path, vocabulary, output_size(model))
+    return model, kind, vocabulary
+
+
+def output_size(model):
+    """The model's number of output classes (the last dimension of its output), or None
+    when the model has no symbolic output to read it from."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs or len(outputs) != 1 or outputs[0].shape[-1] is None:
+        return None
+    return int(outputs[0].shape[-1])
 
 
 def save_tokenizer(task, filepath):
@@ -37,8 +124,14 @@ def save_tokenizer(task, filepath):
     return filepath
 
 
-def load_tokenizer(filepath):
-    """Reads a file written by `save_tokenizer`: returns `(kind, vocabulary)`."""
+def load_tokenizer(filepath, vocab_size=None):
+    """Reads a file written by `save_tokenizer`: returns `(kind, vocabulary)`.
+
+    Args:
+        filepath: the JSON file.
+        vocab_size: if given, the model's vocabulary size (its output size): a vocabulary
+            of another length is refused, naming both numbers and the file.
+    """
     if not os.path.isfile(filepath):
         raise ValueError(
             f"No tokenizer found: {filepath!r} does not exist. `keras-lrne generate` needs "
@@ -50,6 +143,8 @@ def load_tokenizer(filepath):
             data = json.load(f)
         except json.JSONDecodeError as error:
             raise ValueError(f"{filepath!r} is not a keras-lrne tokenizer ({error}).") from None
+    if not isinstance(data, dict):
+        data = {"format": type(data).__name__}
     if data.get("format") != "keras_lrne_tokenizer" or data.get("tokenizer") not in (
         TOKENIZER_KINDS
     ):
@@ -57,7 +152,23 @@ def load_tokenizer(filepath):
             f"{filepath!r} is not a keras-lrne tokenizer (format={data.get('format')!r}, "
             f"tokenizer={data.get('tokenizer')!r})."
         )
-    return data["tokenizer"], list(data["vocabulary"])
+    vocabulary = data.get("vocabulary")
+    if not isinstance(vocabulary, list) or not all(isinstance(t, str) for t in vocabulary):
+        raise ValueError(
+            f"{filepath!r} is not a valid keras-lrne tokenizer: its vocabulary must be a list "
+            f"of strings. Received: vocabulary of type {type(vocabulary).__name__}"
+        )
+    _check_vocab_size(filepath, vocabulary, vocab_size)
+    return data["tokenizer"], vocabulary
+
+
+def _check_vocab_size(filepath, vocabulary, vocab_size):
+    if vocab_size is not None and len(vocabulary) != vocab_size:
+        raise ValueError(
+            f"The tokenizer {filepath!r} does not match the model: its vocabulary has "
+            f"{len(vocabulary)} tokens but the model has {vocab_size} outputs (one per "
+            f"token). Use the {TOKENIZER_FILE} written with this model."
+        )
 
 
 def generate_text(model, prompt, vocabulary, *, tokenizer="word", max_tokens=50,
@@ -123,7 +234,13 @@ def generate_text(model, prompt, vocabulary, *, tokenizer="word", max_tokens=50,
         window = np.zeros((1, length), np.int32)
         window[0, : len(context)] = context
         logits = keras.ops.convert_to_numpy(model(window, training=False))
-        logits = np.asarray(logits[0, len(context) - 1], np.float64)[: len(vocabulary)]
+        if logits.shape[-1] != len(vocabulary):  # checked before the first sample
+            raise ValueError(
+                f"Received an invalid value for `vocabulary`: it has {len(vocabulary)} "
+                f"tokens but the model has {logits.shape[-1]} outputs (one per token). "
+                f"Received: vocabulary of {len(vocabulary)} tokens"
+            )
+        logits = np.asarray(logits[0, len(context) - 1], np.float64)
         logits[:2] = -np.inf
         generated.append(_sample(logits, temperature, top_k, rng))
     sep = "" if tokenizer == "character" else " "

@@ -1,9 +1,23 @@
 """The compact record of a run: who every member came from, and with which seed."""
 
+import hashlib
 import io
 import json
+import warnings
 
 import numpy as np
+
+FORMAT = "keras_lrne_lineage"
+
+
+def _digest(header, parents, seeds):
+    """SHA-256 hex digest of the stored header bytes and both arrays (dtypes and shapes too)."""
+    h = hashlib.sha256()
+    for name, array in (("header", header), ("parents", parents), ("seeds", seeds)):
+        array = np.ascontiguousarray(array)
+        h.update(f"{name}:{array.dtype.str}{array.shape};".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
 
 
 class Lineage:
@@ -77,18 +91,20 @@ class Lineage:
     def load(cls, filepath):
         """Reads a lineage file written by `save` (or a run's `lineage.npz`).
 
+        The file's SHA-256 checksum is verified and its contents validated (parents within
+        `[0, population_size)`, seeds >= -1, one row of each per generation) before use,
+        so a modified seed, mutation rate or parent never silently rebuilds other weights.
+        A file written before checksums were added (keras-lrne without a `sha256` entry)
+        is still read, after the same validation, with a warning that it cannot be
+        verified; `save` it again to add a checksum.
+
         Raises:
-            ValueError: if the file is not a keras-lrne lineage.
+            ValueError: naming the file, if it is not a keras-lrne lineage, is truncated,
+                corrupted or modified (checksum mismatch), or holds invalid records.
         """
         with open(filepath, "rb") as f:
             data = f.read()
-        try:
-            return cls.from_bytes(data)
-        except Exception as error:
-            raise ValueError(
-                f"{filepath!r} is not a keras-lrne lineage file ({type(error).__name__}: "
-                f"{error})."
-            ) from None
+        return cls._from_bytes(data, f"The lineage file {str(filepath)!r}")
 
     def rebuild_member(self, model, generation, member, assign=True):
         """Rebuilds one member of the recorded run into `model`, without the run.
@@ -142,24 +158,94 @@ class Lineage:
                                   assign=assign)
 
     def to_bytes(self):
-        """Serialises the lineage to a compact `.npz` byte string."""
+        """Serialises the lineage to a compact `.npz` byte string.
+
+        Entries: `header` (UTF-8 JSON: format, seed, population size, settings), `parents`
+        and `seeds` (int32, one row per generation) and `sha256`, the hex SHA-256 of the
+        other three (see `load`).
+        """
         buffer = io.BytesIO()
-        header = {"seed": self.seed, "population_size": self.population_size,
-                  "settings": self.settings}
+        header = {"format": FORMAT, "version": 2, "seed": self.seed,
+                  "population_size": self.population_size, "settings": self.settings}
+        header = np.frombuffer(json.dumps(header).encode(), np.uint8)
+        parents = np.asarray(self.parents, np.int32).reshape(-1, self.population_size)
+        seeds = np.asarray(self.seeds, np.int32).reshape(-1, self.population_size)
         np.savez_compressed(
-            buffer,
-            header=np.frombuffer(json.dumps(header).encode(), np.uint8),
-            parents=np.asarray(self.parents, np.int32).reshape(-1, self.population_size),
-            seeds=np.asarray(self.seeds, np.int32).reshape(-1, self.population_size),
+            buffer, header=header, parents=parents, seeds=seeds,
+            sha256=np.frombuffer(_digest(header, parents, seeds).encode(), np.uint8),
         )
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data):
-        """Inverse of `to_bytes`."""
-        with np.load(io.BytesIO(data)) as npz:
-            header = json.loads(bytes(npz["header"]).decode())
-            lineage = cls(header["seed"], header["population_size"], header["settings"])
-            for parents, seeds in zip(npz["parents"], npz["seeds"]):
-                lineage.record(parents, seeds)
+        """Inverse of `to_bytes`; verifies and validates as `load` does."""
+        return cls._from_bytes(data, "The lineage data")
+
+    @classmethod
+    def _from_bytes(cls, data, source):
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                stored = {k: npz[k] for k in ("header", "parents", "seeds")}
+                checksum = bytes(npz["sha256"]).decode() if "sha256" in npz.files else None
+            header = json.loads(bytes(stored["header"]).decode())
+            seed, size, settings = (header["seed"], header["population_size"],
+                                    header["settings"])
+        except Exception as error:
+            raise ValueError(
+                f"{source} is not a keras-lrne lineage file, or is truncated or corrupted "
+                f"({type(error).__name__}: {error})."
+            ) from None
+        if checksum is None:
+            warnings.warn(
+                f"{source} has no SHA-256 checksum (it was written by an older keras-lrne), "
+                "so changes to it cannot be detected; it was only checked for consistency. "
+                "Save it again (`Lineage.load(path).save(path)`) to add one.",
+                stacklevel=3,
+            )
+        elif checksum != _digest(stored["header"], stored["parents"], stored["seeds"]):
+            raise ValueError(
+                f"{source} is corrupted or was modified: its SHA-256 checksum does not match "
+                "its contents, so it could rebuild other weights than the run's. It was not "
+                "used."
+            )
+        _validate(source, seed, size, settings, stored["parents"], stored["seeds"])
+        lineage = cls(seed, size, settings)
+        for parents, seeds in zip(stored["parents"], stored["seeds"]):
+            lineage.record(parents, seeds)
         return lineage
+
+
+def _validate(source, seed, size, settings, parents, seeds):
+    """Raises a `ValueError` naming `source` and the first invalid record."""
+
+    def fail(problem):
+        raise ValueError(f"{source} is not a valid keras-lrne lineage: {problem}.")
+
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not is_int(seed) or seed < 0:
+        fail(f"its seed must be a non-negative integer, not {seed!r}")
+    if not is_int(size) or size < 1:
+        fail(f"its population_size must be a positive integer, not {size!r}")
+    if not isinstance(settings, dict):
+        fail(f"its settings must be a dict, not {type(settings).__name__}")
+    for name, array in (("parents", parents), ("seeds", seeds)):
+        if array.ndim != 2 or array.shape[1] != size or not np.issubdtype(
+            array.dtype, np.integer
+        ):
+            fail(f"{name} must be integers of shape (generations, population_size="
+                 f"{size}), not {array.dtype} of shape {array.shape}")
+    if parents.shape != seeds.shape:
+        fail(f"parents and seeds must have the same shape, not {parents.shape} and "
+             f"{seeds.shape}")
+    bad = (parents < 0) | (parents >= size)
+    if bad.any():
+        g, i = (int(v) for v in np.argwhere(bad)[0])
+        fail(f"parents[{g}][{i}]={int(parents[g, i])} is outside [0, population_size="
+             f"{size})")
+    bad = seeds < -1
+    if bad.any():
+        g, i = (int(v) for v in np.argwhere(bad)[0])
+        fail(f"seeds[{g}][{i}]={int(seeds[g, i])} is negative (only -1, no mutation, is "
+             "allowed)")

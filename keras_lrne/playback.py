@@ -70,7 +70,14 @@ def load_policy(directory):
             f"{path!r} is not a keras-lrne policy: {POLICY_MARKER} has format="
             f"{marker.get('format')!r}, expected 'keras_lrne_policy'."
         )
-    loaded = tf.saved_model.load(path)
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as error:  # OSError, IndexError, tf.errors.OpError, DecodeError, ...
+        raise ValueError(
+            f"The policy in {path!r} could not be loaded: its SavedModel files "
+            "(saved_model.pb, variables/) are missing, truncated or corrupt "
+            f"({type(error).__name__}: {str(error)[:300]}). Export it again."
+        ) from error
     dtype = marker["observation_dtype"]
 
     def serve(observations):

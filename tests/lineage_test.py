@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -101,3 +102,91 @@ def test_lineage_is_a_few_bytes_per_member(run):
     lineage = Lineage.load(path)
     raw_bytes = sum(p.nbytes + s.nbytes for p, s in zip(lineage.parents, lineage.seeds))
     assert raw_bytes == 8 * lineage.population_size * (lineage.num_generations - 1)
+
+
+def _rewrite(path, out, checksum="keep", **changes):
+    """Copies a lineage file with some entries changed (header entries as a dict)."""
+    import json
+
+    from keras_lrne import lineage as lineage_lib
+
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(bytes(arrays["header"]).decode())
+    for key, value in changes.pop("header", {}).items():
+        header[key] = value
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    arrays.update(changes)
+    if checksum == "drop":  # a file written before checksums
+        del arrays["sha256"]
+    elif checksum == "recompute":  # a consistent checksum over invalid records
+        digest = lineage_lib._digest(arrays["header"], arrays["parents"], arrays["seeds"])
+        arrays["sha256"] = np.frombuffer(digest.encode(), np.uint8)
+    np.savez_compressed(out, **arrays)
+    return str(out)
+
+
+def test_modified_lineage_files_are_refused(run, tmp_path):
+    _, path = run
+    lineage = Lineage.load(path)
+    settings = dict(lineage.settings, mutation_rate=0.2)
+    parents = np.asarray(lineage.parents).copy()
+    parents[1, 4] = (parents[1, 4] + 1) % lineage.population_size
+    for name, changes in [("seed", {"header": {"seed": lineage.seed + 1}}),
+                          ("rate", {"header": {"settings": settings}}),
+                          ("parent", {"parents": parents})]:
+        bad = _rewrite(path, tmp_path / f"{name}.npz", **changes)
+        with pytest.raises(ValueError, match="checksum does not match") as info:
+            Lineage.load(bad)
+        assert repr(bad) in str(info.value)
+    truncated = tmp_path / "truncated.npz"
+    with open(path, "rb") as f:
+        truncated.write_bytes(f.read()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupted") as info:
+        Lineage.load(str(truncated))
+    assert repr(str(truncated)) in str(info.value)
+
+
+def test_invalid_lineage_records_name_the_file_and_record(run, tmp_path):
+    _, path = run
+    lineage = Lineage.load(path)
+    size = lineage.population_size
+    parents = np.asarray(lineage.parents).copy()
+    parents[2, 7] = size  # out of range: used to give a raw IndexError in rebuild_member
+    seeds = np.asarray(lineage.seeds).copy()
+    cases = [
+        ({"parents": parents}, rf"parents\[2\]\[7\]={size} is outside \[0, population_size="),
+        ({"seeds": seeds[:, :5]}, r"seeds must be integers of shape"),
+        ({"parents": parents[:2]}, r"same shape"),
+        ({"header": {"population_size": 0}}, r"population_size must be a positive"),
+        ({"header": {"seed": "7"}}, r"seed must be a non-negative integer"),
+    ]
+    for i, (changes, match) in enumerate(cases):
+        bad = _rewrite(path, tmp_path / f"bad{i}.npz", checksum="recompute", **changes)
+        with pytest.raises(ValueError, match=match) as info:
+            Lineage.load(bad)
+        assert repr(bad) in str(info.value) and "not a valid keras-lrne lineage" in str(
+            info.value)
+    with pytest.raises(ValueError, match=r"lineage data is not a valid.*parents\[2\]\[7\]"):
+        Lineage.from_bytes((tmp_path / "bad0.npz").read_bytes())
+
+
+def test_lineage_files_without_checksum_load_with_a_warning(run, tmp_path):
+    model, path = run
+    legacy = _rewrite(path, tmp_path / "legacy.npz", checksum="drop")
+    with pytest.warns(UserWarning, match="no SHA-256 checksum"):
+        lineage = Lineage.load(legacy)
+    expected = model.rebuild_member(3, 9)
+    for a, b in zip(expected, lineage.rebuild_member(small_model(5), 3, 9)):
+        np.testing.assert_array_equal(a, b)
+    # Still validated: an out-of-range parent is a clear error, not an IndexError.
+    parents = np.asarray(lineage.parents).copy()
+    parents[0, 0] = -3
+    bad = _rewrite(path, tmp_path / "legacy_bad.npz", checksum="drop", parents=parents)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"parents\[0\]\[0\]=-3"):
+        Lineage.load(bad)
+    # Saving it again adds the checksum.
+    lineage.save(str(tmp_path / "resaved.npz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Lineage.load(str(tmp_path / "resaved.npz"))
