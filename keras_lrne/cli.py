@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -44,28 +45,138 @@ def _number_type(cast, description, valid):
 
 _positive_int = _number_type(int, "a positive integer", lambda v: v >= 1)
 _non_negative_int = _number_type(int, "a non-negative integer", lambda v: v >= 0)
-_positive_float = _number_type(float, "a positive number", lambda v: v > 0)
+_positive_float = _number_type(float, "a positive number",
+                               lambda v: v > 0 and np.isfinite(v))
+_seed = _number_type(int, "an integer in [0, 2**31 - 1]", lambda v: 0 <= v <= 2**31 - 1)
 
 
 RESUME_HELP = (
     "continue an interrupted run from OUTPUT/backup (every run backs itself up there "
-    "after each generation; the backup is removed when the run completes)"
+    "after each generation and keeps the backup until all its outputs are written); on a "
+    "finished run it changes nothing"
 )
+OVERWRITE_HELP = "replace a finished run (or an interrupted run's backup) in --output"
+
+SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".keras-lrne.lock"
+#: Arguments that say how a command was invoked, not what the run is.
+INVOCATION_ARGS = ("resume", "overwrite")
 
 
-def _backup_callback(args, output):
-    """`BackupAndRestore(output/backup)`; refuses to overwrite an interrupted run."""
-    import keras
+def _prepare_output(args, output):
+    """Checks `output` before any work; returns "finished", "resume" or "new".
 
+    A finished run (its summary written) is never overwritten silently: `--resume`
+    leaves it as it is, `--overwrite` replaces it. An interrupted run's backup is
+    continued with `--resume` and never overwritten without `--overwrite`.
+    """
     from keras_lrne import checkpoint
 
     backup = os.path.join(output, "backup")
-    if os.path.exists(os.path.join(backup, checkpoint.STATE_FILE)) and not args.resume:
+    interrupted = os.path.lexists(os.path.join(backup, checkpoint.STATE_FILE))
+    finished = os.path.isfile(os.path.join(output, SUMMARY_FILE))
+    if args.overwrite:
+        if args.resume:
+            raise ValueError("`--resume` and `--overwrite` exclude each other. Received both.")
+        shutil.rmtree(backup, ignore_errors=True)
+        return "new"
+    if args.resume:
+        if finished:
+            # The summary is written last: a backup beside it was about to be removed.
+            shutil.rmtree(backup, ignore_errors=True)
+            return "finished"
+        if interrupted:
+            return "resume"
+        print(f"[keras-lrne] --resume: no backup in {backup!r} yet; starting from the "
+              "beginning.", flush=True)
+        return "new"
+    if interrupted:
         raise ValueError(
             f"An interrupted run's backup exists in {backup!r}. Pass --resume to continue "
-            "it, or remove that directory (or choose another --output) to start again."
+            "it, or --overwrite (or another --output) to start again."
         )
-    return keras.callbacks.BackupAndRestore(backup)
+    if finished:
+        raise ValueError(
+            f"{output!r} holds a finished run ({SUMMARY_FILE}). Pass --overwrite to replace "
+            "it, or choose another --output."
+        )
+    return "new"
+
+
+def _make_output_dir(output):
+    """Creates `output`, refusing a path that is a file (or under one)."""
+    parent = output
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(
+            f"Received an invalid value for `--output`: {parent!r} is a file, not a "
+            f"directory. Received: --output={output!r}"
+        )
+    os.makedirs(output, exist_ok=True)
+
+
+def _evolve_and_save(args, model, task, strategy, output, *, mode, plot, summary_of,
+                     extra_outputs=()):
+    """Evolves `model` on `task` with a backup in `output/backup`, then writes every
+    output atomically, the summary last, and only then drops the backup.
+
+    A kill at any moment leaves either the backup (so `--resume` continues and writes the
+    same outputs) or the finished run (its summary present).
+
+    Returns:
+        `(summary, history)`.
+    """
+    import keras
+
+    from keras_lrne import checkpoint
+    from keras_lrne.plotting import plot_histories
+
+    backup = os.path.join(output, "backup")
+    start = time.perf_counter()
+    history = model.evolve(
+        task, strategy=strategy, generations=args.generations, seed=args.seed,
+        verbose=args.verbose,
+        population_batch_size=getattr(args, "population_batch_size", None),
+        callbacks=[keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False),
+                   keras.callbacks.CSVLogger(os.path.join(output, "history.csv"),
+                                             append=mode == "resume")],
+    )
+    wall = time.perf_counter() - start
+    path, title, plot_kwargs = plot
+    with checkpoint.atomic_path(os.path.join(output, path)) as tmp:
+        plot_histories({args.variant: history.history}, tmp, title=title, **plot_kwargs)
+    with checkpoint.atomic_path(os.path.join(output, "model.keras")) as tmp:
+        model.save(tmp)
+    with checkpoint.atomic_path(os.path.join(output, "saved_model")) as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+    for name, write in extra_outputs:
+        with checkpoint.atomic_path(os.path.join(output, name)) as tmp:
+            write(tmp)
+    checkpoint.atomic_write(os.path.join(output, "lineage.npz"), model.lineage.to_bytes())
+    summary, details = summary_of(history.history, len(history.epoch), round(wall, 2))
+    run_args = {k: v for k, v in vars(args).items() if k not in INVOCATION_ARGS}
+    checkpoint.atomic_write(
+        os.path.join(output, SUMMARY_FILE),
+        json.dumps({"summary": summary, "args": run_args, **details}, indent=2, default=str),
+    )
+    shutil.rmtree(backup, ignore_errors=True)  # the run is complete: its summary exists
+    return summary, history
+
+
+def _load_finished(output, label):
+    """The summary and History of a finished run in `output` (for `--resume`)."""
+    with open(os.path.join(output, SUMMARY_FILE)) as f:
+        summary = json.load(f)["summary"]
+    history = {}
+    with open(os.path.join(output, "history.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key != "epoch" and value not in ("", "NA"):
+                    history.setdefault(key, []).append(float(value))
+    print(f"[keras-lrne] {label}: the run in {output!r} has already finished; nothing to "
+          "do (pass --overwrite to run it again).", flush=True)
+    return summary, history
 
 
 RL_COMMANDS = {
@@ -141,12 +252,13 @@ def build_parser():
                     "generations, 1024 sequences of 128 tokens (needs a GPU)")
     lm.add_argument("--population-batch-size", type=_positive_int, default=None,
                     help="members per vectorised call (automatic by default)")
-    lm.add_argument("--seed", type=_non_negative_int, default=0, help="run seed. Default: 0")
+    lm.add_argument("--seed", type=_seed, default=0, help="run seed. Default: 0")
     lm.add_argument("--output", default=os.path.join("lrne_output", "lm"),
                     help="output directory. Default: lrne_output/lm")
     lm.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                     help="0 silent, 1 progress bar, 2 one line per generation")
     lm.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    lm.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     for name, spec in RL_COMMANDS.items():
         sub = commands.add_parser(name, help=spec["help"], description=spec["help"])
@@ -178,10 +290,11 @@ def build_parser():
                              help="two-stage selection: re-evaluate the best N (paper: 32)")
             sub.add_argument("--reevaluate-episodes", type=_positive_int, default=None,
                              help="episodes of the second stage (paper: 4)")
-        sub.add_argument("--seed", type=_non_negative_int, default=0)
+        sub.add_argument("--seed", type=_seed, default=0, help="run seed. Default: 0")
         sub.add_argument("--output", default=os.path.join("lrne_output", name))
         sub.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
         sub.add_argument("--resume", action="store_true", help=RESUME_HELP)
+        sub.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     play = commands.add_parser(
         "play", help="run an exported policy and print its episode returns",
@@ -195,7 +308,7 @@ def build_parser():
     play.add_argument("--episodes", type=_positive_int, default=1)
     play.add_argument("--max-episode-steps", type=_positive_int, default=None,
                       help="step cap (default: the run's)")
-    play.add_argument("--seed", type=_non_negative_int, default=0,
+    play.add_argument("--seed", type=_seed, default=0,
                       help="reset seed of the first episode (episode i uses seed + i)")
     play.add_argument("--record", default=None, metavar="OUT.gif",
                       help="write a GIF of the first episode")
@@ -208,11 +321,13 @@ def build_parser():
     gen.add_argument("dir", metavar="DIR", help="the --output directory of a keras-lrne lm run")
     gen.add_argument("--prompt", required=True, help="text to continue")
     gen.add_argument("--max-tokens", type=_positive_int, default=50)
-    gen.add_argument("--temperature", type=_number_type(float, "a number >= 0",
-                                                        lambda v: v >= 0), default=1.0,
+    gen.add_argument("--temperature", type=_number_type(float, "a finite number >= 0",
+                                                        lambda v: 0 <= v < float("inf")),
+                     default=1.0,
                      help="sampling temperature; 0 is greedy. Default: 1.0")
     gen.add_argument("--top-k", type=_positive_int, default=None)
-    gen.add_argument("--seed", type=_non_negative_int, default=0)
+    gen.add_argument("--seed", type=_seed, default=0,
+                     help="sampling seed. Default: 0")
     return parser
 
 
@@ -245,73 +360,59 @@ def _run_variant(args, task, variant, output):
     import keras
 
     import keras_lrne
+    from keras_lrne import checkpoint
 
-    os.makedirs(output, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
-    model = keras_lrne.presets.language_model(
-        variant,
-        vocab_size=task.vocab_size,
-        sequence_length=args.sequence_length,
-        rank=args.rank,
-        embed_rank=args.embed_rank,
-    )
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    strategy = keras_lrne.strategies.GA(
-        population_size=args.population,
-        num_parents=args.parents,
-        mutation_rate=args.mutation_rate,
-    )
-    params = int(model.count_params())
-    print(f"[keras-lrne] {variant}: {params:,} parameters, {strategy}", flush=True)
-    start = time.perf_counter()
-    history = model.evolve(
-        task,
-        strategy=strategy,
-        generations=args.generations,
-        seed=args.seed,
-        verbose=args.verbose,
-        population_batch_size=args.population_batch_size,
-        callbacks=[_backup_callback(args, output),
-                   keras.callbacks.CSVLogger(os.path.join(output, "history.csv"),
-                                             append=args.resume)],
-    )
-    wall = time.perf_counter() - start
+    _make_output_dir(output)
+    with checkpoint.BackupLock(output, name=LOCK_FILE, what="output directory"):
+        mode = _prepare_output(args, output)
+        if mode == "finished":
+            return _load_finished(output, variant)
+        keras.utils.set_random_seed(args.seed)
+        model = keras_lrne.presets.language_model(
+            variant,
+            vocab_size=task.vocab_size,
+            sequence_length=args.sequence_length,
+            rank=args.rank,
+            embed_rank=args.embed_rank,
+        )
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        strategy = keras_lrne.strategies.GA(
+            population_size=args.population,
+            num_parents=args.parents,
+            mutation_rate=args.mutation_rate,
+        )
+        params = int(model.count_params())
+        print(f"[keras-lrne] {variant}: {params:,} parameters, {strategy}", flush=True)
 
-    from keras_lrne.plotting import plot_histories
+        def summary_of(logs, generations, wall):
+            summary = {
+                "variant": variant,
+                "parameters": params,
+                "generations": generations,
+                "first_loss": logs["loss"][0],
+                "final_loss": logs["loss"][-1],
+                "final_val_loss": logs["val_loss"][-1] if "val_loss" in logs else None,
+                "wall_seconds": wall,
+                "member_tokens_per_second": float(np.median(logs["member_tokens_per_second"])),
+            }
+            return summary, {"task": task.get_config(), "strategy": strategy.get_config()}
 
-    plot_histories({variant: history.history}, os.path.join(output, "loss.png"),
-                   title=f"keras-lrne lm ({variant})")
-    model.save(os.path.join(output, "model.keras"))
-    model.export(os.path.join(output, "saved_model"), format="tf_saved_model", verbose=False)
-    with open(os.path.join(output, "lineage.npz"), "wb") as f:
-        f.write(model.lineage.to_bytes())
-    if task.vectorizer is not None:
-        from keras_lrne.generation import TOKENIZER_FILE, save_tokenizer
+        extra = []
+        if task.vectorizer is not None:
+            from keras_lrne.generation import TOKENIZER_FILE, save_tokenizer
 
-        save_tokenizer(task, os.path.join(output, TOKENIZER_FILE))
-    logs = history.history
-    summary = {
-        "variant": variant,
-        "parameters": params,
-        "generations": len(history.epoch),
-        "first_loss": logs["loss"][0],
-        "final_loss": logs["loss"][-1],
-        "final_val_loss": logs["val_loss"][-1] if "val_loss" in logs else None,
-        "wall_seconds": round(wall, 2),
-        "member_tokens_per_second": float(
-            sorted(logs["member_tokens_per_second"])[len(logs["member_tokens_per_second"]) // 2]
-        ),
-    }
-    with open(os.path.join(output, "summary.json"), "w") as f:
-        json.dump({"summary": summary, "args": vars(args), "task": task.get_config(),
-                   "strategy": strategy.get_config()}, f, indent=2, default=str)
+            extra.append((TOKENIZER_FILE, lambda path: save_tokenizer(task, path)))
+        plot = ("loss.png", f"keras-lrne lm ({variant})", {})
+        summary, history = _evolve_and_save(args, model, task, strategy, output, mode=mode,
+                                            plot=plot, summary_of=summary_of,
+                                            extra_outputs=extra)
     print(
         f"[keras-lrne] {variant}: loss {summary['first_loss']:.3f} -> "
         f"{summary['final_loss']:.3f} in {summary['generations']} generations "
-        f"({wall:.1f} s); wrote {output}",
+        f"({summary['wall_seconds']:.1f} s); wrote {output}",
         flush=True,
     )
-    return summary, history
+    return summary, history.history
 
 
 def _write_comparison(summaries, histories, output):
@@ -343,11 +444,6 @@ def _write_comparison(summaries, histories, output):
 
 def run_lm(args, argv):
     _apply_paper_settings(args, argv)
-    if args.population < args.parents + 1:
-        raise ValueError(
-            "Received an invalid value for `--population`, expected at least --parents + 1 = "
-            f"{args.parents + 1}. Received: --population={args.population}"
-        )
     task = _make_task(args)
     print(f"[keras-lrne] data: {task!r}", flush=True)
     if args.compare:
@@ -356,7 +452,7 @@ def run_lm(args, argv):
             summary, history = _run_variant(args, task, variant,
                                             os.path.join(args.output, variant))
             summaries.append(summary)
-            histories[variant] = history.history
+            histories[variant] = history
         _write_comparison(summaries, histories, args.output)
     else:
         _run_variant(args, task, args.variant, args.output)
@@ -388,57 +484,50 @@ def run_rl(args):
     import keras
 
     import keras_lrne
-    from keras_lrne.plotting import plot_histories
+    from keras_lrne import checkpoint
 
-    if args.population < args.parents + 1:
-        raise ValueError(
-            "Received an invalid value for `--population`, expected at least --parents + 1 = "
-            f"{args.parents + 1}. Received: --population={args.population}"
-        )
-    keras.utils.set_random_seed(args.seed)
-    task, model = _make_rl(args)
-    strategy = keras_lrne.strategies.GA(
-        population_size=args.population, num_parents=args.parents,
-        mutation_rate=args.mutation_rate,
-        reevaluate_top=getattr(args, "reevaluate_top", None),
-        reevaluate_episodes=getattr(args, "reevaluate_episodes", None),
-    )
     output = args.output
-    os.makedirs(output, exist_ok=True)
-    params = int(model.count_params())
-    print(f"[keras-lrne] {args.command} {args.variant}: {params:,} parameters, {task!r}, "
-          f"{strategy}", flush=True)
-    start = time.perf_counter()
-    history = model.evolve(
-        task, strategy=strategy, generations=args.generations, seed=args.seed,
-        verbose=args.verbose,
-        callbacks=[_backup_callback(args, output),
-                   keras.callbacks.CSVLogger(os.path.join(output, "history.csv"),
-                                             append=args.resume)],
-    )
-    wall = time.perf_counter() - start
-    plot_histories({args.variant: history.history}, os.path.join(output, "return.png"),
-                   title=f"keras-lrne {args.command} ({args.variant})",
-                   keys=("episode_return", "mean_return"), ylabel="episode return")
-    model.save(os.path.join(output, "model.keras"))
-    model.export(os.path.join(output, "saved_model"), format="tf_saved_model", verbose=False)
-    keras_lrne.export_policy(model, task, os.path.join(output, "policy"))
-    with open(os.path.join(output, "lineage.npz"), "wb") as f:
-        f.write(model.lineage.to_bytes())
+    _make_output_dir(output)
+    with checkpoint.BackupLock(output, name=LOCK_FILE, what="output directory"):
+        mode = _prepare_output(args, output)
+        if mode == "finished":
+            _load_finished(output, f"{args.command} {args.variant}")
+            return 0
+        keras.utils.set_random_seed(args.seed)
+        task, model = _make_rl(args)
+        strategy = keras_lrne.strategies.GA(
+            population_size=args.population, num_parents=args.parents,
+            mutation_rate=args.mutation_rate,
+            reevaluate_top=getattr(args, "reevaluate_top", None),
+            reevaluate_episodes=getattr(args, "reevaluate_episodes", None),
+        )
+        params = int(model.count_params())
+        print(f"[keras-lrne] {args.command} {args.variant}: {params:,} parameters, {task!r}, "
+              f"{strategy}", flush=True)
+
+        def summary_of(logs, generations, wall):
+            summary = {
+                "command": args.command, "variant": args.variant, "parameters": params,
+                "generations": generations,
+                "final_episode_return": logs["episode_return"][-1],
+                "best_episode_return": max(logs["episode_return"]), "wall_seconds": wall,
+                "env_steps": int(sum(logs["env_steps"])),
+                "early_termination_saved": float(np.mean(logs["early_termination_saved"])),
+            }
+            return summary, {"strategy": strategy.get_config(),
+                             "task_state": task.get_state()}
+
+        plot = ("return.png", f"keras-lrne {args.command} ({args.variant})",
+                {"keys": ("episode_return", "mean_return"), "ylabel": "episode return"})
+        policy = ("policy", lambda path: keras_lrne.export_policy(model, task, path))
+        summary, history = _evolve_and_save(args, model, task, strategy, output, mode=mode,
+                                            plot=plot, summary_of=summary_of,
+                                            extra_outputs=[policy])
     logs = history.history
-    summary = {
-        "command": args.command, "variant": args.variant, "parameters": params,
-        "generations": len(history.epoch), "final_episode_return": logs["episode_return"][-1],
-        "best_episode_return": max(logs["episode_return"]), "wall_seconds": round(wall, 2),
-        "env_steps": int(sum(logs["env_steps"])),
-        "early_termination_saved": float(np.mean(logs["early_termination_saved"])),
-    }
-    with open(os.path.join(output, "summary.json"), "w") as f:
-        json.dump({"summary": summary, "args": vars(args), "strategy": strategy.get_config(),
-                   "task_state": task.get_state()}, f, indent=2, default=str)
     print(f"[keras-lrne] {args.command} {args.variant}: elite return "
           f"{logs['episode_return'][0]:.1f} -> {logs['episode_return'][-1]:.1f} in "
-          f"{summary['generations']} generations ({wall:.1f} s); wrote {output}", flush=True)
+          f"{summary['generations']} generations ({summary['wall_seconds']:.1f} s); wrote "
+          f"{output}", flush=True)
     return 0
 
 
@@ -459,19 +548,9 @@ def run_play(args):
 
 
 def run_generate(args):
-    import keras
+    from keras_lrne.generation import generate_text, load_run
 
-    import keras_lrne  # noqa: F401  (registers the layers for load_model)
-    from keras_lrne.generation import TOKENIZER_FILE, generate_text, load_tokenizer
-
-    model_path = os.path.join(args.dir, "model.keras")
-    if not os.path.isfile(model_path):
-        raise ValueError(
-            f"Received an invalid value for `DIR`: {model_path!r} does not exist; pass the "
-            f"--output directory of a `keras-lrne lm` run. Received: DIR={args.dir!r}"
-        )
-    kind, vocabulary = load_tokenizer(os.path.join(args.dir, TOKENIZER_FILE))
-    model = keras.saving.load_model(model_path, compile=False)
+    model, kind, vocabulary = load_run(args.dir)
     text = generate_text(model, args.prompt, vocabulary, tokenizer=kind,
                          max_tokens=args.max_tokens, temperature=args.temperature,
                          top_k=args.top_k, seed=args.seed)
@@ -486,6 +565,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_lrne.checkpoint import BackupInUseError
+
     try:
         if args.command == "lm":
             return run_lm(args, argv)
@@ -494,7 +575,7 @@ def main(argv=None):
         if args.command == "generate":
             return run_generate(args)
         return run_rl(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, ImportError, BackupInUseError) as error:
         parser.exit(2, f"keras-lrne {args.command}: error: {error}\n")
     return 0
 

@@ -46,7 +46,7 @@ def test_rl_commands_write_results(tmp_path, argv):
         (["atari", "--game", "Frostbyte"], "Frostbite"),
         (["control", "--env", "HalfCheetah-v9"], "HalfCheetah-v5"),
         (["control", "--env", "CartPole-v1"], "env_id"),
-        (["atari", "--population", "2", "--parents", "2"], "--population"),
+        (["atari", "--population", "2", "--parents", "2"], "population_size=2"),
     ],
 )
 def test_rl_bad_input(tmp_path, capsys, argv, message):

@@ -69,7 +69,7 @@ def test_lm_from_text_file_and_tfds_mock(tmp_path):
     [
         (["--text-file", "/does/not/exist.txt"], "text_file"),
         (["--dataset", "tiny_shakespear"], "tiny_shakespeare"),
-        (["--population", "3", "--parents", "4"], "--population"),
+        (["--population", "3", "--parents", "4"], "population_size=3"),
         (["--sequence-length", "100000"], "sequence_length"),
     ],
 )
@@ -131,6 +131,51 @@ def test_lm_resume_with_a_corrupted_backup_fails_clearly(tmp_path, capsys):
     assert "corrupted" in capsys.readouterr().err
 
 
+def test_lm_output_rules_finished_runs_overwrite_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    # --resume where no backup exists yet starts from the beginning and says so.
+    assert cli.main(["lm", *TINY, "--output", str(out), "--resume"]) == 0
+    assert "starting from the beginning" in capsys.readouterr().out
+    summary = (out / "summary.json").read_bytes()
+    # A finished run is never overwritten silently...
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lm", *TINY, "--output", str(out)])
+    assert info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    # ...--resume leaves it as it is...
+    assert cli.main(["lm", *TINY, "--output", str(out), "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert (out / "summary.json").read_bytes() == summary
+    # ...and --overwrite replaces it (history.csv starts again: one row per generation).
+    assert cli.main(["lm", *TINY, "--output", str(out), "--overwrite", "--seed", "1"]) == 0
+    with open(out / "history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert json.loads((out / "summary.json").read_text())["args"]["seed"] == 1
+    assert "resume" not in json.loads((out / "summary.json").read_text())["args"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "99999999999999999999"], "--seed"),
+    (["--seed", "-1"], "--seed"),
+    (["--mutation-rate", "inf"], "--mutation-rate"),
+    (["--resume", "--overwrite"], "--overwrite"),
+])
+def test_lm_more_bad_arguments_name_the_option(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lm", *TINY, "--output", str(tmp_path / "run"), *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_output_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("not a directory")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lm", *TINY, "--output", str(target)])
+    assert info.value.code == 2
+    assert "--output" in capsys.readouterr().err
+    assert target.read_text() == "not a directory"
+
+
 def test_generate_samples_from_an_lm_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["lm", *TINY, "--output", str(out)]) == 0
@@ -150,6 +195,7 @@ def test_generate_samples_from_an_lm_run(tmp_path, capsys):
         (["generate", str(tmp_path), "--prompt", "x"], "model.keras"),
         (["generate", str(out), "--prompt", "   "], "`prompt`"),
         (["generate", str(out), "--prompt", "x", "--temperature", "-1"], "number >= 0"),
+        (["generate", str(out), "--prompt", "x", "--temperature", "inf"], "--temperature"),
     ]:
         with pytest.raises(SystemExit) as info:
             cli.main(bad)

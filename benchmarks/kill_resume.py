@@ -1,0 +1,102 @@
+"""Random SIGKILLs against `keras-lrne lm`, each followed by `--resume`: how many runs end
+identical to an uninterrupted run?
+
+Each trial starts a fresh run, kills it with SIGKILL at a moment drawn uniformly over an
+uninterrupted run's duration (start-up, generations, backup writes, the final output
+writes), then runs the same command with `--resume` until it completes. The trial counts
+as identical when `history.csv` (timing columns aside), `lineage.npz` and `summary.json`
+(timings and the output path aside) equal the uninterrupted run's, and no temporary file
+or backup is left behind.
+
+Usage:
+    python benchmarks/kill_resume.py --trials 30 [--generations 6] [--seed 0]
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+TIMING = {"member_evals_per_second", "member_tokens_per_second", "wall_seconds"}
+
+
+def _command(output, generations, resume=False):
+    return [sys.executable, "-m", "keras_lrne.cli", "lm", "--population", "8", "--parents",
+            "2", "--generations", str(generations), "--sequence-length", "16",
+            "--num-sequences", "8", "--vocab-size", "128", "--verbose", "0", "--output",
+            output, *(["--resume"] if resume else [])]
+
+
+def _run(cmd, delay=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+    return proc.returncode, err
+
+
+def _fingerprint(output):
+    with open(os.path.join(output, "history.csv"), newline="") as f:
+        rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+    with open(os.path.join(output, "summary.json")) as f:
+        summary = json.load(f)
+    summary["summary"] = {k: v for k, v in summary["summary"].items() if k not in TIMING}
+    summary["args"].pop("output")
+    with open(os.path.join(output, "lineage.npz"), "rb") as f:
+        lineage = f.read()
+    return rows, summary, lineage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--generations", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    root = tempfile.mkdtemp(prefix="lrne_kill_")
+    straight = os.path.join(root, "straight")
+    start = time.perf_counter()
+    code, err = _run(_command(straight, args.generations))
+    seconds = time.perf_counter() - start
+    if code != 0:
+        sys.exit(f"the uninterrupted run failed:\n{err[-3000:]}")
+    expected = _fingerprint(straight)
+    print(f"uninterrupted run: {seconds:.1f} s", flush=True)
+    killed = identical = 0
+    for trial in range(args.trials):
+        output = os.path.join(root, f"trial{trial}")
+        delay = float(rng.uniform(0.0, seconds))
+        code, err = _run(_command(output, args.generations), delay=delay)
+        was_killed = code == -signal.SIGKILL
+        killed += was_killed
+        code, err = _run(_command(output, args.generations, resume=True))
+        ok = code == 0
+        if ok:
+            leftovers = [n for n in os.listdir(output)
+                         if ".tmp-" in n or ".old-" in n or n == "backup"]
+            ok = not leftovers and _fingerprint(output) == expected
+        identical += ok
+        state = "killed" if was_killed else "had finished"
+        print(f"trial {trial}: kill at {delay:5.1f} s ({state})"
+              f" -> {'identical' if ok else 'DIFFERENT: ' + err[-500:]}", flush=True)
+        shutil.rmtree(output, ignore_errors=True)
+    print(f"{identical}/{args.trials} resumed runs identical to the uninterrupted run "
+          f"({killed} of the kills landed before the run finished)")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
