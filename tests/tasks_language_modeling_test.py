@@ -190,10 +190,69 @@ def test_text_file(tmp_path):
     assert "dog" in task.vocabulary and "," in task.vocabulary
     assert task.get_config()["text_file"] == str(path)
     json.dumps(task.get_config())
-    # max_documents keeps only the first stories.
-    few = LanguageModeling(text_file=str(path), sequence_length=4, num_sequences=4, max_documents=2)
+    assert task.get_config()["one_document_per_line"] is False
+    # One document per line: max_documents keeps only the first stories.
+    few = LanguageModeling(text_file=str(path), sequence_length=4, num_sequences=4,
+                           max_documents=2, one_document_per_line=True)
     assert few.num_tokens < 50
     assert "bird" not in few.vocabulary
+
+
+def test_plain_text_file_keeps_every_character_and_line_break(tmp_path):
+    text = "ROMEO:\nBut soft!\n\nJULIET:\nAy me.\n" * 40
+    path = tmp_path / "play.txt"
+    path.write_text(text, encoding="utf-8")
+    task = LanguageModeling(text_file=path, tokenizer="character", sequence_length=8,
+                            num_sequences=4)
+    assert task.num_tokens == len(text)  # not one token lost, line breaks included
+    assert "\n" in task.vocabulary
+    x, _ = task.train_data(0)
+    assert task.vocabulary.index("\n") in x
+    lines = LanguageModeling(text_file=path, tokenizer="character", sequence_length=8,
+                             num_sequences=4, one_document_per_line=True)
+    assert lines.num_tokens == len(text.replace("\n", ""))
+    assert "\n" not in lines.vocabulary
+
+
+def test_plain_text_file_cut_into_pieces_tokenizes_like_the_whole(tmp_path, monkeypatch):
+    from keras_lrne.tasks import corpus
+
+    text = "".join(f"line {i} of the file.\n" for i in range(300))
+    path = tmp_path / "long.txt"
+    path.write_text(text, encoding="utf-8")
+    whole = LanguageModeling(text_file=path, sequence_length=8, num_sequences=4)
+    monkeypatch.setattr(corpus, "_TEXT_CHUNK", 100)  # many pieces
+    assert "".join(corpus.load_text_file(path)) == text
+    assert len(corpus.load_text_file(path)) > 10
+    cut = LanguageModeling(text_file=path, sequence_length=8, num_sequences=4)
+    assert cut.num_tokens == whole.num_tokens
+    np.testing.assert_array_equal(cut.train_data(0)[0], whole.train_data(0)[0])
+
+
+def test_max_documents_with_a_plain_text_file_asks_for_one_document_per_line(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("a b c\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"one_document_per_line=True.*max_documents=2"):
+        LanguageModeling(text_file=path, max_documents=2)
+    with pytest.raises(ValueError, match="one_document_per_line=1"):
+        LanguageModeling(text_file=path, one_document_per_line=1)
+    with pytest.raises(ValueError, match="applies to `text_file` only"):
+        LanguageModeling(["a b"], one_document_per_line=True)
+
+
+def test_baselines_uniform_and_unigram():
+    # Tokens a and b alternate: a unigram model knows each is half the text (ln 2 per
+    # token, add-one smoothing aside), uniform guessing spreads over all 4 ids (ln 4).
+    task = LanguageModeling(["a b " * 200], sequence_length=8, num_sequences=4)
+    assert task.vocab_size == 4  # padding, OOV, a, b
+    assert task.uniform_loss == pytest.approx(np.log(4))
+    assert task.unigram_loss == pytest.approx(np.log(2), abs=0.01)
+    assert task.baselines() == {"uniform_loss": task.uniform_loss,
+                                "unigram_loss": task.unigram_loss}
+    # Skewed text: the unigram baseline is the entropy of the token frequencies.
+    skewed = LanguageModeling(["a a a b " * 200], sequence_length=8, num_sequences=4)
+    entropy = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    assert skewed.unigram_loss == pytest.approx(entropy, abs=0.02)
 
 
 def test_missing_text_file(tmp_path):

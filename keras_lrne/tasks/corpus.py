@@ -34,8 +34,34 @@ def load_default_corpus():
     return [topics[key] for key in sorted(topics)]
 
 
-def load_text_file(text_file):
-    """Reads a UTF-8 text file, one document per line, skipping blank lines."""
+#: Characters per document when a plain text file is cut at line ends (tokens are
+#: concatenated into one stream, so the cut changes nothing but batching).
+_TEXT_CHUNK = 1 << 16
+
+
+def _chunk_lines(text):
+    """Cuts `text` at line ends into pieces of about `_TEXT_CHUNK` characters, keeping
+    every character (line breaks included): `"".join(pieces) == text`."""
+    pieces, current, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        size += len(line)
+        if size >= _TEXT_CHUNK:
+            pieces.append("".join(current))
+            current, size = [], 0
+    if current:
+        pieces.append("".join(current))
+    return pieces
+
+
+def load_text_file(text_file, one_document_per_line=False):
+    """Reads a UTF-8 text file.
+
+    Plain text (the default) keeps every character, line breaks included (the character
+    tokenizer then has a newline token); it is returned cut at line ends into pieces,
+    whose tokens are concatenated again. With `one_document_per_line=True` every
+    non-blank line is a document and line breaks are dropped (e.g. a TinyStories dump).
+    """
     path = os.fspath(text_file)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -43,7 +69,9 @@ def load_text_file(text_file):
         )
     try:
         with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\r\n") for line in f if line.strip()]
+            if one_document_per_line:
+                return [line.rstrip("\r\n") for line in f if line.strip()]
+            return _chunk_lines(f.read())
     except UnicodeDecodeError:
         offset, line, byte, reason = _first_invalid_utf8(path)
         raise ValueError(
@@ -107,6 +135,8 @@ def load_tfds(name, *, split, data_dir, text_feature, max_documents):
     import tensorflow_datasets as tfds
 
     check_tfds_name(name)
+    if _will_download(tfds.builder(name, data_dir=data_dir)):
+        _check_download_reachable(name)
     ds, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True)
     features = info.features
     if text_feature is None and isinstance(features, tfds.features.FeaturesDict):
@@ -120,6 +150,59 @@ def load_tfds(name, *, split, data_dir, text_feature, max_documents):
                 f"{sorted(features.keys())}. Received: data={name!r}"
             )
     return dataset_corpus(ds, text_feature=text_feature, max_documents=max_documents)
+
+
+def _will_download(builder):
+    """True when `tfds.load` would download: the data is not prepared locally (and
+    `tfds.testing.mock_data`, which replaces the download, is not active)."""
+    import tensorflow_datasets as tfds
+
+    prepare = tfds.core.DatasetBuilder.download_and_prepare
+    if getattr(prepare, "__module__", "").startswith("tensorflow_datasets.testing"):
+        return False
+    try:
+        return not builder.is_prepared()
+    except Exception:  # an unusual builder: let tfds.load decide
+        return False
+
+
+#: Where TFDS downloads prepared data from first (its GCS mirror).
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+DOWNLOAD_PROBE_SECONDS = 10.0
+
+
+def _probe(address, timeout):
+    """True if a TCP connection to `address` opens within `timeout` seconds."""
+    import socket
+    import threading
+
+    result = []
+
+    def connect():  # name resolution has no timeout of its own: run it in a thread
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _check_download_reachable(name):
+    """Fails within `DOWNLOAD_PROBE_SECONDS` when a TFDS dataset that is not prepared
+    locally cannot be downloaded (TFDS itself retries for minutes)."""
+    if not _probe(DOWNLOAD_HOST, DOWNLOAD_PROBE_SECONDS):
+        raise ValueError(
+            f"Received an invalid value for `data`: the TFDS dataset {name!r} is not "
+            f"prepared locally and cannot be downloaded (no connection to "
+            f"{DOWNLOAD_HOST[0]} within {DOWNLOAD_PROBE_SECONDS:.0f} s). Use a local file "
+            "instead (`text_file=...`, `--text-file PATH` on the command line), or prepare "
+            f"the dataset on a machine with network access and pass its `data_dir`. "
+            f"Received: data={name!r}"
+        )
 
 
 def _is_string(spec):

@@ -71,9 +71,14 @@ class LanguageModeling(Task):
             token ids (scalars or 1-D sequences; then no tokenizer is used
             and `vocab_size` must exceed the largest id). A list or tuple of
             Python strings is taken as documents.
-        text_file: Path to a local UTF-8 text file with one document per line
-            (e.g. a TinyStories dump); blank lines are skipped. Give either
-            `data` or `text_file`.
+        text_file: Path to a local UTF-8 text file. Its text is read as it is,
+            line breaks included (the character tokenizer gets a newline token;
+            the word tokenizer treats line breaks as spaces), unless
+            `one_document_per_line=True`. Give either `data` or `text_file`.
+        one_document_per_line: Only with `text_file`: if `True`, every
+            non-blank line is one document and line breaks are dropped (e.g. a
+            TinyStories dump with one story per line; `max_documents` then
+            counts lines).
         tokenizer: `"word"`, `"character"` or a `keras.layers.TextVectorization`
             with `output_mode="int"` (adapted to the corpus here if it has no
             vocabulary yet). Ignored for token-id datasets.
@@ -92,7 +97,8 @@ class LanguageModeling(Task):
             feature.
         split: TFDS split to load when `data` is a name.
         max_documents: Keep only the first `max_documents` documents (the
-            paper used the first 1024 TinyStories stories). `None` keeps all.
+            paper used the first 1024 TinyStories stories). `None` keeps all. A
+            plain text file is one document: use `one_document_per_line=True`.
         seed: Seed for shuffling and for fresh batches.
         data_dir: TFDS data directory when `data` is a name.
 
@@ -111,6 +117,7 @@ class LanguageModeling(Task):
         data=None,
         *,
         text_file=None,
+        one_document_per_line=False,
         tokenizer="word",
         vocab_size=2048,
         sequence_length=128,
@@ -127,6 +134,7 @@ class LanguageModeling(Task):
         self._validate_args(
             data=data,
             text_file=text_file,
+            one_document_per_line=one_document_per_line,
             tokenizer=tokenizer,
             vocab_size=vocab_size,
             sequence_length=sequence_length,
@@ -140,6 +148,7 @@ class LanguageModeling(Task):
         )
         self.data = data
         self.text_file = text_file
+        self.one_document_per_line = bool(one_document_per_line)
         self.tokenizer = tokenizer
         self.requested_vocab_size = int(vocab_size)
         self.sequence_length = int(sequence_length)
@@ -174,6 +183,7 @@ class LanguageModeling(Task):
         *,
         data,
         text_file,
+        one_document_per_line,
         tokenizer,
         vocab_size,
         sequence_length,
@@ -194,6 +204,24 @@ class LanguageModeling(Task):
             raise ValueError(
                 "Received an invalid value for `text_file`, expected a path (str or "
                 f"os.PathLike). Received: text_file={text_file!r}"
+            )
+        if not isinstance(one_document_per_line, (bool, np.bool_)):
+            raise ValueError(
+                "Received an invalid value for `one_document_per_line`, expected a boolean. "
+                f"Received: one_document_per_line={one_document_per_line!r}"
+            )
+        if one_document_per_line and text_file is None:
+            raise ValueError(
+                "`one_document_per_line=True` applies to `text_file` only; no `text_file` "
+                f"was given. Received: one_document_per_line={one_document_per_line!r}, "
+                f"data={data!r:.100}"
+            )
+        if text_file is not None and max_documents is not None and not one_document_per_line:
+            raise ValueError(
+                "Received `max_documents` with a plain `text_file`, which is one document. "
+                "Pass `one_document_per_line=True` (`--one-document-per-line`) to count "
+                f"lines as documents. Received: max_documents={max_documents!r}, "
+                f"text_file={text_file!r}"
             )
         if data is not None and not isinstance(data, (str, list, tuple, tf.data.Dataset)):
             raise ValueError(
@@ -266,7 +294,7 @@ class LanguageModeling(Task):
     def _load_corpus(self):
         data = self.data
         if self.text_file is not None:
-            docs = corpus_lib.load_text_file(self.text_file)
+            docs = corpus_lib.load_text_file(self.text_file, self.one_document_per_line)
         elif data is None:
             docs = corpus_lib.load_default_corpus()
         elif isinstance(data, str):
@@ -347,6 +375,9 @@ class LanguageModeling(Task):
                 f"sequence_length={self.sequence_length}"
             )
         windows = stream[: num_windows * width].reshape(num_windows, width)
+        # Token counts of the training windows, for the unigram baseline.
+        self._train_counts = np.bincount(windows[:num_train].reshape(-1),
+                                         minlength=self.vocab_size)
         rng = np.random.default_rng(self.seed)
         train = windows[:num_train][rng.permutation(num_train)]
         self._train_x = np.ascontiguousarray(train[:, :-1])
@@ -438,6 +469,37 @@ class LanguageModeling(Task):
         index = rng.choice(self.num_train_windows, size=self._num_sequences, replace=False)
         return self._train_x[index], self._train_y[index]
 
+    @property
+    def uniform_loss(self):
+        """The cross-entropy of guessing uniformly over the vocabulary: `ln(vocab_size)`.
+
+        A model whose loss is above it does worse than knowing nothing.
+        """
+        return float(np.log(self.vocab_size))
+
+    @property
+    def unigram_loss(self):
+        """The cross-entropy of a unigram model of the training tokens, in nats.
+
+        Token frequencies are counted over the training windows (add-one smoothed over
+        the vocabulary) and scored on the validation targets (the training targets when
+        `validation_split=0`). A language model should end below it: it is what
+        predicting each token's frequency, ignoring context, reaches.
+        """
+        counts = self._train_counts.astype(np.float64) + 1.0
+        log_p = np.log(counts / counts.sum())
+        targets = (self._validation or self._fixed)[1]
+        return float(-log_p[np.asarray(targets).reshape(-1)].mean())
+
+    def baselines(self):
+        """The reference losses an evolved language model is judged against.
+
+        Returns:
+            `{"uniform_loss": ln(vocab_size), "unigram_loss": ...}` (see `uniform_loss`
+            and `unigram_loss`), in nats per token.
+        """
+        return {"uniform_loss": self.uniform_loss, "unigram_loss": self.unigram_loss}
+
     def validation_data(self):
         """The held-out validation sequences.
 
@@ -486,6 +548,7 @@ class LanguageModeling(Task):
             config["data"] = self.data
         if self.text_file is not None:
             config["text_file"] = os.fspath(self.text_file)
+            config["one_document_per_line"] = self.one_document_per_line
         if isinstance(self.tokenizer, str):
             config["tokenizer"] = self.tokenizer
         config.update(
