@@ -167,3 +167,12 @@ def test_control_policy_bad_arguments():
         presets.control_policy("huge")
     with pytest.raises(ValueError, match="input_dim"):
         presets.control_policy(input_dim=0)
+
+
+def test_control_policy_for_small_observations_warns_not(recwarn):
+    # CartPole's 4 numbers with rank 4: a factorization would save nothing, so the first
+    # hidden layer is a plain Dense; the second (256 -> 256) is factorized.
+    model = presets.control_policy("factorized", input_dim=4, num_actions=2, rank=4)
+    assert not [w for w in recwarn if "no factorization" in str(w.message)]
+    assert type(model.get_layer("hidden_0")).__name__ == "Dense"
+    assert type(model.get_layer("hidden_1")).__name__ == "FactorizedDense"

@@ -23,9 +23,26 @@ def validate_bool(name, value):
     return bool(value)
 
 
+def _deserializing():
+    """True while Keras rebuilds a saved object (`keras.saving.load_model`, ...).
+
+    Keras enters its safe-mode scope around every `from_config` it runs; outside
+    deserialization the flag is unset (None).
+    """
+    try:
+        from keras.src.saving import serialization_lib
+    except ImportError:  # another Keras layout: warn as usual
+        return False
+    return serialization_lib.in_safe_mode() is not None
+
+
 def warn_if_not_factorized(layer_name, rank, fan_in, fan_out):
-    """Warns when `rank >= min(fan_in, fan_out)`: U @ V then saves nothing."""
-    if rank >= min(fan_in, fan_out):
+    """Warns when `rank >= min(fan_in, fan_out)`: U @ V then saves nothing.
+
+    Not while a saved model is loaded: whoever made the layer was warned then, and the
+    user who loads it did not choose the rank.
+    """
+    if rank >= min(fan_in, fan_out) and not _deserializing():
         warnings.warn(
             f"Layer '{layer_name}': rank={rank} >= min(fan_in, fan_out)="
             f"{min(fan_in, fan_out)} (fan_in={fan_in}, fan_out={fan_out}); the "

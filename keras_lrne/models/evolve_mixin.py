@@ -372,6 +372,17 @@ def _restore(resume, path, settings, state, lineage, task):
     return state, int(meta["generation"]), records, bool(meta.get("stopped"))
 
 
+def _set_csv_columns(callbacks, logs):
+    """Gives every `CSVLogger` that has no columns yet exactly the keys of `logs`.
+
+    Keras' `CSVLogger` adds an empty `val_<key>` column for every key when the first
+    row has no validation key (as for environment tasks); evolve() logs what it logs.
+    """
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.CSVLogger) and callback.keys is None:
+            callback.keys = sorted(logs)
+
+
 def _rewrite_csv_loggers(callbacks, records, generations):
     """Rewrites every `CSVLogger` file from the checkpoint's History, then appends to it.
 
@@ -384,6 +395,8 @@ def _rewrite_csv_loggers(callbacks, records, generations):
         with checkpoint.atomic_path(logger.filename) as tmp:
             writer = keras.callbacks.CSVLogger(tmp, separator=logger.sep)
             writer.on_train_begin()
+            if records:
+                writer.keys = sorted(records)
             for generation in range(generations):
                 writer.on_epoch_end(
                     generation,
@@ -429,6 +442,22 @@ class EvolveMixin:
     Mix it in before the Keras base class (`class MyModel(EvolveMixin, keras.Model)`);
     `keras_lrne.Model` and `keras_lrne.Sequential` already do.
     """
+
+    def compile(self, optimizer=None, *args, **kwargs):
+        """`keras.Model.compile`, but the optimizer defaults to None instead of RMSprop.
+
+        `evolve()` needs only the loss (and metrics); an optimizer nobody asked for would
+        be saved unbuilt in `.keras` files and make loading them warn. Pass one to also
+        train with `fit()`.
+        """
+        return super().compile(optimizer, *args, **kwargs)
+
+    def compile_from_config(self, config):
+        """Compiles a loaded model as it was saved (see `keras.Model.compile_from_config`);
+        a model saved without an optimizer is loaded without one."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)  # as Keras does
 
     def evolve(self, x=None, y=None, validation_data=None, strategy=None, generations=1,
                callbacks=None, verbose="auto", seed=None, population_batch_size=None,
@@ -627,6 +656,7 @@ class EvolveMixin:
                 if backup is not None:
                     backup.save(state, lineage, records, task, settings, generation)
                 callback_list.on_train_batch_end(0, logs)
+                _set_csv_columns(others, logs)
                 callback_list.on_epoch_end(generation, logs)
                 if self.stop_training:
                     break
