@@ -15,14 +15,18 @@ import keras_lrne
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--game", default="Frostbite")
-    parser.add_argument("--variant", default="factorized")
-    parser.add_argument("--population", type=int, default=16)
-    parser.add_argument("--parents", type=int, default=4)
-    parser.add_argument("--generations", type=int, default=5)
-    parser.add_argument("--max-episode-steps", type=int, default=500)
-    parser.add_argument("--verbose", type=int, default=1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--game", default="Frostbite", help="Atari game name")
+    parser.add_argument("--variant", default="factorized",
+                        help="factorized (low-rank), full or small")
+    parser.add_argument("--population", type=int, default=16, help="population size")
+    parser.add_argument("--parents", type=int, default=4,
+                        help="truncation size, survivors per generation")
+    parser.add_argument("--generations", type=int, default=5, help="generations")
+    parser.add_argument("--max-episode-steps", type=int, default=500, help="step cap per episode")
+    parser.add_argument("--verbose", type=int, default=1,
+                        help="0 silent, 1 progress bar, 2 one line per generation")
     args = parser.parse_args(argv)
 
     task = keras_lrne.tasks.Atari(args.game, max_episode_steps=args.max_episode_steps)

@@ -13,16 +13,23 @@ import keras_lrne
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="factorized")
-    parser.add_argument("--population", type=int, default=8)
-    parser.add_argument("--parents", type=int, default=2)
-    parser.add_argument("--reevaluate-top", type=int, default=4)
-    parser.add_argument("--episodes", type=int, default=2)
-    parser.add_argument("--reevaluate-episodes", type=int, default=4)
-    parser.add_argument("--generations", type=int, default=3)
-    parser.add_argument("--max-episode-steps", type=int, default=1000)
-    parser.add_argument("--verbose", type=int, default=1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--variant", default="factorized",
+                        help="factorized (low-rank), full or small")
+    parser.add_argument("--population", type=int, default=8, help="population size")
+    parser.add_argument("--parents", type=int, default=2,
+                        help="truncation size, survivors per generation")
+    parser.add_argument("--reevaluate-top", type=int, default=4,
+                        help="two-stage selection: re-evaluate the best N")
+    parser.add_argument("--episodes", type=int, default=2,
+                        help="episodes per member per generation")
+    parser.add_argument("--reevaluate-episodes", type=int, default=4,
+                        help="episodes of the second stage")
+    parser.add_argument("--generations", type=int, default=3, help="generations")
+    parser.add_argument("--max-episode-steps", type=int, default=1000, help="step cap per episode")
+    parser.add_argument("--verbose", type=int, default=1,
+                        help="0 silent, 1 progress bar, 2 one line per generation")
     args = parser.parse_args(argv)
 
     task = keras_lrne.tasks.CarRacing(episodes=args.episodes,

@@ -36,11 +36,14 @@ def spirals(n=256, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generations", type=int, default=50)
-    parser.add_argument("--population", type=int, default=64)
-    parser.add_argument("--parents", type=int, default=8)
-    parser.add_argument("--verbose", type=int, default=2)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--generations", type=int, default=50, help="generations")
+    parser.add_argument("--population", type=int, default=64, help="population size")
+    parser.add_argument("--parents", type=int, default=8,
+                        help="truncation size, survivors per generation")
+    parser.add_argument("--verbose", type=int, default=2,
+                        help="0 silent, 1 progress bar, 2 one line per generation")
     args = parser.parse_args(argv)
 
     x, y = spirals()

@@ -28,14 +28,19 @@ def build_model(vocab_size, sequence_length, hidden=32, rank=4, embed_rank=16):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--text-file", default=None)
-    parser.add_argument("--generations", type=int, default=30)
-    parser.add_argument("--population", type=int, default=32)
-    parser.add_argument("--parents", type=int, default=4)
-    parser.add_argument("--sequence-length", type=int, default=64)
-    parser.add_argument("--num-sequences", type=int, default=32)
-    parser.add_argument("--verbose", type=int, default=1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--text-file", default=None,
+                        help="a local UTF-8 text file (default: the embedded corpus)")
+    parser.add_argument("--generations", type=int, default=30, help="generations")
+    parser.add_argument("--population", type=int, default=32, help="population size")
+    parser.add_argument("--parents", type=int, default=4,
+                        help="truncation size, survivors per generation")
+    parser.add_argument("--sequence-length", type=int, default=64, help="tokens per sequence")
+    parser.add_argument("--num-sequences", type=int, default=32,
+                        help="sequences every member is evaluated on")
+    parser.add_argument("--verbose", type=int, default=1,
+                        help="0 silent, 1 progress bar, 2 one line per generation")
     args = parser.parse_args(argv)
 
     task = keras_lrne.tasks.LanguageModeling(

@@ -32,23 +32,32 @@ def make_tuner(kind, hypermodel, max_trials, generations, directory, project_nam
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tuner", choices=TUNERS, default="random")
-    parser.add_argument("--max-trials", type=int, default=4)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--tuner", choices=TUNERS, default="random",
+                        help="keras-tuner search algorithm")
+    parser.add_argument("--max-trials", type=int, default=4, help="keras-tuner trials")
     parser.add_argument("--generations", type=int, default=5,
                         help="generations per trial (Hyperband: the most per trial)")
-    parser.add_argument("--directory", default="tuning")
-    parser.add_argument("--project-name", default="language_model")
-    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--populations", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--parents", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--directory", default="tuning", help="keras-tuner results directory")
+    parser.add_argument("--project-name", default="language_model", help="keras-tuner project name")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4],
+                        help="factor ranks to search")
+    parser.add_argument("--populations", type=int, nargs="+", default=[8, 16],
+                        help="population sizes to search")
+    parser.add_argument("--parents", type=int, nargs="+", default=[2, 4],
+                        help="numbers of parents to search")
     parser.add_argument("--mutation-rate", type=float, nargs=2, default=[1e-3, 1e-1],
-                        metavar=("MIN", "MAX"))
-    parser.add_argument("--sequence-length", type=int, default=32)
-    parser.add_argument("--num-sequences", type=int, default=32)
-    parser.add_argument("--vocab-size", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=1)
+                        metavar=("MIN", "MAX"),
+                        help="log-uniform range of mutation rates to search")
+    parser.add_argument("--sequence-length", type=int, default=32, help="tokens per sequence")
+    parser.add_argument("--num-sequences", type=int, default=32,
+                        help="sequences every member is evaluated on")
+    parser.add_argument("--vocab-size", type=int, default=512,
+                        help="vocabulary size of the tokenizer")
+    parser.add_argument("--seed", type=int, default=0, help="run seed")
+    parser.add_argument("--verbose", type=int, default=1,
+                        help="0 silent, 1 progress bar, 2 one line per generation")
     args = parser.parse_args(argv)
 
     task = keras_lrne.tasks.LanguageModeling(

@@ -25,6 +25,7 @@ PAPER_SETTINGS = {
     "generations": 300,
     "sequence_length": 128,
     "num_sequences": 1024,
+    "tokenizer": "word",
 }
 
 
@@ -191,11 +192,38 @@ RL_COMMANDS = {
         "max_episode_steps": 1000, "paper_population": 256, "paper_parents": 8,
     },
     "control": {
-        "help": "evolve an MLP policy on a gymnasium continuous-control env (MuJoCo)",
+        "help": "evolve an MLP policy on a vector-observation gymnasium env (MuJoCo, "
+        "classic control; Box or Discrete actions)",
         "rank": 4, "population": 32, "parents": 4, "generations": 20, "episodes": 1,
-        "max_episode_steps": 1000, "paper_population": "-", "paper_parents": "-",
+        "max_episode_steps": None, "paper_population": "-", "paper_parents": "-",
     },
 }
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default (unless its help already gives it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("Default:" in text or "(default:" in text
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text}. Default: %(default)s"
+
+
+def _version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("keras-lrne")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        from keras_lrne import __version__
+
+        return __version__
+
+
+def _paper(value):
+    return "" if value in (None, "-") else f" (paper: {value})"
 
 
 def build_parser():
@@ -203,8 +231,16 @@ def build_parser():
         prog="keras-lrne",
         description="Low-rank neuroevolution for Keras: evolve models with a compiled, "
         "population-batched genetic algorithm.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"keras-lrne {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = commands.add_parser
+
+    def add_parser(name, **kwargs):
+        return add(name, formatter_class=_HelpFormatter, **kwargs)
+
+    commands.add_parser = add_parser
     lm = commands.add_parser(
         "lm",
         help="evolve the paper's transformer language model",
@@ -222,12 +258,16 @@ def build_parser():
                     help="rank of the attention and feed-forward factors (paper: 4 or 1)")
     lm.add_argument("--embed-rank", type=_positive_int, default=32,
                     help="rank of the token-embedding factors (paper: 32 or 4)")
+    lm.add_argument("--init", choices=("paper", "scaled"), default="paper",
+                    help="paper: the paper's initialisation (token embedding N(0, 1)); "
+                    "scaled (not the paper's): embedding std 1/sqrt(width), so the tied "
+                    "head starts at unit-scale logits and the loss falls faster")
     lm.add_argument("--population", type=_positive_int, default=32,
                     help="population size (paper: 512). Default: 32")
     lm.add_argument("--parents", type=_positive_int, default=4,
                     help="truncation size, survivors per generation (paper: 16). Default: 4")
-    lm.add_argument("--generations", type=_positive_int, default=100,
-                    help="generations (paper: 300). Default: 100")
+    lm.add_argument("--generations", type=_positive_int, default=500,
+                    help="generations (paper: 300). Default: 500")
     lm.add_argument("--mutation-rate", type=_positive_float, default=0.01,
                     help="relative mutation std of full tensors (factors use its square "
                     "root). Default: 0.01")
@@ -235,10 +275,16 @@ def build_parser():
                     help="a TensorFlow Datasets name with a text feature (tiny_shakespeare, "
                     "lm1b, ...). Default: the embedded offline corpus")
     lm.add_argument("--text-file", default=None,
-                    help="a local UTF-8 text file, one document per line (e.g. TinyStories)")
+                    help="a local UTF-8 text file, read as plain text (line breaks kept; "
+                    "see --one-document-per-line)")
+    lm.add_argument("--one-document-per-line", action="store_true",
+                    help="with --text-file: every non-blank line is one document, line "
+                    "breaks dropped (e.g. TinyStories, one story per line)")
     lm.add_argument("--max-documents", type=_positive_int, default=None,
                     help="use only the first N documents (the paper used 1024 stories)")
-    lm.add_argument("--tokenizer", choices=("word", "character"), default="word")
+    lm.add_argument("--tokenizer", choices=("word", "character"), default="character",
+                    help="character tokens, or word tokens (lower-cased words and "
+                    "punctuation; closest to the paper's 2048-token BPE, --paper uses them)")
     lm.add_argument("--vocab-size", type=_positive_int, default=2048,
                     help="vocabulary size of the tokenizer (paper: 2048). Default: 2048")
     lm.add_argument("--sequence-length", type=_positive_int, default=64,
@@ -249,7 +295,7 @@ def build_parser():
                     help="draw new sequences every generation instead of a fixed sample")
     lm.add_argument("--paper", action="store_true",
                     help="use the paper's sizes: population 512, parents 16, 300 "
-                    "generations, 1024 sequences of 128 tokens (needs a GPU)")
+                    "generations, 1024 sequences of 128 word tokens (needs a GPU)")
     lm.add_argument("--population-batch-size", type=_positive_int, default=None,
                     help="members per vectorised call (automatic by default)")
     lm.add_argument("--seed", type=_seed, default=0, help="run seed. Default: 0")
@@ -268,31 +314,43 @@ def build_parser():
                              "Frostbite, Gravitar, Kangaroo). Default: Frostbite")
         if name == "control":
             sub.add_argument("--env", default="HalfCheetah-v5",
-                             help="gymnasium continuous-control id (MuJoCo v5 ...). "
-                             "Default: HalfCheetah-v5")
-        sub.add_argument("--variant", choices=VARIANTS, default="factorized")
+                             help="a gymnasium id with vector observations and Box "
+                             "(continuous) or Discrete actions: MuJoCo v5 (HalfCheetah-v5, "
+                             "Hopper-v5, ...), classic control (CartPole-v1, Pendulum-v1, "
+                             "Acrobot-v1, MountainCar-v0, ...), LunarLander-v3")
+        sub.add_argument("--variant", choices=VARIANTS, default="factorized",
+                         help="factorized (low-rank), full (same shape, unfactorized) or "
+                         "small (narrow unfactorized baseline)")
         sub.add_argument("--rank", type=_positive_int, default=spec["rank"],
-                         help=f"factor rank (paper: {spec['rank']})")
+                         help="factor rank" + _paper(spec["rank"] if name != "control"
+                                                     else None))
         sub.add_argument("--population", type=_positive_int, default=spec["population"],
-                         help=f"population size (paper: {spec['paper_population']}). "
-                         f"Default: {spec['population']}")
+                         help="population size" + _paper(spec["paper_population"]))
         sub.add_argument("--parents", type=_positive_int, default=spec["parents"],
-                         help=f"truncation size (paper: {spec['paper_parents']}). "
-                         f"Default: {spec['parents']}")
-        sub.add_argument("--generations", type=_positive_int, default=spec["generations"])
+                         help="truncation size, survivors per generation"
+                         + _paper(spec["paper_parents"]))
+        sub.add_argument("--generations", type=_positive_int, default=spec["generations"],
+                         help="generations" + _paper({"atari": 300, "carracing": 40}.get(name)))
         sub.add_argument("--episodes", type=_positive_int, default=spec["episodes"],
                          help="episodes per member per generation")
-        sub.add_argument("--max-episode-steps", type=_positive_int,
-                         default=spec["max_episode_steps"])
-        sub.add_argument("--mutation-rate", type=_positive_float, default=0.01)
+        steps = spec["max_episode_steps"]
+        sub.add_argument("--max-episode-steps", type=_positive_int, default=steps,
+                         help="step cap per episode" + (
+                             "" if steps else " (default: the environment's registered "
+                             "limit)"))
+        sub.add_argument("--mutation-rate", type=_positive_float, default=0.01,
+                         help="relative mutation std of full tensors (factors use its "
+                         "square root)")
         if name == "carracing":
             sub.add_argument("--reevaluate-top", type=_positive_int, default=None,
                              help="two-stage selection: re-evaluate the best N (paper: 32)")
             sub.add_argument("--reevaluate-episodes", type=_positive_int, default=None,
                              help="episodes of the second stage (paper: 4)")
         sub.add_argument("--seed", type=_seed, default=0, help="run seed. Default: 0")
-        sub.add_argument("--output", default=os.path.join("lrne_output", name))
-        sub.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+        sub.add_argument("--output", default=os.path.join("lrne_output", name),
+                         help="output directory")
+        sub.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                         help="0 silent, 1 progress bar, 2 one line per generation")
         sub.add_argument("--resume", action="store_true", help=RESUME_HELP)
         sub.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
@@ -305,7 +363,7 @@ def build_parser():
     play.add_argument("--env", default=None,
                       help="environment id (default: the one the policy was evolved on; "
                       "Atari policies take a game name or an ALE id)")
-    play.add_argument("--episodes", type=_positive_int, default=1)
+    play.add_argument("--episodes", type=_positive_int, default=1, help="episodes to play")
     play.add_argument("--max-episode-steps", type=_positive_int, default=None,
                       help="step cap (default: the run's)")
     play.add_argument("--seed", type=_seed, default=0,
@@ -320,12 +378,14 @@ def build_parser():
     )
     gen.add_argument("dir", metavar="DIR", help="the --output directory of a keras-lrne lm run")
     gen.add_argument("--prompt", required=True, help="text to continue")
-    gen.add_argument("--max-tokens", type=_positive_int, default=50)
+    gen.add_argument("--max-tokens", type=_positive_int, default=50,
+                     help="tokens to generate")
     gen.add_argument("--temperature", type=_number_type(float, "a finite number >= 0",
                                                         lambda v: 0 <= v < float("inf")),
                      default=1.0,
                      help="sampling temperature; 0 is greedy. Default: 1.0")
-    gen.add_argument("--top-k", type=_positive_int, default=None)
+    gen.add_argument("--top-k", type=_positive_int, default=None,
+                     help="sample from the k most likely tokens only (default: all)")
     gen.add_argument("--seed", type=_seed, default=0,
                      help="sampling seed. Default: 0")
     return parser
@@ -346,6 +406,7 @@ def _make_task(args):
     return LanguageModeling(
         args.dataset,
         text_file=args.text_file,
+        one_document_per_line=args.one_document_per_line,
         tokenizer=args.tokenizer,
         vocab_size=args.vocab_size,
         sequence_length=args.sequence_length,
@@ -374,6 +435,7 @@ def _run_variant(args, task, variant, output):
             sequence_length=args.sequence_length,
             rank=args.rank,
             embed_rank=args.embed_rank,
+            init=args.init,
         )
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         strategy = keras_lrne.strategies.GA(
@@ -382,6 +444,7 @@ def _run_variant(args, task, variant, output):
             mutation_rate=args.mutation_rate,
         )
         params = int(model.count_params())
+        baselines = task.baselines()
         print(f"[keras-lrne] {variant}: {params:,} parameters, {strategy}", flush=True)
 
         def summary_of(logs, generations, wall):
@@ -394,6 +457,7 @@ def _run_variant(args, task, variant, output):
                 "final_val_loss": logs["val_loss"][-1] if "val_loss" in logs else None,
                 "wall_seconds": wall,
                 "member_tokens_per_second": float(np.median(logs["member_tokens_per_second"])),
+                **baselines,
             }
             return summary, {"task": task.get_config(), "strategy": strategy.get_config()}
 
@@ -402,7 +466,8 @@ def _run_variant(args, task, variant, output):
             from keras_lrne.generation import TOKENIZER_FILE, save_tokenizer
 
             extra.append((TOKENIZER_FILE, lambda path: save_tokenizer(task, path)))
-        plot = ("loss.png", f"keras-lrne lm ({variant})", {})
+        plot = ("loss.png", f"keras-lrne lm ({variant})",
+                {"baselines": _baseline_lines(baselines)})
         summary, history = _evolve_and_save(args, model, task, strategy, output, mode=mode,
                                             plot=plot, summary_of=summary_of,
                                             extra_outputs=extra)
@@ -412,16 +477,41 @@ def _run_variant(args, task, variant, output):
         f"({summary['wall_seconds']:.1f} s); wrote {output}",
         flush=True,
     )
+    print(f"[keras-lrne] {variant}: {_judge(summary)}", flush=True)
     return summary, history.history
+
+
+def _baseline_lines(baselines):
+    return {"uniform (ln V)": baselines["uniform_loss"],
+            "unigram": baselines["unigram_loss"]}
+
+
+def _judge(summary):
+    """Where a run's final losses stand against the uniform and unigram baselines."""
+    parts = []
+    for key in ("final_loss", "final_val_loss"):
+        value = summary.get(key)
+        if value is None:
+            continue
+        rel = []
+        for name, base in (("uniform", summary["uniform_loss"]),
+                           ("unigram", summary["unigram_loss"])):
+            word = "below" if value < base else "above"
+            rel.append(f"{abs(value - base):.2f} {word} {name}")
+        parts.append(f"{key} {value:.3f} ({', '.join(rel)})")
+    return (f"{'; '.join(parts)}; baselines: uniform ln V = {summary['uniform_loss']:.3f}, "
+            f"unigram = {summary['unigram_loss']:.3f} nats per token")
 
 
 def _write_comparison(summaries, histories, output):
     from keras_lrne.plotting import plot_histories
 
     plot_histories(histories, os.path.join(output, "comparison.png"),
-                   title="keras-lrne lm: factorized vs full vs small", keys=("loss",))
+                   title="keras-lrne lm: factorized vs full vs small", keys=("loss",),
+                   baselines=_baseline_lines(summaries[0]))
     fields = ["variant", "parameters", "generations", "first_loss", "final_loss",
-              "final_val_loss", "wall_seconds", "member_tokens_per_second"]
+              "final_val_loss", "wall_seconds", "member_tokens_per_second", "uniform_loss",
+              "unigram_loss"]
     with open(os.path.join(output, "comparison.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -436,6 +526,9 @@ def _write_comparison(summaries, histories, output):
             f"| {s['variant']} | {s['parameters']:,} | {s['final_loss']:.3f} | {val} | "
             f"{s['wall_seconds']:.1f} | {s['member_tokens_per_second']:,.0f} |"
         )
+    lines.append("")
+    lines.append(f"Baselines: uniform (ln V) {summaries[0]['uniform_loss']:.3f}, unigram "
+                 f"{summaries[0]['unigram_loss']:.3f} nats per token.")
     table = "\n".join(lines)
     with open(os.path.join(output, "comparison.md"), "w") as f:
         f.write(table + "\n")
@@ -473,11 +566,34 @@ def _make_rl(args):
         model = presets.carracing_policy(args.variant, num_actions=task.num_outputs,
                                          rank=args.rank)
     else:
-        task = tasks.Control(args.env, episodes=args.episodes,
-                             max_episode_steps=args.max_episode_steps)
+        # Box actions: Control (squashed into the bounds); Discrete: Environment (argmax).
+        task_class = tasks.Control if _has_box_actions(args.env) else tasks.Environment
+        task = task_class(args.env, episodes=args.episodes,
+                          max_episode_steps=args.max_episode_steps,
+                          normalize_observations=True)
+        if len(task.input_shape) != 1:
+            raise ValueError(
+                f"Received an invalid value for `--env`: `control` takes environments with "
+                f"vector observations, but {args.env!r} observes shape {task.input_shape}; "
+                f"use `atari` or `carracing` (or the Python API with "
+                f"`keras_lrne.tasks.Environment`) for images. Received: --env={args.env!r}"
+            )
         model = presets.control_policy(args.variant, input_dim=task.input_shape[0],
                                        num_actions=task.num_outputs, rank=args.rank)
     return task, model
+
+
+def _has_box_actions(env_id):
+    """Whether the gymnasium environment `env_id` has a continuous (Box) action space."""
+    from keras_lrne.tasks.environment import _require_gymnasium, check_env_id
+
+    gymnasium = _require_gymnasium()
+    check_env_id(env_id, "--env")
+    env = gymnasium.make(env_id)
+    try:
+        return isinstance(env.action_space, gymnasium.spaces.Box)
+    finally:
+        env.close()
 
 
 def run_rl(args):
@@ -564,7 +680,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras_lrne
+
+    keras_lrne._import_public_api()  # Keras and the backend load only now
     from keras_lrne.checkpoint import BackupInUseError
 
     try:

@@ -40,12 +40,33 @@ def test_rl_commands_write_results(tmp_path, argv):
     assert sum(durations) == 6 * 30
 
 
+def test_control_takes_discrete_envs_and_their_own_step_limit(tmp_path):
+    # CartPole has Discrete actions (through `Environment`), Pendulum a Box (`Control`);
+    # both keep the environment's registered step limit unless told otherwise.
+    args = cli.build_parser().parse_args(["control", "--env", "CartPole-v1"])
+    task, model = cli._make_rl(args)
+    assert type(task).__name__ == "Environment" and task.max_episode_steps in (None, 500)
+    assert model.output_shape == (None, 2)
+    args = cli.build_parser().parse_args(["control", "--env", "Pendulum-v1"])
+    task, _ = cli._make_rl(args)
+    assert type(task).__name__ == "Control" and task.max_episode_steps in (None, 200)
+    out = tmp_path / "cartpole"
+    assert cli.main(["control", "--env", "CartPole-v1", "--population", "3", "--parents", "1",
+                     "--generations", "2", "--verbose", "0", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert 2 * 3 <= summary["env_steps"] <= 2 * 3 * 500  # episodes end at CartPole's limit
+    # history.csv holds what was logged: no empty val_* columns for environment tasks.
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    assert "episode_return" in header
+    assert not [c for c in header if c.startswith("val_")]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["atari", "--game", "Frostbyte"], "Frostbite"),
         (["control", "--env", "HalfCheetah-v9"], "HalfCheetah-v5"),
-        (["control", "--env", "CartPole-v1"], "env_id"),
+        (["control", "--env", "CarRacing-v3"], "vector observations"),
         (["atari", "--population", "2", "--parents", "2"], "population_size=2"),
     ],
 )

@@ -25,6 +25,9 @@ def test_lm_writes_history_plot_and_models(tmp_path):
     assert len(rows) == 2 and "member_tokens_per_second" in rows[0] and "val_loss" in rows[0]
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert summary["variant"] == "factorized" and summary["generations"] == 2
+    # Where the losses stand: uniform guessing (ln V) and the corpus's unigram model.
+    assert summary["uniform_loss"] == pytest.approx(np.log(64))
+    assert 0 < summary["unigram_loss"] < summary["uniform_loss"]
     # The elite reloads in a fresh process with only `import keras_lrne`.
     code = (
         "import numpy as np, keras, keras_lrne, sys;"
@@ -44,6 +47,7 @@ def test_lm_compare_runs_three_variants(tmp_path, capsys):
     with open(out / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["factorized", "full", "small"]
+    assert float(rows[0]["uniform_loss"]) == pytest.approx(np.log(64))
     params = {r["variant"]: int(r["parameters"]) for r in rows}
     assert params["small"] < params["full"] and params["factorized"] < params["full"]
     assert (out / "comparison.png").is_file() and (out / "comparison.md").is_file()
@@ -70,7 +74,7 @@ def test_lm_from_text_file_and_tfds_mock(tmp_path):
         (["--text-file", "/does/not/exist.txt"], "text_file"),
         (["--dataset", "tiny_shakespear"], "tiny_shakespeare"),
         (["--population", "3", "--parents", "4"], "population_size=3"),
-        (["--sequence-length", "100000"], "sequence_length"),
+        (["--sequence-length", "1000000"], "sequence_length"),
     ],
 )
 def test_lm_bad_input_fails_clearly(tmp_path, capsys, argv, message):
@@ -178,7 +182,7 @@ def test_output_that_is_a_file_is_refused(tmp_path, capsys):
 
 def test_generate_samples_from_an_lm_run(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main(["lm", *TINY, "--output", str(out)]) == 0
+    assert cli.main(["lm", *TINY, "--tokenizer", "word", "--output", str(out)]) == 0
     assert (out / "tokenizer.json").is_file()
     capsys.readouterr()
     argv = ["generate", str(out), "--prompt", "The list", "--max-tokens", "7"]
@@ -201,3 +205,76 @@ def test_generate_samples_from_an_lm_run(tmp_path, capsys):
             cli.main(bad)
         assert info.value.code == 2
         assert message in capsys.readouterr().err, bad
+
+
+def _console_script_env():
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+# The console script's own import path: argv[0] is `keras-lrne`, then `main(...)`.
+CONSOLE = (
+    "import sys; sys.argv = ['keras-lrne', *sys.argv[1:]];"
+    "from keras_lrne.cli import main\n"
+    "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+    "heavy = sorted(m for m in ('tensorflow', 'jax', 'keras') if m in sys.modules)\n"
+    "print('HEAVY', heavy); sys.exit(code)"
+)
+
+
+@pytest.mark.parametrize("argv, code, text", [
+    (["--help"], 0, "COMMAND"),
+    (["lm", "--help"], 0, "--one-document-per-line"),
+    (["--version"], 0, "keras-lrne 0.1.0"),
+    (["lm", "--population", "0"], 2, "--population: expected a positive integer"),
+    (["atari", "--seed", "99999999999999999999"], 2, "--seed"),
+])
+def test_help_version_and_argument_errors_import_no_backend(argv, code, text):
+    result = subprocess.run([sys.executable, "-c", CONSOLE, *argv], capture_output=True,
+                            text=True, env=_console_script_env(), timeout=120)
+    assert result.returncode == code, result.stderr
+    assert text in result.stdout + result.stderr
+    assert "HEAVY []" in result.stdout  # neither TensorFlow, JAX nor Keras was imported
+
+
+def test_every_option_has_help_with_its_default():
+    import argparse
+
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            assert action.help, (name, action.option_strings)
+            if action.default not in (None, False):
+                assert f"Default: {action.default}" in " ".join(text.split()), (
+                    name, action.option_strings)
+
+
+def test_a_tfds_name_that_cannot_be_downloaded_fails_fast(monkeypatch, capsys):
+    import socket
+    import time
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)  # no network
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["lm", *TINY, "--dataset", "tiny_shakespeare", "--output", "unused"])
+    assert info.value.code == 2
+    assert time.perf_counter() - start < 60
+    err = capsys.readouterr().err
+    assert "tiny_shakespeare" in err and "--text-file" in err and "cannot be downloaded" in err
+
+
+def test_lm_text_file_keeps_line_breaks_unless_one_document_per_line(tmp_path):
+    text = tmp_path / "play.txt"
+    text.write_text("ROMEO:\nBut soft!\n\nJULIET:\nAy me.\n" * 30, encoding="utf-8")
+    for flags, newline in (([], True), (["--one-document-per-line"], False)):
+        out = tmp_path / ("lines" if flags else "plain")
+        assert cli.main(["lm", *TINY, "--tokenizer", "character", "--text-file", str(text),
+                         *flags, "--output", str(out)]) == 0
+        vocabulary = json.loads((out / "tokenizer.json").read_text())["vocabulary"]
+        assert ("\n" in vocabulary) is newline

@@ -45,3 +45,19 @@ def test_control_example():
     history = load("control").main(["--population", "4", "--parents", "1", "--generations",
                                     "2", "--max-episode-steps", "20", "--verbose", "0"])
     assert len(history.history["episode_return"]) == 2
+
+
+def test_every_example_option_has_help_and_shows_its_default():
+    import ast
+
+    for path in sorted(EXAMPLES.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and getattr(n.func, "attr", None) in ("add_argument", "ArgumentParser")]
+        for call in calls:
+            keywords = {k.arg: k.value for k in call.keywords}
+            if call.func.attr == "ArgumentParser":
+                assert ast.unparse(keywords["formatter_class"]).endswith(
+                    "ArgumentDefaultsHelpFormatter"), path.name
+            else:
+                assert "help" in keywords, (path.name, ast.unparse(call.args[0]))
