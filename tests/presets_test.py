@@ -111,3 +111,25 @@ def test_save_load_fresh_process(tmp_path):
     )
     ids = np.random.RandomState(2).randint(0, 40, size=(2, 6)).astype("int32")
     run_load_check(model, ids, tmp_path)
+
+
+def test_language_model_scaled_init_gives_unit_scale_logits():
+    ids = np.random.default_rng(0).integers(2, 500, size=(4, 32)).astype("int32")
+    stds = {}
+    for init in ("paper", "scaled"):
+        keras.utils.set_random_seed(0)
+        model = presets.language_model("factorized", vocab_size=500, sequence_length=32,
+                                       init=init)
+        assert model.count_params() == presets.language_model(
+            "factorized", vocab_size=500, sequence_length=32).count_params()
+        table = keras.ops.convert_to_numpy(model.get_layer("token_embedding").embeddings)
+        stds[init] = (float(table.std()), float(np.std(keras.ops.convert_to_numpy(model(ids)))))
+    # The paper's table has unit entries, so logits ~ sqrt(32); scaled: both / sqrt(32).
+    assert 0.8 < stds["paper"][0] < 1.2 and 0.8 / 32**0.5 < stds["scaled"][0] < 1.2 / 32**0.5
+    assert stds["scaled"][1] < stds["paper"][1] / 2
+    keras.utils.set_random_seed(0)
+    full = presets.language_model("full", vocab_size=500, sequence_length=32, init="scaled")
+    table = keras.ops.convert_to_numpy(full.get_layer("token_embedding").embeddings)
+    assert 0.8 / 32**0.5 < table.std() < 1.2 / 32**0.5
+    with pytest.raises(ValueError, match="init='kaiming'"):
+        presets.language_model(init="kaiming")
