@@ -116,7 +116,13 @@ def _import_public_api():
 
 
 if not _started_by_the_command_line():
-    _import_public_api()
+    # Written out (not `_import_public_api()`) so that static readers of the package,
+    # such as the API reference's, see the public names.
+    _quiet_backend_start_up()
+    from keras_lrne import layers, presets, strategies, tasks
+    from keras_lrne.export import export_policy
+    from keras_lrne.lineage import Lineage
+    from keras_lrne.models import EvolveMixin, Model, Sequential
 
 
 def __getattr__(name):
