@@ -301,3 +301,234 @@ class BackupLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+# -- strategy states, generically ------------------------------------------------------------
+def _is_scalar(value):
+    return value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating))
+
+
+def state_to_arrays(state, prefix="state/"):
+    """Splits a strategy state (NamedTuple or dataclass) into `(arrays, meta)`.
+
+    Every field must be a JSON-able scalar (None, bool, int, float, str), an array or
+    tensor, or a list/tuple of arrays or tensors: `arrays` gets the arrays (host copies,
+    bit-exact), `meta` the scalars and the layout. `state_from_arrays` inverts it.
+    """
+    from keras_lrne import backend as lrne_backend
+    from keras_lrne.strategies.base import state_fields
+
+    to_numpy = lrne_backend.get().to_numpy
+    arrays, meta = {}, {"scalars": {}, "arrays": [], "lists": {}}
+    for name, value in state_fields(state).items():
+        if _is_scalar(value):
+            meta["scalars"][name] = value.item() if isinstance(value, np.generic) else value
+        elif isinstance(value, (list, tuple)):
+            meta["lists"][name] = len(value)
+            for i, item in enumerate(value):
+                arrays[f"{prefix}{name}/{i}"] = np.asarray(to_numpy(item))
+        else:
+            try:
+                arrays[f"{prefix}{name}"] = np.asarray(to_numpy(value))
+            except Exception as error:
+                raise TypeError(
+                    f"Cannot checkpoint the strategy state's field {name!r} of type "
+                    f"{type(value).__name__}: state fields must be JSON-able scalars, "
+                    f"arrays or lists of arrays ({error})."
+                ) from None
+            meta["arrays"].append(name)
+    return arrays, meta
+
+
+def _like(template, array):
+    """`array` as a numpy array when `template` is one (or None), else as a tensor."""
+    if template is None or isinstance(template, np.ndarray):
+        return array
+    import keras
+
+    return keras.ops.convert_to_tensor(array)
+
+
+def state_from_arrays(template, arrays, meta, prefix="state/"):
+    """The state saved by `state_to_arrays`, with the type of `template` (e.g. the
+    state of a fresh `strategy.init(...)`): arrays come back as numpy arrays where the
+    template holds numpy arrays or None, else as tensors."""
+    from keras_lrne.strategies.base import replace_state, state_fields
+
+    fields = state_fields(template)
+    changes = {}
+    for name, value in meta["scalars"].items():
+        changes[name] = value
+    for name in meta["arrays"]:
+        changes[name] = _like(fields.get(name), arrays[f"{prefix}{name}"])
+    for name, length in meta["lists"].items():
+        items = fields.get(name) or [None] * length
+        if len(items) != length:
+            items = [items[0]] * length
+        changes[name] = [_like(items[i], arrays[f"{prefix}{name}/{i}"])
+                         for i in range(length)]
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise CheckpointError(
+            f"The checkpoint's strategy state has fields {unknown} that the strategy's "
+            f"state type {type(template).__name__} does not have."
+        )
+    return replace_state(template, **changes)
+
+
+def save_run(path, strategy_state, lineage, history, task_state, settings, stopped=False):
+    """Atomically writes everything needed to continue a run to `path`.
+
+    Args:
+        path: the checkpoint file.
+        strategy_state: the strategy's state after the last completed generation.
+        lineage: the run's `keras_lrne.Lineage`.
+        history: `{key: [value per generation]}` so far.
+        task_state: the task's `get_state()` (JSON-able) or None.
+        settings: the run's signature (see `check_settings`).
+        stopped: whether a callback stopped the run.
+    """
+    arrays, state_meta = state_to_arrays(strategy_state)
+    for name, rows in lineage.records.items():
+        arrays[f"lineage/{name}"] = np.asarray(rows)
+    meta = {
+        "settings": settings,
+        "state": state_meta,
+        "lineage": {"records": list(lineage.records), "generations": lineage._count},
+        "history": history,
+        "task_state": task_state,
+        "stopped": bool(stopped),
+    }
+    save(path, arrays, json.loads(json.dumps(meta, default=float)))
+
+
+def restore_run(checkpoint, path, settings, template, lineage, task):
+    """Continues a run from a loaded checkpoint (`load(path)`).
+
+    Checks the settings (naming every difference), restores the strategy state into the
+    type of `template`, refills `lineage` and the task's state.
+
+    Returns:
+        `(state, history, stopped)`.
+    """
+    arrays, meta = checkpoint
+    check_settings(meta["settings"], settings, path)
+    state = state_from_arrays(template, arrays, meta["state"])
+    records = meta["lineage"]["records"]
+    for g in range(int(meta["lineage"]["generations"])):
+        lineage.record(**{name: arrays[f"lineage/{name}"][g] for name in records})
+    if meta.get("task_state") and hasattr(task, "set_state"):
+        task.set_state(meta["task_state"])
+    history = {k: list(v) for k, v in meta["history"].items()}
+    return state, history, bool(meta.get("stopped"))
+
+
+class RunBackup:
+    """What `evolve()` does for a `keras.callbacks.BackupAndRestore` callback.
+
+    keras-lrne's atomic checkpoint (`STATE_FILE` in the callback's `backup_dir`) is the
+    run's only backup: `evolve()` handles the callback itself, so Keras' in-place
+    `latest.weights.h5` / `training_metadata.json` writes (which a crash can tear, and
+    whose h5 saves grow memory over long runs) are never made, and such files left in the
+    directory are never read. The callback's `save_freq` ("epoch", or every N
+    generations: one generation is one epoch) and `delete_checkpoint` are honoured. The
+    directory is locked for the run (`BackupLock`).
+
+    Args:
+        callback: the `keras.callbacks.BackupAndRestore` instance.
+    """
+
+    def __init__(self, callback):
+        self.callback = callback
+        self.directory = os.fspath(callback.backup_dir)
+        self.path = os.path.join(self.directory, STATE_FILE)
+        freq = callback.save_freq
+        self.every = 1 if freq == "epoch" else (int(freq) if freq else 0)
+        self.lock = BackupLock(self.directory)
+        self.saved = None  # the generation count of the last checkpoint written
+
+    @classmethod
+    def find(cls, callbacks):
+        """A `RunBackup` for the `BackupAndRestore` among `callbacks`, or None."""
+        import keras
+
+        callback = next((c for c in callbacks or []
+                         if isinstance(c, keras.callbacks.BackupAndRestore)), None)
+        return None if callback is None else cls(callback)
+
+    def open(self):
+        """Checks the directory, locks it, and returns the checkpoint (or None).
+
+        Fails before any work when the directory is not writable, is in use by another
+        process, or holds a damaged checkpoint.
+        """
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            probe = os.path.join(self.directory, f".lrne_write_test-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as error:
+            raise ValueError(
+                "The `BackupAndRestore` directory is not writable, so the run could not be "
+                f"resumed after a failure. Received: backup_dir={self.directory!r} ({error})"
+            ) from error
+        self.lock.acquire()
+        try:
+            return load(self.path) if os.path.lexists(self.path) else None
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def save(self, state, lineage, history, task, settings, generation):
+        """Saves after `generation` when `save_freq` says so."""
+        if self.every and (generation + 1) % self.every == 0:
+            save_run(self.path, state, lineage, history, _task_state(task), settings)
+            self.saved = state.generation
+
+    def finish(self, state, lineage, history, task, settings, stopped):
+        """Saves the end of a run: all of it, and whether a callback stopped it early
+        (a resumed stopped run runs no more generations)."""
+        if stopped or self.saved != state.generation:
+            save_run(self.path, state, lineage, history, _task_state(task), settings,
+                     stopped)
+
+    def close(self, completed):
+        """Releases the lock; after a completed run, deletes the backup if asked to."""
+        try:
+            if completed and self.callback.delete_checkpoint:
+                shutil.rmtree(self.directory, ignore_errors=True)
+        finally:
+            self.lock.release()
+
+
+def _task_state(task):
+    return task.get_state() if hasattr(task, "get_state") else None
+
+
+def rewrite_csv_loggers(callbacks, history, generations):
+    """Rewrites every `CSVLogger` file from the checkpoint's History, then appends to it.
+
+    A crash between the checkpoint and the logger's row (or in the middle of a row) would
+    otherwise lose or tear a generation: after a resume the file has every completed
+    generation exactly once, written by Keras' own `CSVLogger` (same format).
+
+    Returns:
+        The loggers rewritten.
+    """
+    import keras
+
+    loggers = [c for c in callbacks or [] if isinstance(c, keras.callbacks.CSVLogger)]
+    for logger in loggers:
+        with atomic_path(logger.filename) as tmp:
+            writer = keras.callbacks.CSVLogger(tmp, separator=logger.sep)
+            writer.on_train_begin()
+            if history:
+                writer.keys = sorted(history)
+            for generation in range(generations):
+                writer.on_epoch_end(
+                    generation,
+                    {k: v[generation] for k, v in history.items() if generation < len(v)},
+                )
+            writer.on_train_end()
+    return loggers

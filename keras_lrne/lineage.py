@@ -10,76 +10,136 @@ import numpy as np
 FORMAT = "keras_lrne_lineage"
 
 
-def _digest(header, parents, seeds):
-    """SHA-256 hex digest of the stored header bytes and both arrays (dtypes and shapes too)."""
+def _digest(header, records):
+    """SHA-256 hex digest of the stored header bytes and every record array (dtypes and
+    shapes too), in the header's order."""
     h = hashlib.sha256()
-    for name, array in (("header", header), ("parents", parents), ("seeds", seeds)):
+    for name, array in (("header", header), *records.items()):
         array = np.ascontiguousarray(array)
         h.update(f"{name}:{array.dtype.str}{array.shape};".encode())
         h.update(array.tobytes())
     return h.hexdigest()
 
 
-class Lineage:
-    """Per generation, each member's (parent index, mutation seed).
+#: The GA's records, the only ones of files written before strategies had their own.
+GA_RECORDS = ("parents", "seeds")
 
-    Generation 0 is the initial population: member `i` is the `i`-th independent
-    initialisation of the run seed. Population `g + 1` was made from population `g`:
-    member `i` of it is member `parents[g][i]` of population `g`, plus Gaussian noise
-    drawn from `seeds[g][i]` (or unchanged when the seed is -1, as for elites). Four bytes
-    of parent and four of seed per member are all that is needed to rebuild any member
-    (see `keras_lrne.Model.rebuild_member`).
+
+class Lineage:
+    """The compact genome of a run: per generation, the strategy's small records.
+
+    For the `GA`: each member's (parent index, mutation seed). Generation 0 is the
+    initial population: member `i` is the `i`-th independent initialisation of the run
+    seed. Population `g + 1` was made from population `g`: member `i` of it is member
+    `parents[g][i]` of population `g`, plus Gaussian noise drawn from `seeds[g][i]` (or
+    unchanged when the seed is -1, as for survivors). Four bytes of parent and four of
+    seed per member are all that is needed to rebuild any member (see
+    `keras_lrne.Model.rebuild_member`). For `OpenES`: the noise seeds and the shaped
+    fitness weights of every generation, from which the mean of any generation is
+    replayed. Other strategies record what their `Strategy.record` returns.
 
     Args:
         seed: the run seed.
         population_size: members per generation.
         settings: optional JSON-serialisable dict stored with the record (e.g. the
-            strategy config).
+            strategy and its config).
     """
 
     def __init__(self, seed, population_size, settings=None):
         self.seed = int(seed)
         self.population_size = int(population_size)
         self.settings = dict(settings or {})
-        self.parents = []
-        self.seeds = []
+        self.records = {}
+        self._count = 0
 
     @property
     def num_generations(self):
         """Number of populations recorded, including the initial one."""
-        return len(self.parents) + 1
+        return self._count + 1
 
-    def record(self, parents, seeds):
-        """Appends how the next population was made from the current one."""
-        parents = np.asarray(parents, np.int32)
-        seeds = np.asarray(seeds, np.int32)
-        if parents.shape != (self.population_size,) or seeds.shape != parents.shape:
+    @property
+    def parents(self):
+        """The GA's per-generation parent indices (a list of int32 arrays)."""
+        return self.records.get("parents", [])
+
+    @property
+    def seeds(self):
+        """The GA's per-generation mutation seeds (a list of int32 arrays)."""
+        return self.records.get("seeds", [])
+
+    def record(self, parents=None, seeds=None, **records):
+        """Appends how the next population was made from the current one.
+
+        `record(parents, seeds)` for the GA; `record(**strategy.record(state))` in
+        general: 1-D arrays, each of the same length every generation.
+        """
+        if parents is not None or seeds is not None:
+            parents = np.asarray(parents, np.int32)
+            seeds = np.asarray(seeds, np.int32)
+            if parents.shape != (self.population_size,) or seeds.shape != parents.shape:
+                raise ValueError(
+                    f"Expected parents and seeds of shape ({self.population_size},). "
+                    f"Received: {parents.shape} and {seeds.shape}"
+                )
+            records = {"parents": parents, "seeds": seeds, **records}
+        if self._count and sorted(records) != sorted(self.records):
             raise ValueError(
-                f"Expected parents and seeds of shape ({self.population_size},). "
-                f"Received: {parents.shape} and {seeds.shape}"
+                f"Expected the records {sorted(self.records)} every generation. "
+                f"Received: {sorted(records)}"
             )
-        self.parents.append(parents)
-        self.seeds.append(seeds)
+        for name, value in records.items():
+            value = np.asarray(value)
+            if value.ndim != 1:
+                raise ValueError(
+                    f"Expected 1-D record arrays. Received: {name} of shape {value.shape}")
+            rows = self.records.setdefault(name, [])
+            if rows and rows[0].shape != value.shape:
+                raise ValueError(
+                    f"Expected {name} of shape {rows[0].shape} as in earlier generations. "
+                    f"Received: {value.shape}"
+                )
+            rows.append(value)
+        self._count += 1
 
     def chain(self, generation, member):
-        """Returns `(initial_member, seeds)`: the root and the mutation seeds applied in order."""
+        """Returns `(initial_member, seeds)`: the root and the mutation seeds applied in
+        order (GA lineages)."""
+        from keras_lrne.strategies.ga import chain_of
+
+        self._check_index(generation, member)
+        if "parents" not in self.records and self._count:
+            raise ValueError("`chain()` needs a GA lineage (parents and seeds).")
+        return chain_of(self.parents, self.seeds, generation, member)
+
+    def _check_index(self, generation, member):
         if not 0 <= generation < self.num_generations:
             raise ValueError(
                 "Received an invalid value for `generation`, expected 0 <= generation < "
                 f"{self.num_generations}. Received: generation={generation}"
             )
-        if not 0 <= member < self.population_size:
+        if member is not None and not 0 <= member < self.population_size:
             raise ValueError(
                 "Received an invalid value for `member`, expected 0 <= member < "
                 f"{self.population_size}. Received: member={member}"
             )
-        seeds = []
-        for g in range(generation - 1, -1, -1):
-            seed = int(self.seeds[g][member])
-            if seed >= 0:
-                seeds.append(seed)
-            member = int(self.parents[g][member])
-        return member, seeds[::-1]
+
+    def strategy(self):
+        """The run's strategy, rebuilt from the recorded settings."""
+        from keras_lrne import strategies
+
+        settings = dict(self.settings)
+        name = settings.pop("strategy", "GA")
+        config = settings.get("config")
+        if config is None:  # files written before strategies were pluggable: flat GA
+            config = {k: v for k, v in settings.items() if k in (
+                "population_size", "num_parents", "mutation_rate", "factor_mutation_rate")}
+        cls = getattr(strategies, name, None)
+        if cls is None:
+            raise ValueError(
+                f"The lineage was recorded by the strategy {name!r}, which is not in "
+                "`keras_lrne.strategies`; rebuild with that strategy's own `rebuild()`."
+            )
+        return cls.from_config(config)
 
     def save(self, filepath):
         """Writes the lineage to `filepath` (a compact `.npz`, see `to_bytes`)."""
@@ -131,48 +191,56 @@ class Lineage:
         >>> weights = lineage.rebuild_member(model, generation=100, member=0)
         """
         from keras_lrne import population as pop
-        from keras_lrne import strategies
 
         if not getattr(model, "built", False) or not model.trainable_variables:
             raise ValueError(
                 "Received an invalid value for `model`, expected a built model with "
                 f"trainable variables. Received: model={getattr(model, 'name', model)!r}"
             )
-        settings = dict(self.settings)
-        name = settings.pop("strategy", "GA")
-        settings.pop("evolvable_shapes", None)
-        strategy = getattr(strategies, name).from_config(settings)
+        self._check_index(generation, member)
+        strategy = self.strategy()
         specs = pop.collect_variable_specs(
-            model, freeze_normalization=strategy.config.freeze_normalization
+            model, freeze_normalization=self.settings.get("freeze_normalization", True)
         )
-        shapes = [list(s.shape) for s in specs if s.evolvable]
+        evolvable = [s for s in specs if s.evolvable]
+        shapes = [list(s.shape) for s in evolvable]
         recorded = self.settings.get("evolvable_shapes")
         if recorded is not None and recorded != shapes:
             raise ValueError(
                 "The model's evolvable variables differ from the run's: the lineage records "
                 f"shapes {recorded}, the model has {shapes}."
             )
-        functions = pop.PopulationFunctions(model, specs, None, strategy.noise_stds(specs), 1)
-        root, seeds = self.chain(generation, member)
-        return pop.rebuild_values(model, specs, functions, self.seed, root, seeds,
-                                  assign=assign)
+        records = {k: np.asarray(v) for k, v in self.records.items()}
+        arrays = strategy.rebuild(evolvable, self.seed, records, generation, member)
+        if assign:
+            variables = model.trainable_variables
+            for spec, array in zip(evolvable, arrays):
+                variables[spec.index].assign(array)
+        return arrays
 
     def to_bytes(self):
         """Serialises the lineage to a compact `.npz` byte string.
 
-        Entries: `header` (UTF-8 JSON: format, seed, population size, settings), `parents`
-        and `seeds` (int32, one row per generation) and `sha256`, the hex SHA-256 of the
-        other three (see `load`).
+        Entries: `header` (UTF-8 JSON: format, seed, population size, settings and the
+        record names), one array per record (one row per generation; `parents` and
+        `seeds`, int32, for the GA) and `sha256`, the hex SHA-256 of the others (see
+        `load`).
         """
         buffer = io.BytesIO()
-        header = {"format": FORMAT, "version": 2, "seed": self.seed,
-                  "population_size": self.population_size, "settings": self.settings}
+        names = list(self.records) if self._count else list(GA_RECORDS)
+        header = {"format": FORMAT, "version": 3, "seed": self.seed,
+                  "population_size": self.population_size, "settings": self.settings,
+                  "records": names, "generations": self._count}
         header = np.frombuffer(json.dumps(header).encode(), np.uint8)
-        parents = np.asarray(self.parents, np.int32).reshape(-1, self.population_size)
-        seeds = np.asarray(self.seeds, np.int32).reshape(-1, self.population_size)
+        records = {}
+        for name in names:
+            rows = self.records.get(name, [])
+            dtype = rows[0].dtype if rows else np.int32
+            width = rows[0].shape[0] if rows else self.population_size
+            records[name] = np.asarray(rows, dtype).reshape(-1, width)
         np.savez_compressed(
-            buffer, header=header, parents=parents, seeds=seeds,
-            sha256=np.frombuffer(_digest(header, parents, seeds).encode(), np.uint8),
+            buffer, header=header, **records,
+            sha256=np.frombuffer(_digest(header, records).encode(), np.uint8),
         )
         return buffer.getvalue()
 
@@ -185,9 +253,11 @@ class Lineage:
     def _from_bytes(cls, data, source):
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                stored = {k: npz[k] for k in ("header", "parents", "seeds")}
+                header_bytes = npz["header"]
+                header = json.loads(bytes(header_bytes).decode())
+                names = header.get("records", list(GA_RECORDS))
+                records = {k: npz[k] for k in names}
                 checksum = bytes(npz["sha256"]).decode() if "sha256" in npz.files else None
-            header = json.loads(bytes(stored["header"]).decode())
             seed, size, settings = (header["seed"], header["population_size"],
                                     header["settings"])
         except Exception as error:
@@ -202,20 +272,21 @@ class Lineage:
                 "Save it again (`Lineage.load(path).save(path)`) to add one.",
                 stacklevel=3,
             )
-        elif checksum != _digest(stored["header"], stored["parents"], stored["seeds"]):
+        elif checksum != _digest(header_bytes, records):
             raise ValueError(
                 f"{source} is corrupted or was modified: its SHA-256 checksum does not match "
                 "its contents, so it could rebuild other weights than the run's. It was not "
                 "used."
             )
-        _validate(source, seed, size, settings, stored["parents"], stored["seeds"])
+        _validate(source, seed, size, settings, records)
         lineage = cls(seed, size, settings)
-        for parents, seeds in zip(stored["parents"], stored["seeds"]):
-            lineage.record(parents, seeds)
+        rows = len(next(iter(records.values()))) if records else header.get("generations", 0)
+        for g in range(int(rows)):
+            lineage.record(**{k: v[g] for k, v in records.items()})
         return lineage
 
 
-def _validate(source, seed, size, settings, parents, seeds):
+def _validate(source, seed, size, settings, records):
     """Raises a `ValueError` naming `source` and the first invalid record."""
 
     def fail(problem):
@@ -230,22 +301,33 @@ def _validate(source, seed, size, settings, parents, seeds):
         fail(f"its population_size must be a positive integer, not {size!r}")
     if not isinstance(settings, dict):
         fail(f"its settings must be a dict, not {type(settings).__name__}")
-    for name, array in (("parents", parents), ("seeds", seeds)):
-        if array.ndim != 2 or array.shape[1] != size or not np.issubdtype(
-            array.dtype, np.integer
-        ):
-            fail(f"{name} must be integers of shape (generations, population_size="
-                 f"{size}), not {array.dtype} of shape {array.shape}")
-    if parents.shape != seeds.shape:
-        fail(f"parents and seeds must have the same shape, not {parents.shape} and "
-             f"{seeds.shape}")
-    bad = (parents < 0) | (parents >= size)
-    if bad.any():
-        g, i = (int(v) for v in np.argwhere(bad)[0])
-        fail(f"parents[{g}][{i}]={int(parents[g, i])} is outside [0, population_size="
-             f"{size})")
-    bad = seeds < -1
-    if bad.any():
-        g, i = (int(v) for v in np.argwhere(bad)[0])
-        fail(f"seeds[{g}][{i}]={int(seeds[g, i])} is negative (only -1, no mutation, is "
-             "allowed)")
+    rows = {len(v) for v in records.values()}
+    if len(rows) > 1:
+        fail(f"its records must have one row per generation each, not {sorted(rows)} rows")
+    for name, array in records.items():
+        if array.ndim != 2:
+            fail(f"{name} must have shape (generations, width), not {array.shape}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            fail(f"{name} holds non-finite values")
+        if array.dtype.kind not in "iuf":
+            fail(f"{name} must hold numbers, not {array.dtype}")
+    for name in GA_RECORDS:
+        if name in records:
+            array = records[name]
+            if array.shape[1] != size or not np.issubdtype(array.dtype, np.integer):
+                fail(f"{name} must be integers of shape (generations, population_size="
+                     f"{size}), not {array.dtype} of shape {array.shape}")
+    if "parents" in records:
+        parents = records["parents"]
+        bad = (parents < 0) | (parents >= size)
+        if bad.any():
+            g, i = (int(v) for v in np.argwhere(bad)[0])
+            fail(f"parents[{g}][{i}]={int(parents[g, i])} is outside [0, population_size="
+                 f"{size})")
+    if "seeds" in records:
+        seeds = records["seeds"]
+        bad = seeds < -1
+        if bad.any():
+            g, i = (int(v) for v in np.argwhere(bad)[0])
+            fail(f"seeds[{g}][{i}]={int(seeds[g, i])} is negative (only -1, no mutation, "
+                 "is allowed)")

@@ -4,16 +4,16 @@ A population is a list with one tensor per *evolvable* trainable variable of a m
 each with a leading population axis `(P, *variable.shape)`. Frozen trainable variables
 (normalization layers by default) and non-trainable variables are shared by all members.
 
-The two hot functions are compiled once per run by the active backend
-(`keras_lrne.backend`) and never retrace between generations:
+The hot function is compiled once per run by the active backend (`keras_lrne.backend`)
+and never retraces between generations:
 
 - `evaluate(population, frozen, non_trainable, x, y) -> losses (P,)`: a sequential map over
   population chunks of `chunk_size` members; inside a chunk a loop over data batches, and
   inside that one vectorised (`keras.ops.vectorized_map`) `model.stateless_call` of all the
-  chunk's members.
-- `reproduce(population, elite_idx, parent_idx, seeds) -> population`: elites copied
-  unchanged, children gathered from their parents plus seeded Gaussian noise scaled per
-  tensor.
+  chunk's members. `evaluate_group` does the same for a slice of the population (one
+  progress step).
+
+Strategies compile their own operators (mutation, sampling, updates).
 """
 
 import dataclasses
@@ -251,38 +251,46 @@ def mean_loss_fn(loss):
 
 
 class PopulationFunctions:
-    """The compiled `evaluate` and `reproduce` functions of one model and run.
+    """The compiled population `evaluate` function of one model and run.
 
     Args:
         model: a built Keras model.
         specs: `collect_variable_specs(model)`.
-        loss: the loss given to `compile()`.
-        noise_stds: per evolvable variable, the mutation noise std.
+        loss: the loss given to `compile()` (None for environment tasks, which compile
+            their own policy calls).
         chunk_size: members evaluated together in one vectorised call.
+        group_size: members per host call of `evaluate_group` (a multiple of
+            `chunk_size`; one progress-bar step); None: the whole population.
     """
 
-    def __init__(self, model, specs, loss, noise_stds, chunk_size):
+    def __init__(self, model, specs, loss, chunk_size, group_size=None):
         self.model = model
         self.specs = specs
         self.chunk_size = int(chunk_size)
-        self.noise_stds = [float(s) for s in noise_stds]
+        self.group_size = None if group_size is None else int(group_size)
         self._loss_fn = mean_loss_fn(loss)
         self._evolvable = [s.index for s in specs if s.evolvable]
         self._frozen = [s.index for s in specs if not s.evolvable]
-        self.trace_counts = {"evaluate": 0, "reproduce": 0}
+        self.trace_counts = {"evaluate": 0}
         bk = lrne_backend.get()
         self._backend = bk
+        self.evaluate = self.evaluate_group = None
+        if self._loss_fn is None:
+            return
         # Fresh wrappers per run: TensorFlow counts traces per Python function, so
         # compiling the bound methods of many runs (keras-tuner trials) would warn about
         # "retracing" although each run traces once.
         def evaluate(*args):
             return self._evaluate(*args)
 
-        def reproduce(*args):
-            return self._reproduce(*args)
+        def evaluate_group(population, start, *args):
+            group = [ops.slice(v, [start] + [0] * (len(v.shape) - 1),
+                               [self.group_size, *v.shape[1:]]) for v in population]
+            return self._evaluate(group, *args)
 
         self.evaluate = bk.compile(evaluate)
-        self.reproduce = bk.compile_random(reproduce)
+        if self.group_size is not None:
+            self.evaluate_group = bk.compile(evaluate_group)
 
     # -- helpers -------------------------------------------------------------------
     def frozen_values(self):
@@ -342,30 +350,6 @@ class PopulationFunctions:
             losses = self._backend.map_chunks(chunk_losses, stacked, (chunk,))
         return ops.reshape(losses, (-1,))[:size]
 
-    def _reproduce(self, population, elite_idx, parent_idx, seeds):
-        self.trace_counts["reproduce"] += 1
-        # One seeded draw of all of a child's parameters at once: row `i` of the noise
-        # depends only on `seeds[i]`, so any child can be re-created alone.
-        shapes = [tuple(v.shape[1:]) for v in population]
-        sizes = [int(np.prod(shape)) for shape in shapes]
-        stds = np.concatenate(
-            [np.full((size,), std, "float32") for size, std in zip(sizes, self.noise_stds)]
-        )
-        # Bit-exact rebuilds: barriers keep the compiler from contracting the noise
-        # generation, the scaling and the add into fused multiply-adds, which it does
-        # differently for different population sizes.
-        barrier = self._backend.barrier
-        noise = barrier(self._backend.seeded_normal(seeds, 0, (sum(sizes),), "float32"))
-        noise = barrier(noise * stds)
-        new, offset = [], 0
-        for values, shape, size in zip(population, shapes, sizes):
-            piece = ops.reshape(noise[:, offset : offset + size], (-1, *shape))
-            offset += size
-            elites = ops.take(values, elite_idx, axis=0)
-            parents = ops.take(values, parent_idx, axis=0)
-            new.append(ops.concatenate([elites, parents + ops.cast(piece, values.dtype)], 0))
-        return new
-
 
 def estimate_bytes_per_member_sample(model, x_sample):
     """A rough device-memory cost of evaluating one member on one sample (float32).
@@ -377,23 +361,3 @@ def estimate_bytes_per_member_sample(model, x_sample):
     out = sum(int(np.prod(t.shape[1:])) for t in keras.tree.flatten(y))
     inp = int(np.prod(np.shape(x_sample)[1:]))
     return 4 * (4 * out + 64 * inp) + 4096
-
-
-def rebuild_values(model, specs, functions, seed, root, seeds, assign=False):
-    """Redraws member `root` of the initial population, applies the mutations `seeds`.
-
-    Returns the member's evolvable values as numpy arrays (population axis dropped) and,
-    with `assign`, loads them into `model`'s trainable variables.
-    """
-    values = [ops.convert_to_tensor(v[None]) for v in initial_member(specs, seed, root)]
-    empty = np.zeros((0,), np.int32)
-    zero = np.zeros((1,), np.int32)
-    for child_seed in seeds:
-        values = functions.reproduce(values, empty, zero, np.asarray([child_seed], np.int32))
-    bk = lrne_backend.get()
-    arrays = [bk.to_numpy(v)[0] for v in values]
-    if assign:
-        variables = model.trainable_variables
-        for spec, array in zip([s for s in specs if s.evolvable], arrays):
-            variables[spec.index].assign(array)
-    return arrays

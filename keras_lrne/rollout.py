@@ -125,7 +125,8 @@ class RolloutEvaluator:
             return ops.vectorized_map(one, (list(weights), obs))
 
     # -- evaluation ------------------------------------------------------------------------
-    def evaluate(self, population, generation, members=None, episodes=None, stage=0):
+    def evaluate(self, population, generation, members=None, episodes=None, stage=0,
+                 progress=None, progress_offset=0):
         """Plays the episodes of `members` (default: all) and returns `(losses, returns, logs)`.
 
         `losses[i]` is minus the mean return of member `members[i]`; a member whose
@@ -137,12 +138,14 @@ class RolloutEvaluator:
         slots are refilled with the next member-episode as soon as one ends, so the
         vector of environments stays busy until the last episodes.
 
-        With two lanes (`task.rollout_lanes`; by default for vector environments that step
-        in native threads, e.g. ale-py's, when the policy runs on an accelerator), the
-        environments are split in two halves that take turns: while one half steps in
-        a worker thread, the policy computes the other half's actions, so environment and
-        policy time overlap. The order of all decisions is fixed, so results do not depend
-        on thread timing.
+        With two lanes (`task.rollout_lanes`: by default for vector environments that
+        step in native threads, e.g. ale-py's), the environments are split in two halves
+        that take turns: while one half steps in a worker thread, the policy computes the
+        other half's actions, so environment and policy time overlap. The order of all
+        decisions is fixed, so results do not depend on thread timing.
+
+        `progress` (a `keras_lrne.evaluators.Progress`) is advanced to
+        `progress_offset + finished member-episodes` as episodes end.
         """
         task = self.task
         size = int(population[0].shape[0])
@@ -158,19 +161,27 @@ class RolloutEvaluator:
                  if lane.live]
         pool = self._pool if len(lanes) > 1 else None
         pending = {}
+        if progress is not None:
+            progress.begin()
         while any(lane.live for lane in lanes):
             for i, lane in enumerate(lanes):
                 if i in pending:
                     lane.advance(pending.pop(i).result(), task, collect)
+                    if progress is not None:
+                        _report(progress, progress_offset, run, lanes)
                 if not lane.live:
                     continue
                 actions, bad = self._actions(lane, population, frozen, non_trainable)
                 lane.bad_action = bad
                 if pool is None:
                     lane.advance(lane.env.step(actions, lane.live), task, collect)
+                    if progress is not None:
+                        _report(progress, progress_offset, run, lanes)
                 else:
                     pending[i] = pool.submit(lane.env.step, actions, list(lane.live))
         elapsed = time.perf_counter() - start_time
+        if progress is not None:
+            progress.advance_to(progress_offset + run.slots, {"env_steps": int(run.steps.sum())})
         if run.started == 0 and run.reset_error is not None:
             error = run.reset_error
             raise RuntimeError(
@@ -216,6 +227,13 @@ class RolloutEvaluator:
         out = out[: len(live)]
         bad_action = ~np.all(np.isfinite(out), axis=1)
         return self.task.postprocess(np.where(bad_action[:, None], 0.0, out)), bad_action
+
+
+def _report(progress, offset, run, lanes):
+    """Advances `progress` to the member-episodes that have finished."""
+    finished = run.next_slot - sum(len(lane.live) for lane in lanes)
+    if offset + finished > progress.done:
+        progress.advance_to(offset + finished, {"env_steps": int(run.steps.sum())})
 
 
 class _Episodes:

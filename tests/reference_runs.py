@@ -51,12 +51,13 @@ def _language_model():
 
 
 def _environment():
-    task = keras_lrne.tasks.Environment("CartPole-v1", max_episode_steps=40, episodes=2)
+    task = keras_lrne.tasks.Environment("CartPole-v1", max_episode_steps=40, episodes=2,
+                                           reevaluate_top=4, reevaluate_episodes=1)
     keras.utils.set_random_seed(0)
     model = keras_lrne.Sequential([keras.Input(task.input_shape),
                                    keras.layers.Dense(8, activation="tanh"),
                                    keras.layers.Dense(task.num_outputs)])
-    strategy = GA(8, 2, mutation_rate=0.1, reevaluate_top=4, reevaluate_episodes=1)
+    strategy = GA(8, 2, mutation_rate=0.1)
     history = model.evolve(task, strategy=strategy, generations=4, seed=7, verbose=0)
     return model, history
 

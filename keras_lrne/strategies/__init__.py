@@ -1,6 +1,7 @@
-"""Population strategies."""
+"""Population strategies: the ask/tell contract (`Strategy`), `GA` and `OpenES`."""
 
-from keras_lrne.strategies.base import Strategy, StrategyState
-from keras_lrne.strategies.ga import GA
+from keras_lrne.strategies.base import Strategy
+from keras_lrne.strategies.ga import GA, GAState
+from keras_lrne.strategies.open_es import OpenES, OpenESState
 
-__all__ = ["GA", "Strategy", "StrategyState"]
+__all__ = ["GA", "GAState", "OpenES", "OpenESState", "Strategy"]

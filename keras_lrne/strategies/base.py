@@ -1,45 +1,96 @@
-"""The `Strategy` base class: public init / ask / tell owning the bookkeeping."""
+"""The `Strategy` base class: the ask/tell contract every strategy implements."""
 
 import dataclasses
 import math
-from typing import NamedTuple
+import numbers
 
 import numpy as np
 
+from keras_lrne import population as pop
 from keras_lrne.strategies import operators
 
 
-class StrategyState(NamedTuple):
-    """State of a population strategy.
+def as_specs(specs):
+    """The evolvable `VariableSpec`s of `specs`, which may also be plain shapes.
 
-    Attributes:
-        population: list of `(P, ...)` tensors, one per evolvable variable.
-        generation: number of completed `tell` calls.
-        seed: the run seed.
-        losses: the last evaluated losses (sanitized, float64), or None.
-        best_loss: best finite loss seen so far (inf before any).
-        parents: for each member of `population`, the index of the member of the previous
-            population it was made from (its own index in the initial population).
-        seeds: for each member, the mutation seed applied to its parent, or -1 when it
-            passed unchanged (elites and initial members).
+    A strategy works on a list of tensors described by `keras_lrne.population.VariableSpec`
+    (what `evolve()` passes: one per evolvable variable of the model). For use without a
+    model, a shape (a tuple, or an int for a vector) stands for a float32 tensor drawn
+    from `N(0, 1)` with init std 1.
+
+    Args:
+        specs: a list of `VariableSpec`s and/or shapes.
+
+    Returns:
+        The list of evolvable `VariableSpec`s.
     """
+    if isinstance(specs, (pop.VariableSpec, numbers.Integral, tuple)):
+        specs = [specs]
+    result = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, pop.VariableSpec):
+            if spec.evolvable:
+                result.append(spec)
+            continue
+        shape = (spec,) if isinstance(spec, numbers.Integral) else spec
+        if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
+            for d in shape
+        ):
+            raise ValueError(
+                "Received an invalid value for `specs`, expected `VariableSpec`s or shapes "
+                f"(tuples of positive integers). Received: specs[{i}]={spec!r}"
+            )
+        result.append(pop.VariableSpec(index=i, path=f"variable_{i}",
+                                       shape=tuple(int(d) for d in shape), dtype="float32",
+                                       init_std=1.0, factor=False, evolvable=True))
+    if not result:
+        raise ValueError(f"Received no evolvable variables. Received: specs={specs!r}")
+    return result
 
-    population: list
-    generation: int
-    seed: int
-    losses: object
-    best_loss: float
-    parents: np.ndarray
-    seeds: np.ndarray
+
+def replace_state(state, **changes):
+    """A copy of `state` (a NamedTuple or a frozen dataclass) with some fields changed."""
+    if dataclasses.is_dataclass(state):
+        return dataclasses.replace(state, **changes)
+    return state._replace(**changes)
+
+
+def state_fields(state):
+    """`{field: value}` of a NamedTuple or dataclass state."""
+    if dataclasses.is_dataclass(state):
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return dict(state._asdict())
 
 
 class Strategy:
-    """Base class of population strategies (`init` / `ask` / `tell`).
+    """Base class of population strategies: `init`, `ask`, `tell` and `best`.
 
-    Subclasses hold their hyper-parameters in a frozen dataclass `config` and implement
-    `_tell(state, losses, rng) -> (population, parents, seeds)`. The public methods own
-    what every strategy needs: NaN/inf losses count as the worst and never become elite,
-    best-so-far and the generation counter.
+    A strategy is an optimiser over a list of tensors (the model's evolvable variables),
+    in the style of evosax and optax: it owns an explicit, immutable state (a NamedTuple
+    or frozen dataclass of arrays and scalars) and its own compiled operators, and is
+    testable on any function of tensors, without a model. `model.evolve()` only evaluates
+    what `ask` returns and passes the losses to `tell`.
+
+    Subclasses implement:
+
+    - `_init(specs, seed) -> state`: the state of a new run. The state type must have the
+      fields `generation`, `losses` and `best_loss`, which this class maintains.
+    - `_ask(state) -> (population, state)`: the members to evaluate, a list with one
+      `(members, *shape)` tensor per spec.
+    - `_tell(state, losses) -> (state, logs)`: the next state from one loss per member
+      (already sanitised: NaN and inf are +inf). `logs` may hold `"loss"`, the loss of
+      the weights `best` returns (default: the lowest loss).
+    - `_best(state) -> weights`: what the model should hold after a generation.
+
+    and may implement `record(state)` (the compact genome of the last generation, for
+    `Lineage`) and `rebuild(...)`. They keep their hyper-parameters in a frozen dataclass
+    `config`, which `get_config()` returns as a dict. Checkpoints save any state
+    generically: arrays, lists of arrays, and JSON-able scalars.
+
+    What this class does for every strategy: losses that are NaN or inf count as the
+    worst (+inf) and never become the best; the generation counter; the best finite loss
+    so far (`state.best_loss`); checks of the loss vector's shape.
 
     Args:
         config: the strategy's frozen dataclass of hyper-parameters.
@@ -47,11 +98,15 @@ class Strategy:
 
     def __init__(self, config):
         self.config = config
-        self._functions = None
 
     @property
     def population_size(self):
         return self.config.population_size
+
+    @property
+    def num_members(self):
+        """Members `ask` returns per generation (the population size by default)."""
+        return self.population_size
 
     def get_config(self):
         return dataclasses.asdict(self.config)
@@ -64,59 +119,94 @@ class Strategy:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{self.__class__.__name__}({args})"
 
-    def noise_stds(self, specs):
-        """Per evolvable variable spec, the std of the mutation noise."""
-        raise NotImplementedError
+    # -- the contract --------------------------------------------------------------------
+    def init(self, specs, seed):
+        """The state of a new run.
 
-    def bind(self, functions):
-        """Attaches the compiled population functions (`reproduce`) of a run."""
-        self._functions = functions
+        Args:
+            specs: the evolvable variables, as `keras_lrne.population.VariableSpec`s (what
+                `evolve()` passes) or shapes (see `as_specs`).
+            seed: the run seed, a non-negative integer. Everything random in the run
+                derives from it.
 
-    def init(self, population, seed):
-        """Returns the state of a new run from its initial population tensors."""
-        size = int(population[0].shape[0])
-        if size != self.population_size:
+        Returns:
+            The strategy's state.
+        """
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(
-                "The initial population has the wrong size. Expected "
-                f"population_size={self.population_size}. Received: {size} members"
+                "Received an invalid value for `seed`, expected a non-negative integer. "
+                f"Received: seed={seed!r}"
             )
-        index = np.arange(size, dtype=np.int32)
-        return StrategyState(
-            population=list(population),
-            generation=0,
-            seed=int(seed),
-            losses=None,
-            best_loss=math.inf,
-            parents=index,
-            seeds=np.full((size,), -1, np.int32),
-        )
+        return self._init(as_specs(specs), int(seed))
 
     def ask(self, state):
-        """The population to evaluate next."""
-        return state.population
+        """Returns `(population, state)`: the members to evaluate next.
+
+        `population` is a list with one `(num_members, *shape)` tensor per variable.
+        """
+        population, state = self._ask(state)
+        size = int(population[0].shape[0])
+        if size != self.num_members:
+            raise ValueError(
+                f"{self.__class__.__name__}.ask returned {size} members, expected "
+                f"num_members={self.num_members}."
+            )
+        return list(population), state
 
     def tell(self, state, losses):
-        """Returns the next state given one loss per member of `ask(state)`."""
+        """Returns `(state, logs)` given one loss per member of the last `ask`.
+
+        NaN and infinite losses count as the worst. `logs["loss"]` is the loss of the
+        weights `best(state)` returns.
+        """
         losses = operators.sanitize_losses(losses)
-        if losses.shape != (self.population_size,):
+        if losses.shape != (self.num_members,):
             raise ValueError(
-                f"Expected one loss per member, shape ({self.population_size},). "
+                f"Expected one loss per member, shape ({self.num_members},). "
                 f"Received: losses.shape={losses.shape}"
             )
-        if self._functions is None:
-            raise RuntimeError("The strategy is not bound to a model; use `model.evolve()`.")
-        rng = operators.generation_rng(state.seed, state.generation)
-        population, parents, seeds = self._tell(state, losses, rng)
+        state, logs = self._tell(state, losses)
+        logs = dict(logs or {})
         finite = losses[np.isfinite(losses)]
-        best = min(state.best_loss, float(finite.min())) if finite.size else state.best_loss
-        return state._replace(
-            population=population,
-            generation=state.generation + 1,
-            losses=losses,
-            best_loss=best,
-            parents=np.asarray(parents, np.int32),
-            seeds=np.asarray(seeds, np.int32),
+        logs.setdefault("loss", float(finite.min()) if finite.size else math.inf)
+        best = state.best_loss
+        if math.isfinite(logs["loss"]):
+            best = min(best, logs["loss"])
+        state = replace_state(state, generation=state.generation + 1, losses=losses,
+                              best_loss=float(best))
+        return state, logs
+
+    def best(self, state):
+        """The weights the model should hold after a generation: one tensor per variable
+        (without the population axis)."""
+        return list(self._best(state))
+
+    def record(self, state):
+        """The compact genome of the last `tell`: a dict of 1-D integer or float arrays
+        (e.g. the GA's parents and seeds) that `Lineage` stores per generation. Empty
+        for strategies that keep none."""
+        return {}
+
+    def rebuild(self, specs, seed, records, generation, member):
+        """Rebuilds one member from the run seed and the records of generations
+        `0 .. generation - 1` (`records[name]` is a `(generations, width)` array).
+
+        Returns:
+            A list of numpy arrays, one per spec.
+        """
+        raise NotImplementedError(
+            f"{self.__class__.__name__} keeps no compact genome to rebuild members from."
         )
 
-    def _tell(self, state, losses, rng):
+    # -- to implement ----------------------------------------------------------------------
+    def _init(self, specs, seed):
+        raise NotImplementedError
+
+    def _ask(self, state):
+        raise NotImplementedError
+
+    def _tell(self, state, losses):
+        raise NotImplementedError
+
+    def _best(self, state):
         raise NotImplementedError

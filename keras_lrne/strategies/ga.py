@@ -3,12 +3,16 @@
 import dataclasses
 import math
 import numbers
+from typing import NamedTuple
 
 import numpy as np
+from keras import ops
 
-from keras_lrne._validation import check_bool, check_int
+from keras_lrne import backend as lrne_backend
+from keras_lrne import population as pop
+from keras_lrne._validation import check_int
 from keras_lrne.strategies import operators
-from keras_lrne.strategies.base import Strategy
+from keras_lrne.strategies.base import Strategy, as_specs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,9 +21,31 @@ class GAConfig:
     num_parents: int
     mutation_rate: float = 0.01
     factor_mutation_rate: float = None
-    freeze_normalization: bool = True
-    reevaluate_top: int = None
-    reevaluate_episodes: int = None
+
+
+class GAState(NamedTuple):
+    """State of a `GA` run.
+
+    Attributes:
+        population: list of `(P, ...)` tensors, one per evolvable variable; after a
+            `tell`, the survivors (best first) then the children.
+        generation: number of completed `tell` calls.
+        seed: the run seed.
+        losses: the last evaluated losses (sanitised, float64), or None.
+        best_loss: best finite loss seen so far (inf before any).
+        parents: for each member of `population`, the index of the member of the previous
+            population it was made from (its own index in the initial population).
+        seeds: for each member, the mutation seed applied to its parent, or -1 when it
+            passed unchanged (survivors and initial members).
+    """
+
+    population: list
+    generation: int
+    seed: int
+    losses: object
+    best_loss: float
+    parents: np.ndarray
+    seeds: np.ndarray
 
 
 def _check_rate(name, value):
@@ -45,10 +71,14 @@ class GA(Strategy):
     random, each mutated by Gaussian noise on every evolvable tensor with standard
     deviation `mutation_rate * init_std(tensor)`, where factor tensors (low-rank U and V)
     use `factor_mutation_rate` (default `sqrt(mutation_rate)`, 0.1 for the paper's 0.01).
-    Normalization layers are frozen. The initial population is `population_size`
-    independent random initialisations. There is no crossover. NaN or infinite losses
-    count as the worst. Every member is recorded as (parent index, seed), so any member
-    can be rebuilt from the run seed and its chain (`model.rebuild_member`).
+    The initial population is `population_size` independent random initialisations.
+    There is no crossover. NaN or infinite losses count as the worst. Every member is
+    recorded as (parent index, seed), so any member can be rebuilt from the run seed and
+    its chain (`model.rebuild_member`). After each generation the model holds the best
+    survivor.
+
+    (Normalization layers are frozen by `evolve(freeze_normalization=True)`; the paper's
+    two-stage selection is a task setting, e.g. `CarRacing(reevaluate_top=...)`.)
 
     Args:
         population_size: number of members per generation, at least `num_parents + 1`.
@@ -57,15 +87,6 @@ class GA(Strategy):
         mutation_rate: relative mutation strength of full tensors. Defaults to 0.01.
         factor_mutation_rate: relative mutation strength of factor tensors. Defaults to
             `sqrt(mutation_rate)`.
-        freeze_normalization: keep normalization layers (LayerNormalization, ...) at
-            their initial values, as the paper does. Defaults to True.
-        reevaluate_top: two-stage selection (the paper's CarRacing setting): after all
-            members are evaluated, the best `reevaluate_top` are evaluated again with
-            `reevaluate_episodes` more episodes, ranked by the mean over all their
-            episodes, and only they can become parents. None (default) disables it.
-            Needs `num_parents <= reevaluate_top <= population_size`. With fixed
-            supervised data a second evaluation changes nothing, so it is skipped.
-        reevaluate_episodes: episodes of the second stage (the paper: 4).
 
     Example:
 
@@ -74,8 +95,7 @@ class GA(Strategy):
     """
 
     def __init__(self, population_size, num_parents, mutation_rate=0.01,
-                 factor_mutation_rate=None, freeze_normalization=True, reevaluate_top=None,
-                 reevaluate_episodes=None):
+                 factor_mutation_rate=None):
         check_int("population_size", population_size, 2)
         check_int("num_parents", num_parents, 1)
         if population_size < num_parents + 1:
@@ -87,22 +107,6 @@ class GA(Strategy):
         _check_rate("mutation_rate", mutation_rate)
         if factor_mutation_rate is not None:
             _check_rate("factor_mutation_rate", factor_mutation_rate)
-        freeze_normalization = check_bool("freeze_normalization", freeze_normalization)
-        if (reevaluate_top is None) != (reevaluate_episodes is None):
-            raise ValueError(
-                "`reevaluate_top` and `reevaluate_episodes` go together: give both or "
-                f"neither. Received: reevaluate_top={reevaluate_top!r}, "
-                f"reevaluate_episodes={reevaluate_episodes!r}"
-            )
-        if reevaluate_top is not None:
-            check_int("reevaluate_top", reevaluate_top, num_parents)
-            check_int("reevaluate_episodes", reevaluate_episodes, 1)
-            if reevaluate_top > population_size:
-                raise ValueError(
-                    "Received an invalid value for `reevaluate_top`, expected at most "
-                    f"population_size={population_size}. Received: "
-                    f"reevaluate_top={reevaluate_top}"
-                )
         super().__init__(
             GAConfig(
                 population_size=int(population_size),
@@ -111,13 +115,9 @@ class GA(Strategy):
                 factor_mutation_rate=(
                     None if factor_mutation_rate is None else float(factor_mutation_rate)
                 ),
-                freeze_normalization=freeze_normalization,
-                reevaluate_top=None if reevaluate_top is None else int(reevaluate_top),
-                reevaluate_episodes=(
-                    None if reevaluate_episodes is None else int(reevaluate_episodes)
-                ),
             )
         )
+        self._reproduce = None
 
     @property
     def num_parents(self):
@@ -133,18 +133,100 @@ class GA(Strategy):
         return math.sqrt(self.config.mutation_rate) if rate is None else rate
 
     def noise_stds(self, specs):
+        """Per evolvable variable spec, the std of the mutation noise."""
         return [
             (self.factor_mutation_rate if s.factor else self.mutation_rate) * s.init_std
-            for s in specs
-            if s.evolvable
+            for s in as_specs(specs)
         ]
 
-    def _tell(self, state, losses, rng):
+    def _compile(self, specs):
+        """The compiled `reproduce(population, elite_idx, parent_idx, seeds)`."""
+        stds = np.concatenate([np.full((int(np.prod(s.shape)),), std, "float32")
+                               for s, std in zip(specs, self.noise_stds(specs))])
+        bk = lrne_backend.get()
+
+        def reproduce(population, elite_idx, parent_idx, seeds):
+            # One seeded draw of all of a child's parameters at once: row `i` of the noise
+            # depends only on `seeds[i]`, so any child can be re-created alone.
+            shapes = [tuple(v.shape[1:]) for v in population]
+            sizes = [int(np.prod(shape)) for shape in shapes]
+            # Bit-exact rebuilds: barriers keep the compiler from contracting the noise
+            # generation, the scaling and the add into fused multiply-adds, which it does
+            # differently for different population sizes.
+            noise = bk.barrier(bk.seeded_normal(seeds, 0, (sum(sizes),), "float32"))
+            noise = bk.barrier(noise * stds)
+            new, offset = [], 0
+            for values, shape, size in zip(population, shapes, sizes):
+                piece = ops.reshape(noise[:, offset: offset + size], (-1, *shape))
+                offset += size
+                elites = ops.take(values, elite_idx, axis=0)
+                parents = ops.take(values, parent_idx, axis=0)
+                new.append(ops.concatenate([elites, parents + ops.cast(piece, values.dtype)],
+                                           0))
+            return new
+
+        return bk.compile_random(reproduce)
+
+    def _init(self, specs, seed):
+        self._reproduce = self._compile(specs)
+        size = self.population_size
+        index = np.arange(size, dtype=np.int32)
+        return GAState(
+            population=pop.initial_population(specs, seed, size),
+            generation=0,
+            seed=seed,
+            losses=None,
+            best_loss=math.inf,
+            parents=index,
+            seeds=np.full((size,), -1, np.int32),
+        )
+
+    def _ask(self, state):
+        return state.population, state
+
+    def _tell(self, state, losses):
+        if self._reproduce is None:
+            raise RuntimeError("Call `init()` before `tell()`: the GA is not initialised.")
         size, num_parents = self.population_size, self.num_parents
+        rng = operators.generation_rng(state.seed, state.generation)
         elites = operators.truncation_selection(losses, num_parents)
         parents = operators.uniform_parents(rng, elites, size - num_parents)
         seeds = operators.child_seeds(rng, size - num_parents)
-        population = self._functions.reproduce(state.population, elites, parents, seeds)
-        lineage_parents = np.concatenate([elites, parents]).astype(np.int32)
-        lineage_seeds = np.concatenate([np.full((num_parents,), -1, np.int32), seeds])
-        return list(population), lineage_parents, lineage_seeds
+        population = self._reproduce(state.population, elites, parents, seeds)
+        state = state._replace(
+            population=list(population),
+            parents=np.concatenate([elites, parents]).astype(np.int32),
+            seeds=np.concatenate([np.full((num_parents,), -1, np.int32), seeds]),
+        )
+        return state, {"loss": float(losses[elites[0]])}
+
+    def _best(self, state):
+        return [v[0] for v in state.population]
+
+    def record(self, state):
+        return {"parents": state.parents, "seeds": state.seeds}
+
+    def rebuild(self, specs, seed, records, generation, member):
+        """Member `member` of population `generation`: its initial member, then the
+        mutation seeds of its chain of parents (bit-exact on one backend)."""
+        specs = as_specs(specs)
+        root, chain = chain_of(records["parents"], records["seeds"], generation, member)
+        reproduce = self._compile(specs)
+        values = [ops.convert_to_tensor(v[None]) for v in pop.initial_member(specs, seed, root)]
+        empty, zero = np.zeros((0,), np.int32), np.zeros((1,), np.int32)
+        for child_seed in chain:
+            values = reproduce(values, empty, zero, np.asarray([child_seed], np.int32))
+        bk = lrne_backend.get()
+        return [bk.to_numpy(v)[0] for v in values]
+
+
+def chain_of(parents, seeds, generation, member):
+    """Returns `(initial_member, seeds)`: the root of member `member` of population
+    `generation` and the mutation seeds applied along its chain, in order."""
+    chain = []
+    for g in range(generation - 1, -1, -1):
+        seed = int(seeds[g][member])
+        if seed >= 0:
+            chain.append(seed)
+        member = int(parents[g][member])
+    return member, chain[::-1]

@@ -89,6 +89,8 @@ class Atari(Environment):
             `min(population * episodes, 64)`.
         num_threads: threads of the native vector environment (None: ale-py's default,
             one per core).
+        reevaluate_top: two-stage selection (see `Environment`). None disables it.
+        reevaluate_episodes: episodes of the second stage.
 
     Returns:
         A task for `model.evolve(task, ...)`: inputs `(84, 84, 12)` float32 in [0, 1]
@@ -118,8 +120,10 @@ class Atari(Environment):
     threaded_vector_env = True
 
     def __init__(self, game, *, episodes=1, max_episode_steps=2500, noop_max=30, version="v4",
-                 full_action_space=False, num_envs=None, num_threads=None):
+                 full_action_space=False, num_envs=None, num_threads=None,
+                 reevaluate_top=None, reevaluate_episodes=None):
         _require_gymnasium()
+        self._set_reevaluation(reevaluate_top, reevaluate_episodes)
         check_int("episodes", episodes)
         check_int("max_episode_steps", max_episode_steps)
         check_int("num_envs", num_envs, allow_none=True)

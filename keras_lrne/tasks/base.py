@@ -22,6 +22,16 @@ class Task:
         """Returns `(x, y)` numpy arrays, or None."""
         return None
 
+    #: Whether the task is scored on `(x, y)` data with the model's compiled loss.
+    supervised = True
+
+    def evaluator(self, run):
+        """The evaluator `evolve()` uses for this task (see `keras_lrne.evaluators`):
+        by default the compiled loss on `train_data(generation)`."""
+        from keras_lrne.evaluators import SupervisedEvaluator
+
+        return SupervisedEvaluator(run, self)
+
     def fingerprint(self):
         """What determines this task's losses, as a JSON-able dict.
 

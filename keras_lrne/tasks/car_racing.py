@@ -48,7 +48,8 @@ class CarRacing(Environment):
     1,000-step cap, 2 episodes per member, and early termination: an episode ends once
     more than 20 rewards were recorded and the last 21 are all negative (no new track
     tile for 21 frames). The paper's two-stage selection (all members play 2 episodes,
-    the best 32 play 4 more, the best 8 become parents) is a `GA` option.
+    the best 32 play 4 more, the best 8 become parents) is `reevaluate_top=32,
+    reevaluate_episodes=4` with `GA(256, 8)`.
 
     gymnasium does not check CarRacing's action bounds: gas is clipped to [0, 1] by the
     car model, a brake <= 0 means no braking, and a steering target beyond [-1, 1] only
@@ -67,6 +68,9 @@ class CarRacing(Environment):
             `"tanh"` (squashed into the box).
         num_envs: environments stepped together (a chunk of member-episodes); default
             `min(population * episodes, 64)`.
+        reevaluate_top: two-stage selection (see `Environment`); the paper: 32. None
+            (default) disables it.
+        reevaluate_episodes: episodes of the second stage; the paper: 4.
 
     Returns:
         A task for `model.evolve(task, ...)`: inputs `(64, 64, 12)` float32 in [0, 1]
@@ -75,7 +79,8 @@ class CarRacing(Environment):
 
     Example:
 
-    >>> task = keras_lrne.tasks.CarRacing(episodes=2)
+    >>> task = keras_lrne.tasks.CarRacing(episodes=2, reevaluate_top=32,
+    ...                                   reevaluate_episodes=4)
     >>> model = keras_lrne.Sequential([
     ...     keras.Input(task.input_shape),
     ...     keras.layers.Conv2D(32, 4, strides=2, activation="relu"),
@@ -87,12 +92,13 @@ class CarRacing(Environment):
     ...     keras.layers.Dense(task.num_outputs),
     ... ])
     >>> model.compile(loss="mse")  # unused by environment tasks, required by Keras style
-    >>> strategy = keras_lrne.strategies.GA(256, 8, reevaluate_top=32, reevaluate_episodes=4)
+    >>> strategy = keras_lrne.strategies.GA(256, 8)
     >>> history = model.evolve(task, strategy=strategy, generations=40)
     """
 
     def __init__(self, *, episodes=2, max_episode_steps=1000, early_termination=True,
-                 action_transform="identity", num_envs=None):
+                 action_transform="identity", num_envs=None, reevaluate_top=None,
+                 reevaluate_episodes=None):
         _require_gymnasium()
         _require_box2d()
         if not isinstance(early_termination, bool):
@@ -113,7 +119,8 @@ class CarRacing(Environment):
         self.early_termination = early_termination
         super().__init__("CarRacing-v3", episodes=episodes, max_episode_steps=max_episode_steps,
                          action_transform=action_transform, normalize_observations=False,
-                         num_envs=num_envs, env_kwargs={"continuous": True})
+                         num_envs=num_envs, env_kwargs={"continuous": True},
+                         reevaluate_top=reevaluate_top, reevaluate_episodes=reevaluate_episodes)
 
     def make_env(self):
         """One `CarRacing-v3` with a step cap and a 4-frame stack: `(4, 96, 96, 3)` uint8."""

@@ -33,6 +33,8 @@ class Control(Environment):
             `min(population * episodes, 64)`.
         env_kwargs: keyword arguments for `gymnasium.make` (e.g.
             `{"terminate_when_unhealthy": False}`).
+        reevaluate_top: two-stage selection (see `Environment`). None disables it.
+        reevaluate_episodes: episodes of the second stage.
 
     Returns:
         A task for `model.evolve(task, ...)`: inputs of the observation's shape (float32),
@@ -53,7 +55,8 @@ class Control(Environment):
     """
 
     def __init__(self, env_id, *, episodes=1, max_episode_steps=None, normalize_observations=True,
-                 action_transform="tanh", num_envs=None, env_kwargs=None):
+                 action_transform="tanh", num_envs=None, env_kwargs=None, reevaluate_top=None,
+                 reevaluate_episodes=None):
         _require_gymnasium()
         if not isinstance(env_id, str):
             raise ValueError(
@@ -74,7 +77,8 @@ class Control(Environment):
         super().__init__(env_id, episodes=episodes, max_episode_steps=max_episode_steps,
                          action_transform=action_transform,
                          normalize_observations=normalize_observations, num_envs=num_envs,
-                         env_kwargs=env_kwargs)
+                         env_kwargs=env_kwargs, reevaluate_top=reevaluate_top,
+                         reevaluate_episodes=reevaluate_episodes)
 
     def _check_spaces(self):
         spaces = _require_gymnasium().spaces

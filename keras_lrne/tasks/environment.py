@@ -126,6 +126,13 @@ class Environment(Task):
         num_envs: environments stepped together (a chunk of member-episodes); default
             `min(population * episodes, 64)`.
         env_kwargs: keyword arguments for `gymnasium.make`.
+        reevaluate_top: two-stage selection (the paper's CarRacing setting), for any
+            strategy: after all members played their episodes, the best `reevaluate_top`
+            play `reevaluate_episodes` more, their losses become the mean over all their
+            episodes, and the other members count as the worst (so only re-evaluated
+            members can become the GA's parents: give at least `num_parents`). None
+            (default) disables it.
+        reevaluate_episodes: episodes of the second stage (the paper: 4).
 
     Example:
 
@@ -137,6 +144,8 @@ class Environment(Task):
 
     #: Environment tasks report member_evals_per_second and frames per second.
     tokens_per_sample = None
+    #: Scored by playing episodes, not with the model's compiled loss.
+    supervised = False
     #: Whether `make_vector_env` steps in native threads that release the GIL.
     threaded_vector_env = False
     #: Rollout lanes: 1 (stepping and the policy alternate), 2 (half the environments
@@ -145,8 +154,10 @@ class Environment(Task):
     rollout_lanes = "auto"
 
     def __init__(self, env, *, episodes=1, max_episode_steps=None, action_transform="auto",
-                 normalize_observations=False, num_envs=None, env_kwargs=None):
+                 normalize_observations=False, num_envs=None, env_kwargs=None,
+                 reevaluate_top=None, reevaluate_episodes=None):
         check_int("episodes", episodes)
+        self._set_reevaluation(reevaluate_top, reevaluate_episodes)
         check_int("max_episode_steps", max_episode_steps, allow_none=True)
         check_int("num_envs", num_envs, allow_none=True)
         if action_transform not in ACTION_TRANSFORMS:
@@ -178,6 +189,24 @@ class Environment(Task):
         self.normalizer = (
             RunningNormalizer(self.observation_space.shape) if normalize_observations else None
         )
+
+    def _set_reevaluation(self, reevaluate_top, reevaluate_episodes):
+        if (reevaluate_top is None) != (reevaluate_episodes is None):
+            raise ValueError(
+                "`reevaluate_top` and `reevaluate_episodes` go together: give both or "
+                f"neither. Received: reevaluate_top={reevaluate_top!r}, "
+                f"reevaluate_episodes={reevaluate_episodes!r}"
+            )
+        self.reevaluate_top = check_int("reevaluate_top", reevaluate_top, allow_none=True)
+        self.reevaluate_episodes = check_int("reevaluate_episodes", reevaluate_episodes,
+                                             allow_none=True)
+
+    def evaluator(self, run):
+        """The evaluator `evolve()` uses for this task: episodes played by the rollout
+        engine (`keras_lrne.evaluators.EnvironmentEvaluator`)."""
+        from keras_lrne.evaluators import EnvironmentEvaluator
+
+        return EnvironmentEvaluator(run, self)
 
     # -- spaces ----------------------------------------------------------------------
     def _check_spaces(self):

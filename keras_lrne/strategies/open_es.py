@@ -1,0 +1,349 @@
+"""OpenAI's evolution strategy (Salimans et al., 2017) on every evolvable tensor."""
+
+import dataclasses
+import math
+import numbers
+from typing import NamedTuple
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lrne import backend as lrne_backend
+from keras_lrne import population as pop
+from keras_lrne._validation import check_bool, check_int
+from keras_lrne.strategies import operators
+from keras_lrne.strategies.base import Strategy, as_specs
+
+FITNESS_SHAPINGS = ("centered_rank", "z_score", "none")
+_NOISE_SALT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenESConfig:
+    population_size: int
+    sigma: float = 0.02
+    learning_rate: float = 0.01
+    antithetic: bool = True
+    fitness_shaping: str = "centered_rank"
+    optimizer: object = "adam"
+    weight_decay: float = 0.0
+    mean_evaluation: bool = True
+
+
+class OpenESState(NamedTuple):
+    """State of an `OpenES` run.
+
+    Attributes:
+        mean: list of tensors, the search distribution's mean (one per variable).
+        optimizer_variables: the values of the optimizer's variables (numpy arrays, in
+            `optimizer.variables` order: iteration count, learning rate, moments...).
+        elite: what `best` returns: the mean that was evaluated last generation (with
+            `mean_evaluation`), else the best member of it.
+        noise_seeds: the seeds of the population last asked (one per antithetic pair).
+        weights: the shaped fitness weights of the last `tell`, one per member.
+        generation: number of completed `tell` calls.
+        seed: the run seed.
+        losses: the last losses (sanitised), or None.
+        best_loss: best finite loss so far.
+    """
+
+    mean: list
+    optimizer_variables: list
+    elite: list
+    noise_seeds: np.ndarray
+    weights: np.ndarray
+    generation: int
+    seed: int
+    losses: object
+    best_loss: float
+
+
+def _check_positive(name, value, allow_zero=False):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        expected = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected {expected} finite number. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def shape_fitness(losses, method="centered_rank"):
+    """Fitness weights from losses (higher loss, higher weight), as float32.
+
+    `"centered_rank"`: ranks scaled to [-0.5, 0.5] (ties broken by member order);
+    `"z_score"`: standardised losses; `"none"`: the losses themselves. Non-finite losses
+    rank last (`z_score` and `none` give them the worst finite loss).
+    """
+    losses = operators.sanitize_losses(losses)
+    n = len(losses)
+    if method == "centered_rank":
+        if n == 1:
+            return np.zeros(1, np.float32)
+        ranks = np.empty(n)
+        ranks[np.argsort(losses, kind="stable")] = np.arange(n)
+        return (ranks / (n - 1) - 0.5).astype(np.float32)
+    finite = np.isfinite(losses)
+    worst = losses[finite].max() if finite.any() else 0.0
+    losses = np.where(finite, losses, worst)
+    if method == "z_score":
+        std = losses.std()
+        return ((losses - losses.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+    return losses.astype(np.float32)
+
+
+class OpenES(Strategy):
+    """The evolution strategy of Salimans et al. (2017), "Evolution Strategies as a
+    Scalable Alternative to Reinforcement Learning", on every evolvable tensor.
+
+    The search distribution is a Gaussian around a mean: member `i` is
+    `mean + sigma * init_std(tensor) * eps_i` on every tensor (low-rank factors included),
+    where `eps_i` is regenerated from a per-member seed, never stored. With `antithetic`
+    sampling members come in pairs `mean + e, mean - e`. The losses are turned into
+    weights (`fitness_shaping`), the gradient of the expected loss is estimated as
+    `sum_i w_i eps_i / (population_size * sigma)` in units of each tensor's init std, and a
+    Keras optimizer takes a step on the mean in those units (so `learning_rate`, like
+    `sigma`, is relative to each tensor's scale). `weight_decay` adds an L2 penalty on the
+    mean to that gradient.
+
+    With `mean_evaluation` (default) the mean itself is evaluated every generation (one
+    extra member, `num_members = population_size + 1`): it is what the model holds after
+    the generation (`best`) and what `loss` logs; the best member's loss is logged as
+    `best_member_loss`. Without it, the model holds the generation's best member.
+
+    Per generation the run records the noise seeds and the shaped weights
+    (`record`), so the mean of any generation can be rebuilt from the run seed alone
+    (`rebuild`, `model.rebuild_member`).
+
+    Args:
+        population_size: members sampled per generation (even with `antithetic`).
+        sigma: noise standard deviation relative to each tensor's init std. Defaults to
+            0.02.
+        learning_rate: the optimizer's learning rate (when `optimizer` is a name).
+            Defaults to 0.01.
+        antithetic: mirrored sampling. Defaults to True.
+        fitness_shaping: `"centered_rank"` (default), `"z_score"` or `"none"`.
+        optimizer: `"adam"` (default), `"sgd"`, or a `keras.optimizers.Optimizer`
+            instance (its own learning rate is used; each run uses a fresh copy).
+        weight_decay: L2 coefficient on the mean (relative units). Defaults to 0.
+        mean_evaluation: evaluate the mean every generation. Defaults to True.
+
+    Example:
+
+    >>> strategy = keras_lrne.strategies.OpenES(population_size=64, sigma=0.02)
+    >>> history = model.evolve(x, y, strategy=strategy, generations=50)
+    """
+
+    def __init__(self, population_size, sigma=0.02, learning_rate=0.01, antithetic=True,
+                 fitness_shaping="centered_rank", optimizer="adam", weight_decay=0.0,
+                 mean_evaluation=True):
+        check_int("population_size", population_size, 2)
+        sigma = _check_positive("sigma", sigma)
+        learning_rate = _check_positive("learning_rate", learning_rate)
+        antithetic = check_bool("antithetic", antithetic)
+        if antithetic and population_size % 2:
+            raise ValueError(
+                "Received an invalid value for `population_size`, expected an even number "
+                "with antithetic=True (members come in mirrored pairs). Received: "
+                f"population_size={population_size}"
+            )
+        if fitness_shaping not in FITNESS_SHAPINGS:
+            raise ValueError(
+                "Received an invalid value for `fitness_shaping`, expected one of "
+                f"{list(FITNESS_SHAPINGS)}. Received: fitness_shaping={fitness_shaping!r}"
+            )
+        weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
+        mean_evaluation = check_bool("mean_evaluation", mean_evaluation)
+        super().__init__(OpenESConfig(
+            population_size=int(population_size), sigma=sigma, learning_rate=learning_rate,
+            antithetic=antithetic, fitness_shaping=fitness_shaping,
+            optimizer=_serialize_optimizer(optimizer), weight_decay=weight_decay,
+            mean_evaluation=mean_evaluation,
+        ))
+        self._optimizer = None
+        self._ops = None
+
+    @property
+    def num_members(self):
+        return self.population_size + int(self.config.mean_evaluation)
+
+    @property
+    def num_noise(self):
+        """Noise vectors (seeds) per generation: one per antithetic pair."""
+        p = self.population_size
+        return p // 2 if self.config.antithetic else p
+
+    # -- operators -------------------------------------------------------------------------
+    def _make_optimizer(self, specs):
+        spec = self.config.optimizer
+        if isinstance(spec, str):
+            optimizer = keras.optimizers.get(
+                {"class_name": spec, "config": {"learning_rate": self.config.learning_rate}})
+        else:
+            optimizer = keras.optimizers.deserialize(spec)
+        # The optimizer steps on variables in units of each tensor's init std.
+        variables = [keras.Variable(np.zeros(s.shape, "float32"), trainable=True,
+                                    name=f"z_{i}") for i, s in enumerate(specs)]
+        optimizer.build(variables)
+        return optimizer, variables
+
+    def _compile(self, specs):
+        bk = lrne_backend.get()
+        stds = [float(s.init_std) for s in specs]
+        sizes = [int(np.prod(s.shape)) for s in specs]
+        shapes = [tuple(s.shape) for s in specs]
+        noise_std = np.concatenate([np.full((n,), self.config.sigma * std, "float32")
+                                    for n, std in zip(sizes, stds)])
+        scale = 1.0 / (self.population_size * self.config.sigma)
+        antithetic = self.config.antithetic
+
+        def perturb(mean, seeds, signs):
+            # Row `i` depends only on `seeds[i]` (and its sign): members rebuild alone.
+            noise = bk.barrier(bk.seeded_normal(seeds, _NOISE_SALT, (sum(sizes),), "float32"))
+            noise = bk.barrier(noise * noise_std * ops.cast(signs, "float32")[:, None])
+            members, offset = [], 0
+            for m, shape, size in zip(mean, shapes, sizes):
+                piece = ops.reshape(noise[:, offset: offset + size], (-1, *shape))
+                offset += size
+                members.append(m[None] + ops.cast(piece, m.dtype))
+            return members
+
+        def gradient(seeds, weights):
+            eps = bk.seeded_normal(seeds, _NOISE_SALT, (sum(sizes),), "float32")
+            if antithetic:
+                weights = weights[0::2] - weights[1::2]
+            flat = ops.matmul(weights[None, :], eps)[0] * scale
+            grads, offset = [], 0
+            for shape, size in zip(shapes, sizes):
+                grads.append(ops.reshape(flat[offset: offset + size], shape))
+                offset += size
+            return grads
+
+        return bk.compile_random(perturb), bk.compile_random(gradient), stds
+
+    def _member_seeds(self, noise_seeds):
+        """Per member: its noise seed and sign (+1, or -1 for the mirrored twin)."""
+        if self.config.antithetic:
+            return (np.repeat(noise_seeds, 2).astype(np.int32),
+                    np.tile(np.asarray([1, -1], np.int32), len(noise_seeds)))
+        return noise_seeds.astype(np.int32), np.ones(len(noise_seeds), np.int32)
+
+    def _noise_seeds(self, seed, generation):
+        rng = operators.generation_rng(seed, generation, stream=2)
+        return operators.child_seeds(rng, self.num_noise)
+
+    def _step(self, optimizer, variables, stds, mean, optimizer_values, grads):
+        """One optimizer step on the mean; returns (new mean, new optimizer values)."""
+        for v, m, std in zip(variables, mean, stds):
+            v.assign(ops.convert_to_tensor(m) / std)
+        for v, value in zip(optimizer.variables, optimizer_values):
+            v.assign(value)
+        if self.config.weight_decay:
+            grads = [g + self.config.weight_decay * v.value for g, v in zip(grads, variables)]
+        optimizer.apply(grads, variables)
+        bk = lrne_backend.get()
+        new_mean = [v.value * std for v, std in zip(variables, stds)]
+        return ([ops.convert_to_tensor(bk.to_numpy(m)) for m in new_mean],
+                [bk.to_numpy(v.value) for v in optimizer.variables])
+
+    # -- the contract ------------------------------------------------------------------------
+    def _init(self, specs, seed):
+        self._ops = self._compile(specs)
+        self._optimizer, self._variables = self._make_optimizer(specs)
+        bk = lrne_backend.get()
+        mean = [ops.convert_to_tensor(v) for v in pop.initial_member(specs, seed, 0)]
+        return OpenESState(
+            mean=mean,
+            optimizer_variables=[bk.to_numpy(v.value) for v in self._optimizer.variables],
+            elite=list(mean),
+            noise_seeds=np.zeros((self.num_noise,), np.int32),
+            weights=np.zeros((self.population_size,), np.float32),
+            generation=0, seed=seed, losses=None, best_loss=math.inf,
+        )
+
+    def _ask(self, state):
+        if self._ops is None:
+            raise RuntimeError("Call `init()` before `ask()`: OpenES is not initialised.")
+        noise_seeds = self._noise_seeds(state.seed, state.generation)
+        population = self._ops[0](state.mean, *self._member_seeds(noise_seeds))
+        if self.config.mean_evaluation:
+            population = [ops.concatenate([p, m[None]], 0)
+                          for p, m in zip(population, state.mean)]
+        return population, state._replace(noise_seeds=noise_seeds)
+
+    def _tell(self, state, losses):
+        perturb, gradient, stds = self._ops
+        size = self.population_size
+        members = losses[:size]
+        weights = shape_fitness(members, self.config.fitness_shaping)
+        grads = gradient(state.noise_seeds, weights)
+        logs = {"best_member_loss": float(members.min())}
+        if self.config.mean_evaluation:
+            elite = list(state.mean)
+            logs["loss"] = float(losses[size])
+        else:
+            best = int(np.argmin(members))
+            seeds, signs = self._member_seeds(state.noise_seeds)
+            elite = [v[0] for v in perturb(state.mean, seeds[best:best + 1],
+                                           signs[best:best + 1])]
+            logs["loss"] = float(members[best])
+        mean, optimizer_values = self._step(self._optimizer, self._variables, stds,
+                                            state.mean, state.optimizer_variables, grads)
+        return state._replace(mean=mean, optimizer_variables=optimizer_values, elite=elite,
+                              weights=weights), logs
+
+    def _best(self, state):
+        return state.elite
+
+    def record(self, state):
+        return {"noise_seeds": state.noise_seeds, "weights": state.weights}
+
+    def rebuild(self, specs, seed, records, generation, member=None):
+        """The mean of population `generation` (after `generation` updates), replayed
+        from the initial mean (the run's first initial member) and the recorded seeds and
+        weights; or, with an integer `member < population_size`, that member of it."""
+        specs = as_specs(specs)
+        perturb, gradient, stds = self._compile(specs)
+        optimizer, variables = self._make_optimizer(specs)
+        bk = lrne_backend.get()
+        mean = [ops.convert_to_tensor(v) for v in pop.initial_member(specs, seed, 0)]
+        values = [bk.to_numpy(v.value) for v in optimizer.variables]
+        for g in range(generation):
+            grads = gradient(np.asarray(records["noise_seeds"][g], np.int32),
+                             np.asarray(records["weights"][g], np.float32))
+            mean, values = self._step(optimizer, variables, stds, mean, values, grads)
+        if member is not None and member < self.population_size:
+            seeds, signs = self._member_seeds(self._noise_seeds(seed, generation))
+            mean = [v[0] for v in perturb(mean, seeds[member:member + 1],
+                                          signs[member:member + 1])]
+        return [bk.to_numpy(v) for v in mean]
+
+
+def _serialize_optimizer(optimizer):
+    """A JSON-able description of `optimizer` (its name, or its Keras config)."""
+    if isinstance(optimizer, str):
+        try:
+            keras.optimizers.get(optimizer)
+        except ValueError:
+            raise ValueError(
+                "Received an invalid value for `optimizer`, expected 'adam', 'sgd' (or "
+                "another Keras optimizer name) or a `keras.optimizers.Optimizer`. "
+                f"Received: optimizer={optimizer!r}"
+            ) from None
+        return optimizer.lower()
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        return keras.optimizers.serialize(optimizer)
+    if isinstance(optimizer, dict):  # from get_config()
+        return optimizer
+    raise ValueError(
+        "Received an invalid value for `optimizer`, expected 'adam', 'sgd' (or another "
+        "Keras optimizer name) or a `keras.optimizers.Optimizer`. "
+        f"Received: optimizer={optimizer!r}"
+    )
