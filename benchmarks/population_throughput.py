@@ -174,7 +174,7 @@ class Bench(keras.callbacks.Callback):
 
     def _member_values(self, population, member):
         """Trainable values of the whole model with `member`'s evolvable variables."""
-        run = self.model._lrne_run
+        run = self.model.evolution_run
         values = [v.value for v in self.model.trainable_variables]
         for spec, tensor in zip(run.evolvable, population):
             values[spec.index] = tensor[member]
@@ -196,7 +196,7 @@ class Bench(keras.callbacks.Callback):
         model on each batch and the loss on its output. mode="evaluate": assign, then
         Keras' own compiled `model.evaluate` (a stronger baseline, reported alongside).
         """
-        run = self.model._lrne_run
+        run = self.model.evolution_run
         variables = self.model.trainable_variables
         batch = self.args.naive_batch_size or len(self.x)
         loss_fn = self.model.loss
@@ -219,7 +219,7 @@ class Bench(keras.callbacks.Callback):
 
     # -- callback hooks ----------------------------------------------------------------
     def on_epoch_begin(self, epoch, logs=None):
-        run, state = self.model._lrne_run, self.model._lrne_state
+        run, state = self.model.evolution_run, self.model.evolution_state
         population = state.population
         population_np = [self.bk.to_numpy(v) for v in population]
         P = int(population_np[0].shape[0])
@@ -252,14 +252,14 @@ class Bench(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         # Mutation may still be running asynchronously (JAX): it belongs to this generation.
-        block(self.model._lrne_state.population)
+        block(self.model.evolution_state.population)
         wall = time.perf_counter() - self._start
         row = self._pending
         P = self.args.population
         row["generation_seconds"] = wall
         row["eval_seconds"] = P / logs["member_evals_per_second"]
         row["member_tokens_per_second"] = logs["member_tokens_per_second"]
-        losses = self.model._lrne_state.losses  # the losses of the members just evaluated
+        losses = self.model.evolution_state.losses  # the losses of the members just evaluated
         if "naive_losses" in row:
             row["naive_loss_error"] = max(
                 abs(losses[m] - v) for m, v in zip(row["naive_members"], row["naive_losses"])
@@ -280,7 +280,7 @@ def bench_variant(variant, args, x, y):
                  verbose=0, population_batch_size=args.population_batch_size,
                  batch_size=args.batch_size, callbacks=[bench])
     total = time.perf_counter() - start
-    run = model._lrne_run
+    run = model.evolution_run
     rows = [r for r in bench.rows if r["generation"] > 0]
     N = len(x)
     engine_tps = [r["member_tokens_per_second"] for r in rows]

@@ -180,7 +180,7 @@ def main(argv=None):
         raw_env = RawEnv(args.game, args.num_envs)
         fact = closed_loop_speed("factorized", args, raw_env)
         full = closed_loop_speed("full", args, raw_env)
-        default_lanes = fact["model"]._lrne_evaluator.rollout.num_lanes
+        default_lanes = fact["model"].evolution_run.evaluator.rollout.num_lanes
         other_lanes = 1 if default_lanes == 2 else 2
         other = closed_loop_speed("factorized", args, raw_env, lanes=other_lanes)
         raw_env.close()

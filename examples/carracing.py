@@ -33,12 +33,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     task = keras_lrne.tasks.CarRacing(episodes=args.episodes,
-                                      max_episode_steps=args.max_episode_steps)
+                                      max_episode_steps=args.max_episode_steps,
+                                      reevaluate_top=args.reevaluate_top,
+                                      reevaluate_episodes=args.reevaluate_episodes)
     model = keras_lrne.presets.carracing_policy(args.variant)
-    strategy = keras_lrne.strategies.GA(
-        args.population, args.parents, reevaluate_top=args.reevaluate_top,
-        reevaluate_episodes=args.reevaluate_episodes,
-    )
+    strategy = keras_lrne.strategies.GA(args.population, args.parents)
     history = model.evolve(task, strategy=strategy, generations=args.generations, seed=0,
                            verbose=args.verbose)
     print(f"elite return per generation: {history.history['episode_return']}")

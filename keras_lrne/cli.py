@@ -271,6 +271,7 @@ def build_parser():
     lm.add_argument("--mutation-rate", type=_positive_float, default=0.01,
                     help="relative mutation std of full tensors (factors use its square "
                     "root). Default: 0.01")
+    _add_strategy_arguments(lm)
     lm.add_argument("--dataset", default=None,
                     help="a TensorFlow Datasets name with a text feature (tiny_shakespeare, "
                     "lm1b, ...). Default: the embedded offline corpus")
@@ -341,6 +342,7 @@ def build_parser():
         sub.add_argument("--mutation-rate", type=_positive_float, default=0.01,
                          help="relative mutation std of full tensors (factors use its "
                          "square root)")
+        _add_strategy_arguments(sub)
         if name == "carracing":
             sub.add_argument("--reevaluate-top", type=_positive_int, default=None,
                              help="two-stage selection: re-evaluate the best N (paper: 32)")
@@ -391,6 +393,30 @@ def build_parser():
     return parser
 
 
+STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
+                 "--mutation-rate); es: OpenAI's evolution strategy on the factors "
+                 "(--population, even, --sigma, --learning-rate)")
+
+
+def _add_strategy_arguments(parser):
+    parser.add_argument("--strategy", choices=("ga", "es"), default="ga", help=STRATEGY_HELP)
+    parser.add_argument("--sigma", type=_positive_float, default=0.02,
+                        help="es: noise std relative to each tensor's init std")
+    parser.add_argument("--learning-rate", type=_positive_float, default=0.01,
+                        help="es: Adam's learning rate on the mean (relative units)")
+
+
+def _make_strategy(args):
+    """The strategy the command's arguments ask for."""
+    from keras_lrne import strategies
+
+    if args.strategy == "es":
+        return strategies.OpenES(population_size=args.population, sigma=args.sigma,
+                                 learning_rate=args.learning_rate)
+    return strategies.GA(population_size=args.population, num_parents=args.parents,
+                         mutation_rate=args.mutation_rate)
+
+
 def _apply_paper_settings(args, argv):
     if not args.paper:
         return
@@ -438,11 +464,7 @@ def _run_variant(args, task, variant, output):
             init=args.init,
         )
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        strategy = keras_lrne.strategies.GA(
-            population_size=args.population,
-            num_parents=args.parents,
-            mutation_rate=args.mutation_rate,
-        )
+        strategy = _make_strategy(args)
         params = int(model.count_params())
         baselines = task.baselines()
         print(f"[keras-lrne] {variant}: {params:,} parameters, {strategy}", flush=True)
@@ -562,7 +584,9 @@ def _make_rl(args):
         model = presets.atari_policy(args.variant, num_actions=task.num_outputs,
                                      rank=args.rank)
     elif args.command == "carracing":
-        task = tasks.CarRacing(episodes=args.episodes, max_episode_steps=args.max_episode_steps)
+        task = tasks.CarRacing(episodes=args.episodes, max_episode_steps=args.max_episode_steps,
+                               reevaluate_top=args.reevaluate_top,
+                               reevaluate_episodes=args.reevaluate_episodes)
         model = presets.carracing_policy(args.variant, num_actions=task.num_outputs,
                                          rank=args.rank)
     else:
@@ -611,12 +635,7 @@ def run_rl(args):
             return 0
         keras.utils.set_random_seed(args.seed)
         task, model = _make_rl(args)
-        strategy = keras_lrne.strategies.GA(
-            population_size=args.population, num_parents=args.parents,
-            mutation_rate=args.mutation_rate,
-            reevaluate_top=getattr(args, "reevaluate_top", None),
-            reevaluate_episodes=getattr(args, "reevaluate_episodes", None),
-        )
+        strategy = _make_strategy(args)
         params = int(model.count_params())
         print(f"[keras-lrne] {args.command} {args.variant}: {params:,} parameters, {task!r}, "
               f"{strategy}", flush=True)

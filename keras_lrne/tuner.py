@@ -282,7 +282,8 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
     def build_strategy(self, hp):
         """Builds the evolution strategy of one trial from its hyperparameter values.
 
-        Override it to tune other strategy settings (e.g. `reevaluate_top`).
+        Override it to tune other strategy settings or another strategy (e.g.
+        `keras_lrne.strategies.OpenES` and its `sigma`).
 
         Args:
             hp: A `keras_tuner.HyperParameters` instance.

@@ -120,7 +120,8 @@ def _rewrite(path, out, checksum="keep", **changes):
     if checksum == "drop":  # a file written before checksums
         del arrays["sha256"]
     elif checksum == "recompute":  # a consistent checksum over invalid records
-        digest = lineage_lib._digest(arrays["header"], arrays["parents"], arrays["seeds"])
+        digest = lineage_lib._digest(arrays["header"], {"parents": arrays["parents"],
+                                                        "seeds": arrays["seeds"]})
         arrays["sha256"] = np.frombuffer(digest.encode(), np.uint8)
     np.savez_compressed(out, **arrays)
     return str(out)
@@ -157,7 +158,7 @@ def test_invalid_lineage_records_name_the_file_and_record(run, tmp_path):
     cases = [
         ({"parents": parents}, rf"parents\[2\]\[7\]={size} is outside \[0, population_size="),
         ({"seeds": seeds[:, :5]}, r"seeds must be integers of shape"),
-        ({"parents": parents[:2]}, r"same shape"),
+        ({"parents": parents[:2]}, r"one row per generation"),
         ({"header": {"population_size": 0}}, r"population_size must be a positive"),
         ({"header": {"seed": "7"}}, r"seed must be a non-negative integer"),
     ]

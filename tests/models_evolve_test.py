@@ -71,12 +71,12 @@ def test_no_retrace_between_generations():
     x, y = regression_data()
     model = small_model()
     evolve(model, x, y, generations=1, validation_data=(x, y))
-    counts_after_one = dict(model._lrne_run.functions.trace_counts)
+    counts_after_one = dict(model.evolution_run.functions.trace_counts)
 
     model2 = small_model()
     evolve(model2, x, y, generations=5, validation_data=(x, y))
-    assert model2._lrne_run.functions.trace_counts == counts_after_one
-    assert counts_after_one["reproduce"] == 1
+    assert model2.evolution_run.functions.trace_counts == counts_after_one
+    assert model2.evolution_run.strategy.trace_counts["reproduce"] == 1
     # One trace for the population, one for the validation of the single elite.
     assert counts_after_one["evaluate"] == 2
 
@@ -98,7 +98,7 @@ def test_layer_norm_is_frozen_and_initial_members_differ():
     norm = model.layers[1]
     np.testing.assert_array_equal(norm.gamma.numpy(), np.ones(8))
     np.testing.assert_array_equal(norm.beta.numpy(), np.zeros(8))
-    run = model._lrne_run
+    run = model.evolution_run
     assert [s.path.split("/")[-1] for s in run.evolvable] == ["kernel_u", "kernel_v", "bias",
                                                               "kernel", "bias"]
     first = model.rebuild_member(0, 0)
@@ -111,7 +111,7 @@ def test_mutation_noise_is_scaled_by_init_std():
     model = small_model(norm=False)
     strategy = GA(population_size=400, num_parents=1, mutation_rate=0.01)
     evolve(model, x, y, generations=1, strategy=strategy, population_batch_size=100)
-    run, state = model._lrne_run, model._lrne_state
+    run, state = model.evolution_run, model.evolution_state
     parent = model.rebuild_member(0, int(state.parents[0]))
     for spec, values in zip(run.evolvable, state.population):
         children = keras.ops.convert_to_numpy(values)[1:]
@@ -125,7 +125,7 @@ def test_rebuild_member_is_exact_and_lineage_round_trips():
     x, y = regression_data()
     model = small_model()
     evolve(model, x, y, generations=4)
-    state = model._lrne_state
+    state = model.evolution_state
     population = [keras.ops.convert_to_numpy(v) for v in state.population]
     assert model.lineage.num_generations == 5
     for member in (0, 5, 11):
@@ -135,7 +135,7 @@ def test_rebuild_member_is_exact_and_lineage_round_trips():
     data = model.lineage.to_bytes()
     copy = Lineage.from_bytes(data)
     assert copy.chain(4, 7) == model.lineage.chain(4, 7)
-    assert copy.settings["num_parents"] == 3
+    assert copy.settings["config"]["num_parents"] == 3
     with pytest.raises(ValueError, match="generation"):
         model.lineage.chain(9, 0)
 
@@ -157,7 +157,7 @@ def test_nan_loss_members_never_crash_or_become_elite():
     model.compile(loss="mse")
     history = evolve(model, x, y, generations=3,
                      strategy=GA(population_size=16, num_parents=2, mutation_rate=0.5))
-    losses = model._lrne_state.losses
+    losses = model.evolution_state.losses
     assert np.isnan(losses).sum() == 0  # sanitized to +inf
     assert np.isinf(losses).sum() > 0  # some members did produce NaN
     assert all(np.isfinite(history.history["loss"]))
@@ -456,7 +456,7 @@ def test_non_finite_data_fails_before_the_run(make_args, match):
     model = small_model()
     with pytest.raises(ValueError, match=match):
         model.evolve(*args, strategy=GA(4, 1), generations=1, verbose=0, **kwargs)
-    assert not hasattr(model, "_lrne_state")  # failed before any generation
+    assert model.evolution_state is None  # failed before any generation
 
 
 def classifier(num_classes=5, loss=None):

@@ -206,7 +206,7 @@ def test_save_freq_and_delete_checkpoint_are_honoured(tmp_path):
     original = checkpoint.save
 
     def spy(path, arrays, meta):
-        saved.append(meta["generation"])
+        saved.append(meta["state"]["scalars"]["generation"])
         return original(path, arrays, meta)
 
     checkpoint.save = spy

@@ -45,12 +45,12 @@ def test_cartpole_logs_and_determinism():
 def test_policy_compiles_once_per_live_bucket():
     task = Environment("CartPole-v1", max_episode_steps=60, num_envs=8)
     model, _ = run(task, generations=2)
-    counts = dict(model._lrne_evaluator.rollout.trace_counts)
+    counts = dict(model.evolution_run.evaluator.rollout.trace_counts)
     # Live sets are compacted into power-of-two buckets: at most log2(8) + 1 shapes.
     assert 1 <= counts["policy"] <= 4
     model2, _ = run(Environment("CartPole-v1", max_episode_steps=60, num_envs=8),
                     generations=6)
-    assert model2._lrne_evaluator.rollout.trace_counts["policy"] <= 4
+    assert model2.evolution_run.evaluator.rollout.trace_counts["policy"] <= 4
 
 
 def test_all_members_share_episode_seeds():
@@ -61,8 +61,8 @@ def test_all_members_share_episode_seeds():
     model = policy(task)
     model.evolve(task, strategy=GA(4, 1, mutation_rate=1e-12), generations=1, seed=0,
                  verbose=0)
-    evaluator = model._lrne_evaluator.rollout
-    state = model._lrne_state
+    evaluator = model.evolution_run.evaluator.rollout
+    state = model.evolution_state
     same = [keras.ops.repeat(v[:1], 4, axis=0) for v in state.population]
     _losses, returns, _ = evaluator.evaluate(same, generation=3)
     assert len(set(np.round(returns, 6).tolist())) == 1
@@ -100,7 +100,7 @@ class Exploding(gym.Env):
 def test_a_crashing_environment_fails_that_member_not_the_run():
     task = Environment(Exploding)
     model, history = run(task, generations=2, strategy=GA(16, 2, mutation_rate=1.0))
-    losses = model._lrne_state.losses
+    losses = model.evolution_state.losses
     assert np.isinf(losses).any() and np.isfinite(losses).any()
     assert history.history["episode_return"][-1] == 10.0
     assert history.history["failed_members"][0] > 0
@@ -120,10 +120,11 @@ def test_early_termination_is_logged():
 
 
 def test_two_stage_selection_only_promotes_reevaluated_members():
-    task = Environment("CartPole-v1", max_episode_steps=40)
-    strategy = GA(8, 2, mutation_rate=0.5, reevaluate_top=3, reevaluate_episodes=2)
+    task = Environment("CartPole-v1", max_episode_steps=40, reevaluate_top=3,
+                       reevaluate_episodes=2)
+    strategy = GA(8, 2, mutation_rate=0.5)
     model, history = run(task, generations=2, strategy=strategy)
-    losses = model._lrne_state.losses
+    losses = model.evolution_state.losses
     assert np.isfinite(losses).sum() == 3  # only the re-evaluated top 3 are eligible
     assert history.history["env_steps"][0] > 0
 
@@ -161,7 +162,7 @@ def test_atari_lanes_overlap_stepping_without_changing_results():
         keras.utils.set_random_seed(0)
         model = keras_lrne.presets.atari_policy("small", num_actions=task.num_outputs)
         history = model.evolve(task, strategy=GA(10, 2), generations=2, seed=4, verbose=0)
-        rollout = model._lrne_evaluator.rollout
+        rollout = model.evolution_run.evaluator.rollout
         assert rollout.num_lanes == (2 if overlap else 1)
         assert sum(env.num_envs for env in rollout.vector_envs) == 8
         histories[overlap] = history.history
@@ -207,7 +208,7 @@ def test_non_finite_observations_fail_the_member_and_spare_the_normaliser():
     normalizer = task.normalizer
     assert normalizer.count > 0
     assert np.isfinite(normalizer.mean).all() and np.isfinite(normalizer.var).all()
-    losses = model._lrne_state.losses
+    losses = model.evolution_state.losses
     assert np.isinf(losses).any() and np.isfinite(losses).any()
     assert all(failed > 0 for failed in history.history["failed_members"])
     assert history.history["episode_return"] == [5.0, 5.0]

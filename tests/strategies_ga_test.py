@@ -18,13 +18,6 @@ from keras_lrne.strategies import GA, operators
         ({"population_size": 8, "num_parents": 2, "mutation_rate": float("nan")}, "mutation_rate"),
         ({"population_size": 8, "num_parents": 2, "factor_mutation_rate": -1.0},
          "factor_mutation_rate"),
-        # Not silently truthy: "no" used to become True.
-        ({"population_size": 8, "num_parents": 2, "freeze_normalization": "no"},
-         "freeze_normalization"),
-        ({"population_size": 8, "num_parents": 2, "freeze_normalization": 0},
-         "freeze_normalization"),
-        ({"population_size": 8, "num_parents": 2, "freeze_normalization": None},
-         "freeze_normalization"),
     ],
 )
 def test_invalid_arguments_name_the_argument(kwargs, argument):
@@ -42,7 +35,6 @@ def test_defaults_match_the_paper():
     ga = GA(population_size=512, num_parents=16)
     assert ga.mutation_rate == 0.01
     assert math.isclose(ga.factor_mutation_rate, 0.1)
-    assert ga.config.freeze_normalization
     assert GA.from_config(ga.get_config()).get_config() == ga.get_config()
     assert "population_size=512" in repr(ga)
 

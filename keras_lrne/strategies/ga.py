@@ -118,6 +118,8 @@ class GA(Strategy):
             )
         )
         self._reproduce = None
+        #: Traces of the compiled operators (a run traces each once).
+        self.trace_counts = {"reproduce": 0}
 
     @property
     def num_parents(self):
@@ -146,6 +148,7 @@ class GA(Strategy):
         bk = lrne_backend.get()
 
         def reproduce(population, elite_idx, parent_idx, seeds):
+            self.trace_counts["reproduce"] += 1
             # One seeded draw of all of a child's parameters at once: row `i` of the noise
             # depends only on `seeds[i]`, so any child can be re-created alone.
             shapes = [tuple(v.shape[1:]) for v in population]
