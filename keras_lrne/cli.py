@@ -18,7 +18,7 @@ import numpy as np
 
 VARIANTS = ("factorized", "full", "small")
 
-# The paper's LM settings (PAPER.md), selected with `--paper`.
+# The paper's LM settings (docs/design.md), selected with `--paper`.
 PAPER_SETTINGS = {
     "population": 512,
     "parents": 16,

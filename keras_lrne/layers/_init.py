@@ -106,7 +106,7 @@ def initializer_std(initializer, shape):
     """Std of the distribution `initializer` draws for `shape`.
 
     Exact for `RandomNormal`; otherwise estimated by sampling once. Zero (or
-    constant) initialisers give the Kaiming std of `shape` (PAPER.md: zero
+    constant) initialisers give the Kaiming std of `shape` (docs/design.md: zero
     initialised tensors use the Kaiming std of their shape).
     """
     if type(initializer) is keras.initializers.RandomNormal:

@@ -20,7 +20,7 @@ class FactorizedDense(keras.layers.Layer):
     for Deep Neuroevolution" (arXiv 2504.03037, 2025).
 
     With `"auto"` initialisers the factors are drawn from zero-mean normals
-    chosen so that the product is Kaiming-initialised (PAPER.md):
+    chosen so that the product is Kaiming-initialised (docs/design.md):
 
     - `fan_in <= units`: Var(U) = sqrt(2)/fan_in, Var(V) = sqrt(2)/rank, so
       Var(U @ V) = rank * Var(U) * Var(V) = 2/fan_in.
