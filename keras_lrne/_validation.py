@@ -1,8 +1,14 @@
 """Argument checks shared by the package: errors name the argument and repeat the value."""
 
+import math
 import numbers
 
 import numpy as np
+
+
+def is_int(value):
+    """True for Python and numpy integers, False for bools (and everything else)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def check_int(name, value, minimum=1, allow_none=False):
@@ -23,10 +29,9 @@ def check_int(name, value, minimum=1, allow_none=False):
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or (
-        value < minimum
-    ):
-        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if not is_int(value) or value < minimum:
+        expected = {1: "a positive integer", 0: "a non-negative integer"}.get(
+            minimum, f"an integer >= {minimum}")
         if allow_none:
             expected += " or None"
         raise ValueError(
@@ -49,3 +54,34 @@ def check_bool(name, value):
             f"Received: {name}={value!r}"
         )
     return bool(value)
+
+
+def check_number(name, value, allow_zero=False):
+    """Returns `value` as a `float` if it is a finite number > 0 (>= 0 with
+    `allow_zero`), else raises ``Received an invalid value for `name`, expected a
+    positive finite number. Received: name=value``."""
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        expected = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected {expected} finite number. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def check_int_pair(name, value):
+    """Returns `value` as a pair of positive ints (an int `n` gives `(n, n)`)."""
+    items = (value, value) if is_int(value) else (
+        tuple(value) if isinstance(value, (tuple, list)) and len(value) == 2 else None)
+    if items is None or not all(is_int(v) and v > 0 for v in items):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a positive integer or a "
+            f"tuple of 2 positive integers. Received: {name}={value!r}"
+        )
+    return (int(items[0]), int(items[1]))

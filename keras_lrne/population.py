@@ -40,9 +40,8 @@ NORMALIZATION_LAYERS = tuple(
     if hasattr(keras.layers, name)
 )
 
-# Bytes the evaluation of one chunk step may use on CPU: about a last-level cache. Larger
-# steps were measured 1.2-2.4x slower on a 2-core CPU (benchmarks/population_throughput.py:
-# 64 sequences per step vs 4-16), smaller ones gain nothing.
+# Bytes the evaluation of one chunk step may use on CPU: about a last-level cache (larger
+# steps are slower, smaller ones gain nothing: see benchmarks/README.md).
 CPU_MEMORY_BUDGET = 64 * 2**20
 
 

@@ -25,10 +25,8 @@ def _num_lanes(task, num_envs):
 
     `"auto"`: two lanes when the vector environment steps in native threads (it releases
     the GIL, as ale-py's does), so that stepping and the policy forward overlap; one
-    otherwise. Measured on 2 CPU cores (Frostbite, 16 envs, paper's factorized net), two
-    lanes gave 0.55x, 0.55x, 0.57x and 0.64x the raw env speed where one lane gave 0.54x,
-    0.49x, 0.60x and 0.55x (TensorFlow, TensorFlow, JAX, JAX); with the policy on an
-    accelerator the two overlap fully.
+    otherwise (measurements: benchmarks/README.md). With the policy on an accelerator
+    the two overlap fully.
     """
     lanes = getattr(task, "rollout_lanes", "auto")
     if lanes not in ("auto", 1, 2) or isinstance(lanes, bool):

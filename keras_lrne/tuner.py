@@ -15,6 +15,7 @@ except ImportError as error:  # pragma: no cover - depends on the install
         'optional. Install them with: pip install "keras-lrne[tuner]"'
     ) from error
 
+from keras_lrne._validation import is_int
 from keras_lrne.strategies import GA
 from keras_lrne.tasks.base import Task
 from keras_lrne.tasks.environment import Environment
@@ -22,10 +23,6 @@ from keras_lrne.tasks.environment import Environment
 _HYPERBAND_EPOCHS = "tuner/epochs"
 # Keyword arguments of `search()` this hypermodel consumes itself (the rest go to evolve).
 _OWN_ARGUMENTS = ("generations", "epochs", "initial_epoch", "callbacks", "seed")
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_positive_real(value):
@@ -43,9 +40,9 @@ def _int_space(name, value, minimum):
     Returns an `int` (fixed) or a tuple of ints (choices).
     """
     expected = f"an integer >= {minimum} or a non-empty list of distinct such integers"
-    if _is_int(value):
+    if is_int(value):
         values = (value,)
-    elif isinstance(value, (list, tuple)) and value and all(_is_int(v) for v in value):
+    elif isinstance(value, (list, tuple)) and value and all(is_int(v) for v in value):
         values = tuple(value)
     else:
         raise ValueError(
@@ -58,7 +55,7 @@ def _int_space(name, value, minimum):
             f"Received: {name}={value!r}"
         )
     values = tuple(int(v) for v in values)
-    return values[0] if _is_int(value) else values
+    return values[0] if is_int(value) else values
 
 
 def _rate_space(name, value):
@@ -80,11 +77,11 @@ def _rate_space(name, value):
 
 
 def _smallest(space):
-    return space if _is_int(space) else min(space)
+    return space if is_int(space) else min(space)
 
 
 def _largest(space):
-    return space if _is_int(space) else max(space)
+    return space if is_int(space) else max(space)
 
 
 def _fatal(message):
@@ -218,7 +215,7 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
         self._hyperparameters(hp)
 
     def _declare_int(self, hp, name, space):
-        if _is_int(space):
+        if is_int(space):
             return hp.Fixed(name, space)
         return hp.Choice(name, list(space))
 
@@ -239,7 +236,7 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
         values["num_parents"] = self._declare_int(hp, "num_parents", self.num_parents)
         # Values set from outside (a tuner's `hyperparameters=`) skip the checks above.
         for name, minimum in (("rank", 1), ("population_size", 2), ("num_parents", 1)):
-            if name in values and (not _is_int(values[name]) or values[name] < minimum):
+            if name in values and (not is_int(values[name]) or values[name] < minimum):
                 raise _fatal(
                     f"Received an invalid value for the hyperparameter `{name}`, expected "
                     f"an integer >= {minimum}. Received: {name}={values[name]!r}"
@@ -342,14 +339,14 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
                 f"{unknown}. Accepted: {sorted(set(accepted) - {'strategy'})}"
             )
         generations = self._generations(hp, generations, epochs)
-        if not _is_int(initial_epoch) or not 0 <= initial_epoch < generations:
+        if not is_int(initial_epoch) or not 0 <= initial_epoch < generations:
             raise _fatal(
                 "Received an invalid value for `initial_epoch`, expected an integer in "
                 f"[0, {generations}). Received: initial_epoch={initial_epoch!r}"
             )
         if seed is None:
             seed = 0
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise _fatal(
                 "Received an invalid value for `seed`, expected a non-negative integer or "
                 f"None. Received: seed={seed!r}"
@@ -399,7 +396,7 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
                 "epoch); give one of them. "
                 f"Received: generations={generations!r}, epochs={epochs!r}"
             )
-        if not _is_int(generations) or generations < 1:
+        if not is_int(generations) or generations < 1:
             raise _fatal(
                 "Received an invalid value for `generations`, expected an integer >= 1. "
                 f"Received: generations={generations!r}"

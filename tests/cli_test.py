@@ -102,19 +102,19 @@ def test_paper_settings_fill_only_unset_options():
 
 
 def test_lm_resume_after_an_interruption(tmp_path, monkeypatch):
-    from keras_lrne.models import evolve_mixin
+    from keras_lrne import checkpoint
 
     out = tmp_path / "run"
-    original = evolve_mixin._save_backup
+    original = checkpoint.save_run
 
     def save_then_crash(*args, **kwargs):
         original(*args, **kwargs)
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(evolve_mixin, "_save_backup", save_then_crash)
+    monkeypatch.setattr(checkpoint, "save_run", save_then_crash)
     with pytest.raises(RuntimeError, match="killed"):
         cli.main(["lm", *TINY, "--output", str(out)])
-    monkeypatch.setattr(evolve_mixin, "_save_backup", original)
+    monkeypatch.setattr(checkpoint, "save_run", original)
     # Without --resume an interrupted run is never overwritten.
     with pytest.raises(SystemExit) as info:
         cli.main(["lm", *TINY, "--output", str(out)])

@@ -244,13 +244,12 @@ def _conv_model():
     return keras.Model(inputs, outputs)
 
 
-def test_keras_save_load_fresh_process(tmp_path):
-    from layers_test import run_load_check
+def test_keras_save_load_fresh_process(tmp_path, load_check):
 
     keras.utils.set_random_seed(3)
     model = _conv_model()
     x = np.random.RandomState(3).rand(2, 9, 9, 3).astype("float32")
-    run_load_check(model, x, tmp_path)
+    load_check(model, x, tmp_path)
 
 
 def test_compiled_population_map():

@@ -1,9 +1,6 @@
 """Tests for keras_lrne.layers."""
 
 import math
-import os
-import subprocess
-import sys
 import warnings
 
 import keras
@@ -390,37 +387,8 @@ def test_functional_model_and_stateless_call():
             assert all(v["init_std"] > 0 for v in info.values())
 
 
-_LOAD_SCRIPT = """
-import sys, numpy as np, keras, keras_lrne.layers
-model = keras.saving.load_model(sys.argv[1])
-ids = np.load(sys.argv[2])
-expected = np.load(sys.argv[3])
-out = keras.ops.convert_to_numpy(model(ids))
-np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-names = [w.path for w in model.trainable_weights]
-assert names == sys.argv[4].split(","), names
-print("OK")
-"""
-
-
-def run_load_check(model, ids, tmp_path):
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    np.save(tmp_path / "ids.npy", ids)
-    np.save(tmp_path / "out.npy", _np(model(ids)))
-    names = ",".join(w.path for w in model.trainable_weights)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=keras.config.backend())
-    result = subprocess.run(
-        [sys.executable, "-c", _LOAD_SCRIPT, path, str(tmp_path / "ids.npy"),
-         str(tmp_path / "out.npy"), names],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "OK" in result.stdout
-
-
-def test_keras_save_load_fresh_process(tmp_path):
+def test_keras_save_load_fresh_process(tmp_path, load_check):
     keras.utils.set_random_seed(1)
     model = _every_layer_model()
     ids = np.random.RandomState(1).randint(0, 30, size=(2, 5)).astype("int32")
-    run_load_check(model, ids, tmp_path)
+    load_check(model, ids, tmp_path)

@@ -102,15 +102,14 @@ def test_evolution_info_covers_factors():
     assert all(v["init_std"] > 0 for v in info.values())
 
 
-def test_save_load_fresh_process(tmp_path):
-    from layers_test import run_load_check
+def test_save_load_fresh_process(tmp_path, load_check):
 
     keras.utils.set_random_seed(2)
     model = presets.language_model(
         "factorized", vocab_size=40, sequence_length=6, num_layers=1, embed_rank=4
     )
     ids = np.random.RandomState(2).randint(0, 40, size=(2, 6)).astype("int32")
-    run_load_check(model, ids, tmp_path)
+    load_check(model, ids, tmp_path)
 
 
 def test_language_model_scaled_init_gives_unit_scale_logits():

@@ -6,10 +6,8 @@ member has its own weights. Matrix products vectorise into one batched product, 
 convolution with a per-member kernel does not: TensorFlow runs it as a loop over members
 and JAX as a grouped convolution, both slow on CPU. While `member_calls()` is active,
 `FactorizedConv2D` therefore computes its convolution with `conv2d_by_matmul`, which
-uses only reshapes, one matrix product and shifted slices (all of which vectorise).
-Measured on 2 CPU cores for the paper's factorized Atari net (16 members, one frame
-each): 4.4-5.3 ms -> 2.6-2.9 ms per population forward on TensorFlow, 8.1-8.3 ms ->
-2.0-2.2 ms on JAX.
+uses only reshapes, one matrix product and shifted slices (all of which vectorise);
+docs/design.md gives the measured speed-up.
 """
 
 import contextlib

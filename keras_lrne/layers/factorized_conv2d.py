@@ -1,35 +1,14 @@
 """`FactorizedConv2D`: a 2D convolution whose kernel is `reshape(U @ V) / 2`."""
 
 import math
-import numbers
 
 import keras
-import numpy as np
 from keras import ops
 
-from keras_lrne._validation import check_int
+from keras_lrne._validation import check_int, check_int_pair
 from keras_lrne.layers import _init, _vectorized
 
 _PATHS = ("auto", "materialize", "two_step")
-
-
-def _validate_pair(name, value):
-    """Returns `value` as a pair of positive ints (an int `n` gives `(n, n)`)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
-        items = (value, value)
-    elif isinstance(value, (tuple, list)) and len(value) == 2:
-        items = tuple(value)
-    else:
-        items = None
-    if items is None or any(
-        isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v <= 0
-        for v in items
-    ):
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected a positive integer or a "
-            f"tuple of 2 positive integers. Received: {name}={value!r}"
-        )
-    return (int(items[0]), int(items[1]))
 
 
 def _conv_output_length(length, kernel, stride, padding):
@@ -124,9 +103,9 @@ class FactorizedConv2D(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.filters = check_int("filters", filters)
-        self.kernel_size = _validate_pair("kernel_size", kernel_size)
+        self.kernel_size = check_int_pair("kernel_size", kernel_size)
         self.rank = check_int("rank", rank)
-        self.strides = _validate_pair("strides", strides)
+        self.strides = check_int_pair("strides", strides)
         if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
             raise ValueError(
                 "Received an invalid value for `padding`, expected 'valid' or 'same'. "

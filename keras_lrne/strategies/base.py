@@ -2,11 +2,11 @@
 
 import dataclasses
 import math
-import numbers
 
 import numpy as np
 
 from keras_lrne import population as pop
+from keras_lrne._validation import check_int, is_int
 from keras_lrne.strategies import operators
 
 
@@ -24,7 +24,7 @@ def as_specs(specs):
     Returns:
         The list of evolvable `VariableSpec`s.
     """
-    if isinstance(specs, (pop.VariableSpec, numbers.Integral, tuple)):
+    if isinstance(specs, (pop.VariableSpec, tuple)) or is_int(specs):
         specs = [specs]
     result = []
     for i, spec in enumerate(specs):
@@ -32,11 +32,8 @@ def as_specs(specs):
             if spec.evolvable:
                 result.append(spec)
             continue
-        shape = (spec,) if isinstance(spec, numbers.Integral) else spec
-        if not isinstance(shape, (tuple, list)) or not all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
-            for d in shape
-        ):
+        shape = (spec,) if is_int(spec) else spec
+        if not isinstance(shape, (tuple, list)) or not all(is_int(d) and d >= 1 for d in shape):
             raise ValueError(
                 "Received an invalid value for `specs`, expected `VariableSpec`s or shapes "
                 f"(tuples of positive integers). Received: specs[{i}]={spec!r}"
@@ -132,12 +129,7 @@ class Strategy:
         Returns:
             The strategy's state.
         """
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(
-                "Received an invalid value for `seed`, expected a non-negative integer. "
-                f"Received: seed={seed!r}"
-            )
-        return self._init(as_specs(specs), int(seed))
+        return self._init(as_specs(specs), check_int("seed", seed, minimum=0))
 
     def ask(self, state):
         """Returns `(population, state)`: the members to evaluate next.

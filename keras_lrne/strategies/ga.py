@@ -2,7 +2,6 @@
 
 import dataclasses
 import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -10,7 +9,7 @@ from keras import ops
 
 from keras_lrne import backend as lrne_backend
 from keras_lrne import population as pop
-from keras_lrne._validation import check_int
+from keras_lrne._validation import check_int, check_number
 from keras_lrne.strategies import operators
 from keras_lrne.strategies.base import Strategy, as_specs
 
@@ -46,19 +45,6 @@ class GAState(NamedTuple):
     best_loss: float
     parents: np.ndarray
     seeds: np.ndarray
-
-
-def _check_rate(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected a positive finite number. "
-            f"Received: {name}={value!r}"
-        )
 
 
 class GA(Strategy):
@@ -104,9 +90,9 @@ class GA(Strategy):
                 f"num_parents + 1 = {num_parents + 1} so that there is room for children. "
                 f"Received: population_size={population_size}, num_parents={num_parents}"
             )
-        _check_rate("mutation_rate", mutation_rate)
+        check_number("mutation_rate", mutation_rate)
         if factor_mutation_rate is not None:
-            _check_rate("factor_mutation_rate", factor_mutation_rate)
+            check_number("factor_mutation_rate", factor_mutation_rate)
         super().__init__(
             GAConfig(
                 population_size=int(population_size),

@@ -2,7 +2,6 @@
 
 import dataclasses
 import math
-import numbers
 from typing import NamedTuple
 
 import keras
@@ -11,7 +10,7 @@ from keras import ops
 
 from keras_lrne import backend as lrne_backend
 from keras_lrne import population as pop
-from keras_lrne._validation import check_bool, check_int
+from keras_lrne._validation import check_bool, check_int, check_number
 from keras_lrne.strategies import operators
 from keras_lrne.strategies.base import Strategy, as_specs
 
@@ -57,22 +56,6 @@ class OpenESState(NamedTuple):
     seed: int
     losses: object
     best_loss: float
-
-
-def _check_positive(name, value, allow_zero=False):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        expected = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(
-            f"Received an invalid value for `{name}`, expected {expected} finite number. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 def shape_fitness(losses, method="centered_rank"):
@@ -145,8 +128,8 @@ class OpenES(Strategy):
                  fitness_shaping="centered_rank", optimizer="adam", weight_decay=0.0,
                  mean_evaluation=True):
         check_int("population_size", population_size, 2)
-        sigma = _check_positive("sigma", sigma)
-        learning_rate = _check_positive("learning_rate", learning_rate)
+        sigma = check_number("sigma", sigma)
+        learning_rate = check_number("learning_rate", learning_rate)
         antithetic = check_bool("antithetic", antithetic)
         if antithetic and population_size % 2:
             raise ValueError(
@@ -159,7 +142,7 @@ class OpenES(Strategy):
                 "Received an invalid value for `fitness_shaping`, expected one of "
                 f"{list(FITNESS_SHAPINGS)}. Received: fitness_shaping={fitness_shaping!r}"
             )
-        weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
+        weight_decay = check_number("weight_decay", weight_decay, allow_zero=True)
         mean_evaluation = check_bool("mean_evaluation", mean_evaluation)
         super().__init__(OpenESConfig(
             population_size=int(population_size), sigma=sigma, learning_rate=learning_rate,

@@ -29,14 +29,11 @@ class AleVectorEnv:
         **kwargs: keyword arguments of `AtariVectorEnv`.
     """
 
-    #: Every sub-environment advances on every step (finished ones receive no-ops).
-    steps_all = True
-
     def __init__(self, game, num_envs, **kwargs):
         _, vector_env_class = _require_ale()
         # Random no-op starts are played by `step`, their number drawn from each episode's
-        # seed, instead of by ale-py: a seeded ale-py reset reloads the ROM (46 ms per
-        # sub-environment measured here) while an unseeded one takes 2-5 ms. Without
+        # seed, instead of by ale-py: a seeded ale-py reset reloads the ROM (about 10x
+        # slower than an unseeded one: benchmarks/README.md). Without
         # sticky actions an unseeded reset is deterministic, so each episode is still
         # fixed by its seed. (The no-op steps count toward the episode's step cap; their
         # rewards are not part of the return.)

@@ -128,13 +128,7 @@ class Atari(Environment):
         check_int("max_episode_steps", max_episode_steps)
         check_int("num_envs", num_envs, allow_none=True)
         check_int("num_threads", num_threads, allow_none=True)
-        if isinstance(noop_max, bool) or not isinstance(noop_max, (int, np.integer)) or (
-            noop_max < 0
-        ):
-            raise ValueError(
-                "Received an invalid value for `noop_max`, expected a non-negative integer. "
-                f"Received: noop_max={noop_max!r}"
-            )
+        check_int("noop_max", noop_max, minimum=0)
         if version not in VERSIONS:
             raise ValueError(
                 f"Received an invalid value for `version`, expected one of {VERSIONS}. "
@@ -197,28 +191,27 @@ class Atari(Environment):
         """`(84, 84, 12)`: 4 stacked RGB frames, frame-major channels."""
         return (_SIZE, _SIZE, 3 * _FRAME_STACK)
 
+    def export_input(self, obs):
+        """`(N, 4, 84, 84, 3)` uint8 frames -> `(N, 84, 84, 12)` float32 in [0, 1].
+
+        The one frame transform, in keras.ops: inside the compiled policy call
+        (`device_input`), in exported policies, and on the host (`preprocess`).
+        """
+        x = ops.transpose(ops.cast(obs, "float32") * (1.0 / 255.0), (0, 2, 3, 1, 4))
+        return ops.reshape(x, (-1, *x.shape[1:3], x.shape[3] * x.shape[4]))
+
     def preprocess(self, obs):
-        """`(N, 4, 84, 84, 3)` uint8 frames -> `(N, 84, 84, 12)` float32 in [0, 1]."""
-        obs = np.asarray(obs)
-        n, stack, height, width, channels = obs.shape
-        out = np.empty((n, height, width, stack, channels), np.float32)
-        np.multiply(obs.transpose(0, 2, 3, 1, 4), np.float32(1.0 / 255.0), out=out)
-        return out.reshape(n, height, width, stack * channels)
+        """`export_input` on the host, as a numpy array."""
+        return np.asarray(ops.convert_to_numpy(self.export_input(np.asarray(obs))))
 
     def host_input(self, obs):
         """The raw uint8 frames: conversion happens on the device (`device_input`)."""
         return np.asarray(obs)
 
     def device_input(self, x):
-        """One member's `(4, 84, 84, 3)` uint8 frames -> `(84, 84, 12)` float32 in [0, 1],
-        inside the compiled policy call (4x less data moved, no host pass over it)."""
-        x = ops.transpose(ops.cast(x, "float32") * (1.0 / 255.0), (1, 2, 0, 3))
-        return ops.reshape(x, (*x.shape[:2], -1))
-
-    def export_input(self, obs):
-        """`preprocess` in keras.ops (exported policies)."""
-        x = ops.transpose(ops.cast(obs, "float32") * (1.0 / 255.0), (0, 2, 3, 1, 4))
-        return ops.reshape(x, (-1, *x.shape[1:3], x.shape[3] * x.shape[4]))
+        """One member's `(4, 84, 84, 3)` uint8 frames -> `(84, 84, 12)`, inside the
+        compiled policy call (4x less data moved, no host pass over it)."""
+        return self.export_input(x[None])[0]
 
     def __repr__(self):
         return (f"Atari({self.env!r}, episodes={self.episodes}, "

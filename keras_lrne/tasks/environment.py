@@ -389,8 +389,6 @@ class ListVectorEnv:
     has ended, so a population's finished members cost nothing.
     """
 
-    steps_all = False
-
     def __init__(self, envs):
         self.envs = envs
         self.num_envs = len(envs)

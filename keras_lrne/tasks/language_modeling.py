@@ -18,10 +18,6 @@ from keras_lrne.tasks.base import Task
 _TOKENIZERS = ("word", "character")
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_text_vocab_size(vocab_size):
     if vocab_size < 3:
         raise ValueError(
@@ -285,11 +281,7 @@ class LanguageModeling(Task):
                 "Received an invalid value for `text_feature`, expected a feature name "
                 f"(str). Received: text_feature={text_feature!r}"
             )
-        if not _is_int(seed) or seed < 0:
-            raise ValueError(
-                "Received an invalid value for `seed`, expected a non-negative integer. "
-                f"Received: seed={seed!r}"
-            )
+        check_int("seed", seed, minimum=0)
 
     def _load_corpus(self):
         data = self.data
@@ -458,11 +450,7 @@ class LanguageModeling(Task):
             A tuple `(x, y)` of read-only numpy int32 arrays of shape
             `(num_sequences, sequence_length)`, with `y` the next tokens of `x`.
         """
-        if not _is_int(generation) or generation < 0:
-            raise ValueError(
-                "Received an invalid value for `generation`, expected a non-negative "
-                f"integer. Received: generation={generation!r}"
-            )
+        check_int("generation", generation, minimum=0)
         if not self.fresh_batch:
             return self._fixed
         rng = np.random.default_rng([self.seed, int(generation)])

@@ -13,8 +13,8 @@ def compile(fn):
 
 class _FixedSignature:
     """A compiled function called with one signature only, through its concrete
-    function: that skips `tf.function`'s per-call argument matching (0.3-0.9 ms of a
-    3-4 ms policy call measured on 2 CPU cores)."""
+    function: that skips `tf.function`'s per-call argument matching (a sizeable share of
+    a small policy call: benchmarks/README.md)."""
 
     def __init__(self, fn):
         self._function = compile(fn)
@@ -35,9 +35,9 @@ def compile_fixed(fn):
 def compile_random(fn):
     """Compiles a function dominated by random-number generation.
 
-    TensorFlow's own multi-threaded Philox kernels are 3-30x faster on CPU than XLA's
-    (measured: 2.1 M normals in 16 ms vs 41-490 ms), so this is a graph function
-    without XLA; it still never retraces for a fixed signature.
+    TensorFlow's own multi-threaded Philox kernels are much faster on CPU than XLA's
+    (benchmarks/README.md), so this is a graph function without XLA; it still never
+    retraces for a fixed signature.
     """
     return tf.function(fn, jit_compile=False, autograph=False, reduce_retracing=False)
 
