@@ -308,6 +308,22 @@ def _is_scalar(value):
     return value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating))
 
 
+def _field_array(name, value, to_numpy):
+    try:
+        array = np.asarray(to_numpy(value))
+    except Exception as error:
+        array, detail = None, f" ({error})"
+    else:
+        detail = ""
+    if array is None or array.dtype == object:
+        raise TypeError(
+            f"Cannot checkpoint the strategy state's field {name!r} of type "
+            f"{type(value).__name__}: state fields must be JSON-able scalars, arrays or "
+            f"lists of arrays{detail}."
+        )
+    return array
+
+
 def state_to_arrays(state, prefix="state/"):
     """Splits a strategy state (NamedTuple or dataclass) into `(arrays, meta)`.
 
@@ -326,16 +342,9 @@ def state_to_arrays(state, prefix="state/"):
         elif isinstance(value, (list, tuple)):
             meta["lists"][name] = len(value)
             for i, item in enumerate(value):
-                arrays[f"{prefix}{name}/{i}"] = np.asarray(to_numpy(item))
+                arrays[f"{prefix}{name}/{i}"] = _field_array(f"{name}[{i}]", item, to_numpy)
         else:
-            try:
-                arrays[f"{prefix}{name}"] = np.asarray(to_numpy(value))
-            except Exception as error:
-                raise TypeError(
-                    f"Cannot checkpoint the strategy state's field {name!r} of type "
-                    f"{type(value).__name__}: state fields must be JSON-able scalars, "
-                    f"arrays or lists of arrays ({error})."
-                ) from None
+            arrays[f"{prefix}{name}"] = _field_array(name, value, to_numpy)
             meta["arrays"].append(name)
     return arrays, meta
 

@@ -25,3 +25,27 @@ def test_compile_fixed_matches_compile_and_reuses_one_trace():
         np.testing.assert_allclose(bk.to_numpy(fixed(weights, x)),
                                    x @ weights[0] + weights[1], rtol=1e-5, atol=1e-6)
     assert len(traces) == 2  # one trace each, whatever the number of calls
+
+
+def test_seeded_normal_rows_depend_only_on_their_seed_and_salt():
+    bk = backend.get()
+    draw = bk.compile_random(lambda seeds: bk.seeded_normal(seeds, 0, (1000,), "float32"))
+    batch = bk.to_numpy(draw(np.asarray([5, 9, 5, 123], np.int32)))
+    alone = bk.to_numpy(draw(np.asarray([9], np.int32)))
+    assert batch.shape == (4, 1000)
+    np.testing.assert_array_equal(batch[1], alone[0])
+    np.testing.assert_array_equal(batch[0], batch[2])
+    assert not np.allclose(batch[0], batch[1])
+    assert abs(batch.mean()) < 0.1 and abs(batch.std() - 1) < 0.05
+    salted = bk.to_numpy(bk.seeded_normal(np.asarray([5], np.int32), 1, (1000,), "float32"))
+    assert not np.allclose(salted[0], batch[0])
+
+
+def test_map_chunks_maps_in_order_and_matches_a_direct_map():
+    bk = backend.get()
+    stacked = [np.arange(24, dtype="float32").reshape(4, 3, 2),
+               np.ones((4, 3), "float32")]
+    fn = bk.compile(lambda a, b: bk.map_chunks(
+        lambda chunk: ops.sum(chunk[0], axis=-1) * chunk[1], [a, b], (3,)))
+    expected = stacked[0].sum(-1) * stacked[1]
+    np.testing.assert_allclose(bk.to_numpy(fn(*stacked)), expected)

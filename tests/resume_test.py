@@ -11,65 +11,6 @@ import keras_lrne
 from keras_lrne import checkpoint
 from keras_lrne.strategies import GA
 
-SCRIPT = textwrap.dedent(
-    """
-    import os, signal, sys, json
-    import numpy as np, keras, keras_lrne
-    from keras_lrne import layers as lrl
-
-    backup, kill_at, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 6)).astype("float32")
-    y = (x @ rng.normal(size=(6, 1))).astype("float32")
-    keras.utils.set_random_seed(0)
-    model = keras_lrne.Sequential([keras.Input((6,)), lrl.FactorizedDense(8, rank=2,
-        activation="relu"), keras.layers.Dense(1)])
-    model.compile(loss="mse")
-
-    class Kill(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    callbacks = [keras.callbacks.BackupAndRestore(backup), Kill()] if backup != "-" else []
-    history = model.evolve(x, y, strategy=keras_lrne.strategies.GA(12, 3, mutation_rate=0.1),
-                           generations=6, seed=5, verbose=0, callbacks=callbacks)
-    weights = [w.tolist() for w in model.get_weights()]
-    json.dump({"history": history.history, "epoch": history.epoch, "weights": weights},
-              open(out, "w"))
-    """
-)
-
-
-def _run(tmp_path, backup, kill_at, name):
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    out = tmp_path / f"{name}.json"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, str(script), backup, str(kill_at), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    return proc, out
-
-
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    import json
-
-    backup = str(tmp_path / "backup")
-    killed, _ = _run(tmp_path, backup, 2, "killed")
-    assert killed.returncode == -9  # SIGKILL mid-run
-    assert os.path.exists(os.path.join(backup, checkpoint.STATE_FILE))
-    resumed, resumed_out = _run(tmp_path, backup, -1, "resumed")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    straight, straight_out = _run(tmp_path, "-", -1, "straight")
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    a, b = json.loads(resumed_out.read_text()), json.loads(straight_out.read_text())
-    assert a["epoch"] == b["epoch"] == list(range(6))
-    for key in ("loss", "mean_loss", "median_loss"):
-        np.testing.assert_allclose(a["history"][key], b["history"][key], rtol=0, atol=0)
-    for wa, wb in zip(a["weights"], b["weights"]):
-        np.testing.assert_array_equal(np.asarray(wa), np.asarray(wb))
-    assert not os.path.exists(backup)  # BackupAndRestore cleans up after a finished run
-
 
 def small_run(tmp_path, strategy=None, callbacks=(), generations=3):
     rng = np.random.default_rng(0)

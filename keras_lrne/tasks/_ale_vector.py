@@ -2,17 +2,14 @@
 
 import numpy as np
 
+from keras_lrne._optional import require
+
 
 def _require_ale():
-    try:
-        import ale_py
-        from ale_py.vector_env import AtariVectorEnv
-    except ImportError as error:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "Atari tasks need ale-py (>= 0.10, with its native vector environment). Install "
-            'the RL extra: pip install "keras-lrne[rl]"'
-        ) from error
-    return ale_py, AtariVectorEnv
+    packages = "ale-py (>= 0.10, with its native vector environment)"
+    ale_py = require("ale_py", "Atari tasks", "rl", packages)
+    vector_env = require("ale_py.vector_env", "Atari tasks", "rl", packages)
+    return ale_py, vector_env.AtariVectorEnv
 
 
 class AleVectorEnv:

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from keras_lrne._optional import require
 from keras_lrne.tasks.environment import Environment, _require_gymnasium
 
 _FRAME_STACK = 4
@@ -11,13 +12,7 @@ NEGATIVE_STREAK = 21
 
 
 def _require_box2d():
-    try:
-        import Box2D  # noqa: F401
-    except ImportError as error:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "CarRacing needs Box2D and pygame. Install the RL extra: "
-            'pip install "keras-lrne[rl]"'
-        ) from error
+    require("Box2D", "CarRacing tasks", "rl", packages="Box2D and pygame")
 
 
 def area_resize_96_to_64(frames):

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from keras_lrne._optional import require
 from keras_lrne._validation import check_int
 from keras_lrne.tasks.base import Task
 
@@ -12,14 +13,7 @@ ACTION_TRANSFORMS = ("auto", "argmax", "identity", "clip", "tanh")
 
 
 def _require_gymnasium():
-    try:
-        import gymnasium
-    except ImportError as error:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "Environment tasks need gymnasium. Install the RL extra: "
-            'pip install "keras-lrne[rl]"'
-        ) from error
-    return gymnasium
+    return require("gymnasium", "Environment tasks", "rl")
 
 
 def check_env_id(env_id, argument="env_id"):

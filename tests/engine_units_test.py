@@ -1,0 +1,87 @@
+"""Unit tests of the engine's parts: chunk and progress planning, generic checkpoints."""
+
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import pytest
+
+from keras_lrne import checkpoint
+from keras_lrne import population as pop
+from keras_lrne.evaluators import plan_groups
+
+
+@pytest.mark.parametrize("members, chunk", [(14, 4), (512, 16), (33, 11), (7, 7), (100, 3)])
+def test_progress_groups_cover_every_member_once_with_one_shape(members, chunk):
+    size, groups = plan_groups(members, chunk)
+    assert (len(groups) <= 16 and size % chunk == 0) or size == members
+    covered = []
+    for start, skip in groups:
+        assert start >= 0 and start + size <= members
+        covered.extend(range(start + skip, start + size))
+    assert covered == list(range(members))
+
+
+def test_chunk_plan_divides_the_data_and_fits_the_budget():
+    chunk, batch = pop.plan_chunks(64, 96, bytes_per_member_sample=1000, budget=200_000)
+    assert 96 % batch == 0
+    assert chunk * batch * 1000 <= 200_000
+    assert pop.plan_chunks(64, 96, 1000, population_batch_size=5, budget=200_000)[0] == 5
+    assert pop.plan_chunks(64, 96, 1000, batch_size=7, budget=10**9)[1] == 6  # a divisor
+
+
+class _State(NamedTuple):
+    population: list
+    table: np.ndarray
+    tensor: object
+    generation: int
+    seed: int
+    losses: object
+    best_loss: float
+    name: str
+
+
+def test_any_strategy_state_round_trips_through_a_checkpoint_bit_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    state = _State(
+        population=[keras.ops.convert_to_tensor(rng.normal(size=(3, 4)).astype("float32")),
+                    keras.ops.convert_to_tensor(rng.normal(size=(3,)).astype("float32"))],
+        table=np.arange(5, dtype=np.int32), tensor=keras.ops.ones((2, 2)),
+        generation=7, seed=3, losses=np.asarray([1.0, np.inf, 2.0]), best_loss=1.0,
+        name="x",
+    )
+    arrays, meta = checkpoint.state_to_arrays(state)
+    path = str(tmp_path / "state.lrne")
+    checkpoint.save(path, arrays, {"state": meta})
+    arrays, meta = checkpoint.load(path)
+    template = state._replace(losses=None, generation=0, population=[None, None])
+    restored = checkpoint.state_from_arrays(template, arrays, meta["state"])
+    assert (restored.generation, restored.seed, restored.name) == (7, 3, "x")
+    assert isinstance(restored.table, np.ndarray) and isinstance(restored.losses, np.ndarray)
+    for a, b in zip(restored.population + [restored.tensor],
+                    state.population + [state.tensor]):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                      keras.ops.convert_to_numpy(b))
+    np.testing.assert_array_equal(restored.losses, state.losses)
+
+
+def test_state_fields_that_cannot_be_saved_are_named():
+    class Bad(NamedTuple):
+        generation: int
+        thing: object
+
+    with pytest.raises(TypeError, match="'thing'"):
+        checkpoint.state_to_arrays(Bad(0, {"a": object()}))
+
+
+def test_a_corrupted_checkpoint_is_refused_and_settings_differences_are_named(tmp_path):
+    path = str(tmp_path / "c.lrne")
+    checkpoint.save(path, {"a": np.zeros(3)}, {"settings": {"seed": 1}})
+    target = tmp_path / "c.lrne"
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or corrupted"):
+        checkpoint.load(path)
+    with pytest.raises(checkpoint.CheckpointError, match=r"task\.episodes: checkpoint 1 vs now 2"):
+        checkpoint.check_settings({"task": {"episodes": 1}}, {"task": {"episodes": 2}}, path)
