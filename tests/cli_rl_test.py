@@ -40,6 +40,15 @@ def test_rl_commands_write_results(tmp_path, argv):
     assert sum(durations) == 6 * 30
 
 
+def test_rl_commands_take_open_es(tmp_path):
+    out = tmp_path / "es"
+    assert cli.main(["control", "--env", "CartPole-v1", "--strategy", "es", "--population",
+                     "4", "--generations", "2", "--max-episode-steps", "30", "--verbose", "0",
+                     "--output", str(out)]) == 0
+    run = json.loads((out / "summary.json").read_text())
+    assert run["args"]["strategy"] == "es" and run["summary"]["env_steps"] > 0
+
+
 def test_control_takes_discrete_envs_and_their_own_step_limit(tmp_path):
     # CartPole has Discrete actions (through `Environment`), Pendulum a Box (`Control`);
     # both keep the environment's registered step limit unless told otherwise.

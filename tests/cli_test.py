@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import keras_lrne
 from keras_lrne import cli
 
 TINY = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
@@ -38,6 +39,28 @@ def test_lm_writes_history_plot_and_models(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=True)
     assert "(1, 8, 64)" in result.stdout
+
+
+def test_lm_compare_with_open_es(tmp_path):
+    out = tmp_path / "es"
+    assert cli.main(["lm", *TINY, "--compare", "--strategy", "es", "--sigma", "0.05",
+                     "--learning-rate", "0.02", "--output", str(out), "--rank", "1",
+                     "--embed-rank", "4"]) == 0
+    with open(out / "comparison.csv") as f:
+        assert [r["variant"] for r in csv.DictReader(f)] == ["factorized", "full", "small"]
+    run = json.loads((out / "factorized" / "summary.json").read_text())
+    assert run["args"]["strategy"] == "es" and run["args"]["sigma"] == 0.05
+    lineage = keras_lrne.Lineage.load(str(out / "factorized" / "lineage.npz"))
+    assert lineage.settings["strategy"] == "OpenES"
+    assert sorted(lineage.records) == ["noise_seeds", "weights"]
+    assert lineage.num_generations == 3
+
+
+def test_lm_open_es_needs_an_even_population(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["lm", *TINY, "--strategy", "es", "--population", "5", "--output",
+                  str(tmp_path / "odd")])
+    assert "population_size=5" in capsys.readouterr().err
 
 
 def test_lm_compare_runs_three_variants(tmp_path, capsys):
@@ -162,6 +185,8 @@ def test_lm_output_rules_finished_runs_overwrite_and_resume(tmp_path, capsys):
     (["--seed", "-1"], "--seed"),
     (["--mutation-rate", "inf"], "--mutation-rate"),
     (["--resume", "--overwrite"], "--overwrite"),
+    (["--strategy", "es", "--sigma", "0"], "--sigma"),
+    (["--strategy", "cma"], "--strategy"),
 ])
 def test_lm_more_bad_arguments_name_the_option(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as info:
