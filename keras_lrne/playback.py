@@ -54,7 +54,9 @@ def load_policy(directory):
         `serve`, a callable mapping a batch of raw observations to a numpy batch of
         actions, and the policy's `keras_lrne_policy.json` contents as a dict.
     """
-    import tensorflow as tf
+    from keras_lrne._tf import import_tensorflow
+
+    tf = import_tensorflow("Playing an exported policy")
 
     path = find_policy_dir(directory)
     with open(os.path.join(path, POLICY_MARKER)) as f:

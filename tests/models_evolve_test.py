@@ -212,6 +212,10 @@ def test_progress_bar(capsys):
     evolve(small_model(), x, y, generations=2, verbose=1)
     out = capsys.readouterr().out
     assert "Epoch 1/2" in out and "Epoch 2/2" in out and "mean_loss" in out
+    # Within a generation the bar counts population chunks, as fit() counts batches.
+    evolve(small_model(), x, y, generations=1, verbose=1, population_batch_size=3)
+    out = capsys.readouterr().out
+    assert "1/4" in out and "4/4" in out
 
 
 def test_tf_data_and_functional_and_subclassed_models():

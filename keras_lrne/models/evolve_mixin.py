@@ -351,8 +351,10 @@ class EvolveMixin:
             "freeze_normalization": freeze_normalization,
             "evolvable_shapes": [list(s.shape) for s in run.evolvable]})
         self._evolution_run, self._evolution_state, self.lineage = run, state, lineage
-        settings = _run_settings(seed, strategy, run, task, self, validation_data, validation,
-                                 freeze_normalization)
+        # The run's signature is only needed for a backup (and Keras' config serialisation
+        # imports TensorFlow when it is installed, which a JAX run does not need).
+        settings = None if backup is None else _run_settings(
+            seed, strategy, run, task, self, validation_data, validation, freeze_normalization)
         start, history, stopped = 0, {}, False
         if resume:
             state, history, stopped = checkpoint.restore_run(resume, backup.path, settings,

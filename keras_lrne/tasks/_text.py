@@ -2,7 +2,10 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+from keras_lrne._tf import import_tensorflow
+
+tf = import_tensorflow("LanguageModeling")
 
 BATCH_SIZE = 256
 # ASCII punctuation, written out for RE2 (`tf.strings.regex_replace`).

@@ -56,8 +56,9 @@ def _to_numpy(value):
 
 def dataset_to_arrays(dataset, argument):
     """Materialises a finite `tf.data.Dataset` of `(x, y)` batches into two arrays."""
-    import tensorflow as tf
+    from keras_lrne._tf import import_tensorflow
 
+    tf = import_tensorflow("A tf.data.Dataset input")
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise ValueError(
             f"Received an infinite dataset for `{argument}`: evolution evaluates a fixed set "

@@ -11,7 +11,10 @@ import os
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
+
+from keras_lrne._tf import import_tensorflow
+
+tf = import_tensorflow("LanguageModeling")
 
 _ID_CHUNK = 65536
 

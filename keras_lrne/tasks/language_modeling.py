@@ -7,12 +7,10 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_lrne._tf import import_tensorflow, is_dataset
 from keras_lrne._validation import check_int
 from keras_lrne.checkpoint import streaming_digest
-from keras_lrne.tasks import _text
-from keras_lrne.tasks import corpus as corpus_lib
 from keras_lrne.tasks.base import Task
 
 _TOKENIZERS = ("word", "character")
@@ -159,6 +157,10 @@ class LanguageModeling(Task):
         self.seed = int(seed)
         self.data_dir = data_dir
 
+        # TensorFlow (tf.data, TextVectorization, TFDS) only from here: a text task needs
+        # it on every backend; `import keras_lrne` does not.
+        from keras_lrne.tasks import _text
+
         corpus = self._load_corpus()
         if corpus.ids is not None:
             self._vectorizer = None
@@ -219,7 +221,7 @@ class LanguageModeling(Task):
                 f"lines as documents. Received: max_documents={max_documents!r}, "
                 f"text_file={text_file!r}"
             )
-        if data is not None and not isinstance(data, (str, list, tuple, tf.data.Dataset)):
+        if data is not None and not (isinstance(data, (str, list, tuple)) or is_dataset(data)):
             raise ValueError(
                 "Received an invalid value for `data`, expected None, a TFDS name, a "
                 "`tf.data.Dataset` or a list of strings. "
@@ -253,7 +255,7 @@ class LanguageModeling(Task):
                 f"Received: tokenizer={tokenizer!r}"
             )
         check_int("vocab_size", vocab_size)
-        if isinstance(tokenizer, str) and not isinstance(data, tf.data.Dataset):
+        if isinstance(tokenizer, str) and not is_dataset(data):
             # Text for sure (datasets may hold token ids: checked once loaded).
             _check_text_vocab_size(vocab_size)
         check_int("sequence_length", sequence_length)
@@ -284,6 +286,9 @@ class LanguageModeling(Task):
         check_int("seed", seed, minimum=0)
 
     def _load_corpus(self):
+        tf = import_tensorflow("LanguageModeling")
+        from keras_lrne.tasks import corpus as corpus_lib
+
         data = self.data
         if self.text_file is not None:
             docs = corpus_lib.load_text_file(self.text_file, self.one_document_per_line)
@@ -297,7 +302,7 @@ class LanguageModeling(Task):
                 text_feature=self.text_feature,
                 max_documents=self.max_documents,
             )
-        elif isinstance(data, tf.data.Dataset):
+        elif is_dataset(data):
             return corpus_lib.dataset_corpus(
                 data, text_feature=self.text_feature, max_documents=self.max_documents
             )
@@ -310,6 +315,8 @@ class LanguageModeling(Task):
         )
 
     def _make_vectorizer(self, texts):
+        from keras_lrne.tasks import _text
+
         if isinstance(self.tokenizer, keras.layers.TextVectorization):
             vectorizer = self.tokenizer
             if _text.is_adapted(vectorizer):
@@ -404,7 +411,7 @@ class LanguageModeling(Task):
             return f"text_file={os.fspath(self.text_file)!r}"
         if self.data is None or isinstance(self.data, str):
             return repr(self.data)
-        if isinstance(self.data, tf.data.Dataset):
+        if is_dataset(self.data):
             return f"<tf.data.Dataset element_spec={self.data.element_spec}>"
         return f"<{type(self.data).__name__} of {len(self.data)} documents>"
 
