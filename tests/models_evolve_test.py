@@ -238,7 +238,7 @@ def test_tf_data_and_functional_and_subclassed_models():
 
     model = MyModel()
     model.compile(loss="mse")
-    history = model.evolve(x, y, strategy=GA(8, 2), generations=2, seed=0, verbose=0)
+    history = model.evolve(x, y, strategy=GA(16, 2), generations=4, seed=0, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 
