@@ -42,7 +42,7 @@ import numpy as np
 
 import keras_lrne
 from keras_lrne import backend as lrne_backend
-from keras_lrne import presets
+from keras_lrne import evaluators, presets
 
 VOCAB_SIZE = 2051
 
@@ -69,6 +69,11 @@ def parse_args(argv=None):
                         help="engine chunk size C (default: automatic)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="engine data batch B (default: automatic)")
+    parser.add_argument("--progress-steps", default=None,
+                        help="comma-separated caps on the compiled calls (progress steps) per "
+                        "generation, each benchmarked in this run, e.g. 1,16 (1: the whole "
+                        "population in one call); default: the library's "
+                        f"({evaluators.MAX_PROGRESS_STEPS})")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.generations < 2:
@@ -397,9 +402,20 @@ def main(argv=None):
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     x, y = make_data(args.sequences, args.sequence_length, args.seed)
     results = []
+    steps = ([int(v) for v in args.progress_steps.split(",")] if args.progress_steps
+             else [evaluators.MAX_PROGRESS_STEPS])
+    default = evaluators.MAX_PROGRESS_STEPS
     for variant in args.variants:
-        log(f"benchmarking {variant} ...")
-        results.append(bench_variant(variant, args, x, y))
+        for cap in steps:
+            log(f"benchmarking {variant} (at most {cap} compiled calls per generation) ...")
+            evaluators.MAX_PROGRESS_STEPS = cap
+            try:
+                result = bench_variant(variant, args, x, y)
+            finally:
+                evaluators.MAX_PROGRESS_STEPS = default
+            if len(steps) > 1:
+                result["variant"] = f"{variant}/steps={cap}"
+            results.append(result)
     print_report(args, device, results, load_before)
 
 

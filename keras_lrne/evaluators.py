@@ -76,15 +76,17 @@ def _best_finite(values, best=math.inf):
     return min(best, float(finite.min())) if finite.size else best
 
 
-def plan_groups(num_members, chunk_size, max_steps=MAX_PROGRESS_STEPS):
+def plan_groups(num_members, chunk_size, max_steps=None):
     """Splits a population into at most `max_steps` groups of whole chunks.
 
     Returns:
-        `(group_size, groups)`: `groups` is a list of `(start, skip)`, one compiled call
+        `(group_size, groups)` (`max_steps` defaults to `MAX_PROGRESS_STEPS`):
+        `groups` is a list of `(start, skip)`, one compiled call
         each on members `start .. start + group_size - 1`, of which the first `skip`
         were already evaluated by the previous group (the last group is shifted back so
         that every group has the same size: one compiled shape).
     """
+    max_steps = MAX_PROGRESS_STEPS if max_steps is None else max_steps
     chunks = -(-num_members // chunk_size)
     per_group = -(-chunks // max_steps)
     size = per_group * chunk_size
