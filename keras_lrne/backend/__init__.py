@@ -18,6 +18,8 @@ the small function set every backend module provides:
 - `block(tree)`: waits for asynchronously dispatched work (JAX) to finish.
 - `to_numpy(x)`: a host copy (waits for the device).
 - `device_memory_bytes()`: memory of the default accelerator, or None on CPU.
+- `apply_optimizer(optimizer, variables, optimizer_values, grads, values)`: one step of a
+  built Keras optimizer as a function of tensors, inside a compiled function.
 """
 
 import keras

@@ -35,7 +35,7 @@ class OpenESState(NamedTuple):
 
     Attributes:
         mean: list of tensors, the search distribution's mean (one per variable).
-        optimizer_variables: the values of the optimizer's variables (numpy arrays, in
+        optimizer_variables: the values of the optimizer's variables (tensors, in
             `optimizer.variables` order: iteration count, learning rate, moments...).
         elite: what `best` returns: the mean that was evaluated last generation (with
             `mean_evaluation`), else the best member of it.
@@ -177,7 +177,8 @@ class OpenES(Strategy):
         optimizer.build(variables)
         return optimizer, variables
 
-    def _compile(self, specs):
+    def _compile(self, specs, optimizer, variables):
+        """The compiled `(sample, perturb, update)` operators of a run."""
         bk = lrne_backend.get()
         stds = [float(s.init_std) for s in specs]
         sizes = [int(np.prod(s.shape)) for s in specs]
@@ -185,7 +186,7 @@ class OpenES(Strategy):
         noise_std = np.concatenate([np.full((n,), self.config.sigma * std, "float32")
                                     for n, std in zip(sizes, stds)])
         scale = 1.0 / (self.population_size * self.config.sigma)
-        antithetic = self.config.antithetic
+        antithetic, decay = self.config.antithetic, self.config.weight_decay
 
         def perturb(mean, seeds, signs):
             # Row `i` depends only on `seeds[i]` (and its sign): members rebuild alone.
@@ -198,18 +199,31 @@ class OpenES(Strategy):
                 members.append(m[None] + ops.cast(piece, m.dtype))
             return members
 
-        def gradient(seeds, weights):
+        def sample(mean, seeds, signs):
+            members = perturb(mean, seeds, signs)
+            if self.config.mean_evaluation:  # the mean is the last member
+                members = [ops.concatenate([p, m[None]], 0) for p, m in zip(members, mean)]
+            return members
+
+        def update(mean, optimizer_values, seeds, weights):
+            # The gradient of the expected loss in units of each tensor's init std,
+            # estimated from the regenerated noise, then one optimizer step there.
             eps = bk.seeded_normal(seeds, _NOISE_SALT, (sum(sizes),), "float32")
             if antithetic:
                 weights = weights[0::2] - weights[1::2]
             flat = ops.matmul(weights[None, :], eps)[0] * scale
+            z = [m / std for m, std in zip(mean, stds)]
             grads, offset = [], 0
-            for shape, size in zip(shapes, sizes):
-                grads.append(ops.reshape(flat[offset: offset + size], shape))
+            for shape, size, zi in zip(shapes, sizes, z):
+                grad = ops.reshape(flat[offset: offset + size], shape)
+                grads.append(grad + decay * zi if decay else grad)
                 offset += size
-            return grads
+            z, optimizer_values = bk.apply_optimizer(optimizer, variables, optimizer_values,
+                                                     grads, z)
+            return [zi * std for zi, std in zip(z, stds)], list(optimizer_values)
 
-        return bk.compile_random(perturb), bk.compile_random(gradient), stds
+        return (bk.compile_random(sample), bk.compile_random(perturb),
+                bk.compile_random(update))
 
     def _member_seeds(self, noise_seeds):
         """Per member: its noise seed and sign (+1, or -1 for the mirrored twin)."""
@@ -222,29 +236,21 @@ class OpenES(Strategy):
         rng = operators.generation_rng(seed, generation, stream=2)
         return operators.child_seeds(rng, self.num_noise)
 
-    def _step(self, optimizer, variables, stds, mean, optimizer_values, grads):
-        """One optimizer step on the mean; returns (new mean, new optimizer values)."""
-        for v, m, std in zip(variables, mean, stds):
-            v.assign(ops.convert_to_tensor(m) / std)
-        for v, value in zip(optimizer.variables, optimizer_values):
-            v.assign(value)
-        if self.config.weight_decay:
-            grads = [g + self.config.weight_decay * v.value for g, v in zip(grads, variables)]
-        optimizer.apply(grads, variables)
-        bk = lrne_backend.get()
-        new_mean = [v.value * std for v, std in zip(variables, stds)]
-        return ([ops.convert_to_tensor(bk.to_numpy(m)) for m in new_mean],
-                [bk.to_numpy(v.value) for v in optimizer.variables])
+    def _start(self, specs, seed):
+        """Operators, and the initial mean and optimizer values, of a run."""
+        optimizer, variables = self._make_optimizer(specs)
+        operators_ = self._compile(specs, optimizer, variables)
+        mean = [ops.convert_to_tensor(v) for v in pop.initial_member(specs, seed, 0)]
+        values = [ops.convert_to_tensor(v.value) for v in optimizer.variables]
+        # The optimizer object stays referenced by the compiled `update`.
+        return operators_, mean, values, optimizer
 
     # -- the contract ------------------------------------------------------------------------
     def _init(self, specs, seed):
-        self._ops = self._compile(specs)
-        self._optimizer, self._variables = self._make_optimizer(specs)
-        bk = lrne_backend.get()
-        mean = [ops.convert_to_tensor(v) for v in pop.initial_member(specs, seed, 0)]
+        self._ops, mean, values, self._optimizer = self._start(specs, seed)
         return OpenESState(
             mean=mean,
-            optimizer_variables=[bk.to_numpy(v.value) for v in self._optimizer.variables],
+            optimizer_variables=values,
             elite=list(mean),
             noise_seeds=np.zeros((self.num_noise,), np.int32),
             weights=np.zeros((self.population_size,), np.float32),
@@ -256,17 +262,13 @@ class OpenES(Strategy):
             raise RuntimeError("Call `init()` before `ask()`: OpenES is not initialised.")
         noise_seeds = self._noise_seeds(state.seed, state.generation)
         population = self._ops[0](state.mean, *self._member_seeds(noise_seeds))
-        if self.config.mean_evaluation:
-            population = [ops.concatenate([p, m[None]], 0)
-                          for p, m in zip(population, state.mean)]
         return population, state._replace(noise_seeds=noise_seeds)
 
     def _tell(self, state, losses):
-        perturb, gradient, stds = self._ops
+        _, perturb, update = self._ops
         size = self.population_size
         members = losses[:size]
         weights = shape_fitness(members, self.config.fitness_shaping)
-        grads = gradient(state.noise_seeds, weights)
         logs = {"best_member_loss": float(members.min())}
         if self.config.mean_evaluation:
             elite = list(state.mean)
@@ -277,10 +279,10 @@ class OpenES(Strategy):
             elite = [v[0] for v in perturb(state.mean, seeds[best:best + 1],
                                            signs[best:best + 1])]
             logs["loss"] = float(members[best])
-        mean, optimizer_values = self._step(self._optimizer, self._variables, stds,
-                                            state.mean, state.optimizer_variables, grads)
-        return state._replace(mean=mean, optimizer_variables=optimizer_values, elite=elite,
-                              weights=weights), logs
+        mean, values = update(state.mean, state.optimizer_variables, state.noise_seeds,
+                              weights)
+        return state._replace(mean=list(mean), optimizer_variables=list(values),
+                              elite=elite, weights=weights), logs
 
     def _best(self, state):
         return state.elite
@@ -293,19 +295,16 @@ class OpenES(Strategy):
         from the initial mean (the run's first initial member) and the recorded seeds and
         weights; or, with an integer `member < population_size`, that member of it."""
         specs = as_specs(specs)
-        perturb, gradient, stds = self._compile(specs)
-        optimizer, variables = self._make_optimizer(specs)
-        bk = lrne_backend.get()
-        mean = [ops.convert_to_tensor(v) for v in pop.initial_member(specs, seed, 0)]
-        values = [bk.to_numpy(v.value) for v in optimizer.variables]
+        (_, perturb, update), mean, values, _optimizer = self._start(specs, seed)
         for g in range(generation):
-            grads = gradient(np.asarray(records["noise_seeds"][g], np.int32),
-                             np.asarray(records["weights"][g], np.float32))
-            mean, values = self._step(optimizer, variables, stds, mean, values, grads)
+            mean, values = update(mean, values,
+                                  np.asarray(records["noise_seeds"][g], np.int32),
+                                  np.asarray(records["weights"][g], np.float32))
         if member is not None and member < self.population_size:
             seeds, signs = self._member_seeds(self._noise_seeds(seed, generation))
             mean = [v[0] for v in perturb(mean, seeds[member:member + 1],
                                           signs[member:member + 1])]
+        bk = lrne_backend.get()
         return [bk.to_numpy(v) for v in mean]
 
 

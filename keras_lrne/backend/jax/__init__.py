@@ -64,3 +64,10 @@ def map_chunks(fn, stacked, out_shape, dtype="float32"):
     """Applies `fn` to the slices along the leading axis of `stacked`, in sequence."""
     del out_shape, dtype
     return jax.lax.map(lambda chunk: fn(list(chunk)), stacked)
+
+
+def apply_optimizer(optimizer, variables, optimizer_values, grads, values):
+    """One step of a built Keras `optimizer` as a pure function (usable inside `compile`):
+    returns `(new_values, new_optimizer_values)`. `variables` are the variables the
+    optimizer was built for (unused here: JAX applies it statelessly)."""
+    return optimizer.stateless_apply(list(optimizer_values), list(grads), list(values))

@@ -89,3 +89,18 @@ def map_chunks(fn, stacked, out_shape, dtype="float32"):
         fn_output_signature=tf.TensorSpec(tuple(out_shape), dtype),
         parallel_iterations=1,
     )
+
+
+def apply_optimizer(optimizer, variables, optimizer_values, grads, values):
+    """One step of a built Keras `optimizer` as a function of tensors (usable inside
+    `compile_random`): returns `(new_values, new_optimizer_values)`. TensorFlow has no
+    stateless optimizer step (`Optimizer.stateless_apply` is not supported with
+    tf.distribute), so the values are loaded into `variables` (the ones the optimizer was
+    built for) and the optimizer's own variables, stepped, and read back."""
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    for variable, value in zip(optimizer.variables, optimizer_values):
+        variable.assign(value)
+    optimizer.apply(list(grads), variables)
+    return ([tf.identity(v.value) for v in variables],
+            [tf.identity(v.value) for v in optimizer.variables])
