@@ -305,7 +305,8 @@ class BackupLock:
 
 # -- strategy states, generically ------------------------------------------------------------
 def _is_scalar(value):
-    return value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating))
+    return value is None or isinstance(
+        value, (bool, int, float, str, np.bool_, np.integer, np.floating))
 
 
 def _field_array(name, value, to_numpy):
@@ -327,9 +328,10 @@ def _field_array(name, value, to_numpy):
 def state_to_arrays(state, prefix="state/"):
     """Splits a strategy state (NamedTuple or dataclass) into `(arrays, meta)`.
 
-    Every field must be a JSON-able scalar (None, bool, int, float, str), an array or
-    tensor, or a list/tuple of arrays or tensors: `arrays` gets the arrays (host copies,
-    bit-exact), `meta` the scalars and the layout. `state_from_arrays` inverts it.
+    Every field must be a JSON-able scalar (None, bool, int, float, str), a list/tuple of
+    such scalars, an array or tensor, or a list/tuple of arrays or tensors: `arrays` gets
+    the arrays (host copies, bit-exact), `meta` the scalars and the layout.
+    `state_from_arrays` inverts it.
     """
     from keras_lrne import backend as lrne_backend
     from keras_lrne.strategies.base import state_fields
@@ -339,6 +341,10 @@ def state_to_arrays(state, prefix="state/"):
     for name, value in state_fields(state).items():
         if _is_scalar(value):
             meta["scalars"][name] = value.item() if isinstance(value, np.generic) else value
+        elif isinstance(value, (list, tuple)) and value and all(map(_is_scalar, value)):
+            meta.setdefault("sequences", {})[name] = {
+                "tuple": isinstance(value, tuple),
+                "values": [v.item() if isinstance(v, np.generic) else v for v in value]}
         elif isinstance(value, (list, tuple)):
             meta["lists"][name] = len(value)
             for i, item in enumerate(value):
@@ -368,6 +374,8 @@ def state_from_arrays(template, arrays, meta, prefix="state/"):
     changes = {}
     for name, value in meta["scalars"].items():
         changes[name] = value
+    for name, sequence in meta.get("sequences", {}).items():
+        changes[name] = (tuple if sequence["tuple"] else list)(sequence["values"])
     for name in meta["arrays"]:
         changes[name] = _like(fields.get(name), arrays[f"{prefix}{name}"])
     for name, length in meta["lists"].items():
@@ -421,6 +429,12 @@ def restore_run(checkpoint, path, settings, template, lineage, task):
         `(state, history, stopped)`.
     """
     arrays, meta = checkpoint
+    if "state" not in meta or "lineage" not in meta:
+        raise CheckpointError(
+            f"The evolution checkpoint {path!r} was written by an older keras-lrne, whose "
+            "checkpoints this version cannot continue. It was not used and has not been "
+            "modified; delete it (or use another backup directory) to start the run again."
+        )
     check_settings(meta["settings"], settings, path)
     state = state_from_arrays(template, arrays, meta["state"])
     records = meta["lineage"]["records"]

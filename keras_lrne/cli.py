@@ -394,7 +394,7 @@ def build_parser():
 
 
 STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
-                 "--mutation-rate); es: OpenAI's evolution strategy on the factors "
+                 "--mutation-rate); es: OpenAI's evolution strategy on every tensor "
                  "(--population, even, --sigma, --learning-rate)")
 
 

@@ -190,7 +190,8 @@ class EnvironmentEvaluator:
     """Scores a population by playing episodes (loss = -mean episode return).
 
     With the task's `reevaluate_top` / `reevaluate_episodes` (two-stage selection, the
-    paper's CarRacing setting, for any strategy): after every member played the task's
+    paper's CarRacing setting, for truncation-selection strategies such as `GA`): after
+    every member played the task's
     episodes, the best `reevaluate_top` play `reevaluate_episodes` more; their losses
     become the episode-weighted mean of both stages, and every other member's loss is
     +inf, so only they can be selected.
@@ -212,7 +213,15 @@ class EnvironmentEvaluator:
                     f"strategy's {members} members. Received: reevaluate_top={self.top}"
                 )
             parents = getattr(run.strategy, "num_parents", None)
-            if parents is not None and self.top < parents:
+            if parents is None:
+                raise ValueError(
+                    "Two-stage selection (`reevaluate_top`) needs a strategy that selects "
+                    "parents by truncation, such as `GA`: it gives every member outside the "
+                    "re-evaluated top the worst loss, which would corrupt the update of "
+                    f"{type(run.strategy).__name__}. Received: reevaluate_top={self.top} "
+                    f"with strategy={run.strategy!r}"
+                )
+            if self.top < parents:
                 raise ValueError(
                     "Received an invalid value for `reevaluate_top`, expected at least the "
                     f"strategy's num_parents={parents} (only re-evaluated members can "

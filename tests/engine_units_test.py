@@ -85,3 +85,21 @@ def test_a_corrupted_checkpoint_is_refused_and_settings_differences_are_named(tm
         checkpoint.load(path)
     with pytest.raises(checkpoint.CheckpointError, match=r"task\.episodes: checkpoint 1 vs now 2"):
         checkpoint.check_settings({"task": {"episodes": 1}}, {"task": {"episodes": 2}}, path)
+
+
+def test_scalar_lists_and_numpy_bools_keep_their_types_through_a_checkpoint():
+    class Small(NamedTuple):
+        generation: int
+        flags: tuple
+        done: object
+
+    state = Small(3, (1, 2.5, True), np.bool_(True))
+    arrays, meta = checkpoint.state_to_arrays(state)
+    restored = checkpoint.state_from_arrays(Small(0, (), None), arrays, meta)
+    assert restored == (3, (1, 2.5, True), True) and isinstance(restored.flags, tuple)
+
+
+def test_a_checkpoint_of_an_older_format_is_named_as_such(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="older keras-lrne"):
+        checkpoint.restore_run(({}, {"settings": {}, "generation": 3}), "old.lrne", {},
+                               None, None, None)

@@ -158,7 +158,8 @@ def test_open_es_beats_its_initial_return_on_cartpole():
     history = model.evolve(task, strategy=OpenES(16, sigma=0.3, learning_rate=0.1),
                            generations=20, seed=0, verbose=0)
     returns = history.history["episode_return"]
-    assert np.mean(returns[-5:]) > 1.5 * returns[0] + 10
+    # Measured (mean of the last 5 vs the first 3): 96.7 vs 9.5 (TF), 77.6 vs 28.3 (JAX).
+    assert np.mean(returns[-5:]) > 1.5 * np.mean(returns[:3]) + 10
     np.testing.assert_allclose(returns, -np.asarray(history.history["loss"]))
 
 
@@ -221,3 +222,28 @@ def test_progress_advances_within_a_generation():
                   callbacks=[Batches()])
     assert [b for b, _ in steps] == list(range(8))  # one step per member-episode
     assert steps[-1][1]["env_steps"] > 0
+
+
+def test_centered_ranks_share_ties_so_failed_members_give_no_gradient():
+    from keras_lrne.strategies.open_es import shape_fitness
+
+    np.testing.assert_array_equal(shape_fitness([np.nan] * 4), np.zeros(4))
+    weights = shape_fitness([1.0, 2.0, 2.0, np.inf])
+    np.testing.assert_allclose(weights, [-0.5, 0.0, 0.0, 0.5])
+    assert np.isfinite(shape_fitness([1e300, 1.0], "none")).all()
+
+
+def test_two_stage_selection_needs_a_truncation_strategy():
+    task = Environment("CartPole-v1", max_episode_steps=10, reevaluate_top=2,
+                       reevaluate_episodes=1)
+    model = keras_lrne.Sequential([keras.Input(task.input_shape), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="reevaluate_top=2"):
+        model.evolve(task, strategy=OpenES(4), generations=1, verbose=0)
+
+
+def test_a_ga_run_has_no_mean_to_rebuild():
+    x, y = regression(16)
+    model = regression_model()
+    model.evolve(x, y, strategy=GA(4, 1), generations=1, seed=0, verbose=0)
+    with pytest.raises(ValueError, match="member=None"):
+        model.rebuild_member(1, None)

@@ -193,8 +193,11 @@ class EvolveMixin:
         Before every `on_epoch_end` the model's variables hold the strategy's best
         weights (`strategy.best(state)`: the GA's elite, OpenES's mean), and they still
         do after `evolve()`. Within a generation the progress bar and batch-level
-        callbacks advance per population chunk (data) or per finished member-episode
-        (environments), as `fit()` reports batches.
+        callbacks advance per step, as `fit()` reports batches: a step is a group of
+        population chunks (data; at most 16 per generation) or a finished member-episode
+        (environments). Callbacks with a batch frequency (`ModelCheckpoint(save_freq=N)`,
+        `TensorBoard(update_freq=N)`) count these steps; use their per-epoch setting to act
+        once per generation.
 
         Args:
             x: input data (numpy array or tensor, with `y`), a finite `tf.data.Dataset`

@@ -4,4 +4,7 @@ from keras_lrne.strategies.base import Strategy
 from keras_lrne.strategies.ga import GA, GAState
 from keras_lrne.strategies.open_es import OpenES, OpenESState
 
-__all__ = ["GA", "GAState", "OpenES", "OpenESState", "Strategy"]
+#: The GA's state under its former name (before strategies owned their own states).
+StrategyState = GAState
+
+__all__ = ["GA", "GAState", "OpenES", "OpenESState", "Strategy", "StrategyState"]

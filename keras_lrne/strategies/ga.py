@@ -198,6 +198,11 @@ class GA(Strategy):
     def rebuild(self, specs, seed, records, generation, member):
         """Member `member` of population `generation`: its initial member, then the
         mutation seeds of its chain of parents (bit-exact on one backend)."""
+        if member is None:
+            raise ValueError(
+                "Received an invalid value for `member`, expected a member index: a GA "
+                "run has no mean to rebuild. Received: member=None"
+            )
         specs = as_specs(specs)
         root, chain = chain_of(records["parents"], records["seeds"], generation, member)
         reproduce = self._compile(specs)

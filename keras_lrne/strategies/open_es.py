@@ -61,9 +61,10 @@ class OpenESState(NamedTuple):
 def shape_fitness(losses, method="centered_rank"):
     """Fitness weights from losses (higher loss, higher weight), as float32.
 
-    `"centered_rank"`: ranks scaled to [-0.5, 0.5] (ties broken by member order);
-    `"z_score"`: standardised losses; `"none"`: the losses themselves. Non-finite losses
-    rank last (`z_score` and `none` give them the worst finite loss).
+    `"centered_rank"`: ranks scaled to [-0.5, 0.5], tied losses sharing their mean rank
+    (so equal losses, e.g. all-failed members, give no gradient); `"z_score"`:
+    standardised losses; `"none"`: the losses themselves (clipped to float32). Non-finite
+    losses rank last (`z_score` and `none` give them the worst finite loss).
     """
     losses = operators.sanitize_losses(losses)
     n = len(losses)
@@ -72,6 +73,8 @@ def shape_fitness(losses, method="centered_rank"):
             return np.zeros(1, np.float32)
         ranks = np.empty(n)
         ranks[np.argsort(losses, kind="stable")] = np.arange(n)
+        _, inverse, counts = np.unique(losses, return_inverse=True, return_counts=True)
+        ranks = (np.bincount(inverse, weights=ranks) / counts)[inverse]
         return (ranks / (n - 1) - 0.5).astype(np.float32)
     finite = np.isfinite(losses)
     worst = losses[finite].max() if finite.any() else 0.0
@@ -79,7 +82,8 @@ def shape_fitness(losses, method="centered_rank"):
     if method == "z_score":
         std = losses.std()
         return ((losses - losses.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
-    return losses.astype(np.float32)
+    limit = np.finfo(np.float32).max
+    return np.clip(losses, -limit, limit).astype(np.float32)
 
 
 class OpenES(Strategy):
@@ -97,9 +101,13 @@ class OpenES(Strategy):
     mean to that gradient.
 
     With `mean_evaluation` (default) the mean itself is evaluated every generation (one
-    extra member, `num_members = population_size + 1`): it is what the model holds after
-    the generation (`best`) and what `loss` logs; the best member's loss is logged as
-    `best_member_loss`. Without it, the model holds the generation's best member.
+    extra member, `num_members = population_size + 1`, the last): it is what the model
+    holds after the generation (`best`) and what `loss` logs, so after generation `g` the
+    model holds the mean of population `g` (`model.rebuild_member(g, None)`), while
+    the state's `mean` is already the updated, not yet evaluated, mean of population
+    `g + 1`. The best member's loss is logged as `best_member_loss`; `mean_loss` and
+    `median_loss` are over all evaluated members, the mean included. Without
+    `mean_evaluation`, the model holds the generation's best member.
 
     Per generation the run records the noise seeds and the shaped weights
     (`record`), so the mean of any generation can be rebuilt from the run seed alone

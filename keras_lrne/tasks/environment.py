@@ -120,8 +120,9 @@ class Environment(Task):
         num_envs: environments stepped together (a chunk of member-episodes); default
             `min(population * episodes, 64)`.
         env_kwargs: keyword arguments for `gymnasium.make`.
-        reevaluate_top: two-stage selection (the paper's CarRacing setting), for any
-            strategy: after all members played their episodes, the best `reevaluate_top`
+        reevaluate_top: two-stage selection (the paper's CarRacing setting), for
+            strategies that select parents by truncation (`GA`): after all members played
+            their episodes, the best `reevaluate_top`
             play `reevaluate_episodes` more, their losses become the mean over all their
             episodes, and the other members count as the worst (so only re-evaluated
             members can become the GA's parents: give at least `num_parents`). None
