@@ -185,8 +185,16 @@ def _short(value, limit=80):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Settings a resumed run may change: recorded in the checkpoint, not compared (results
+#: do not depend on the devices the population is split over).
+MAY_CHANGE_ON_RESUME = ("distribution",)
+
+
 def check_settings(saved, current, path):
-    """Raises `CheckpointError` naming every setting that differs from the checkpoint's."""
+    """Raises `CheckpointError` naming every setting that differs from the checkpoint's
+    (except `MAY_CHANGE_ON_RESUME`)."""
+    saved, current = ({k: v for k, v in d.items() if k not in MAY_CHANGE_ON_RESUME}
+                      for d in (saved, current))
     differ = _differences(saved, current)
     if differ:
         details = "; ".join(

@@ -136,24 +136,19 @@ class SupervisedEvaluator:
         data = (functions.frozen_values(), functions.non_trainable_values(),
                 self._cached[1], self._cached[2])
         start = time.perf_counter()
-        if len(self.groups) == 1:
+        parts, best = [], math.inf
+        for group_start, skip in self.groups:
             if progress is not None:
                 progress.begin()
-            losses = bk.to_numpy(functions.evaluate(population, *data))
+            part = bk.to_numpy(functions.evaluate_group(
+                population, np.asarray(group_start, np.int32), *data))
+            # One row per device: its members `group_start + skip ..` of its share.
+            part = part.reshape(functions.num_devices, -1)[:, skip:]
+            parts.append(part)
+            best = _best_finite(part.ravel(), best)
             if progress is not None:
-                progress.end({"loss": _best_finite(losses)})
-        else:
-            parts, best = [], math.inf
-            for group_start, skip in self.groups:
-                if progress is not None:
-                    progress.begin()
-                part = bk.to_numpy(functions.evaluate_group(
-                    population, np.asarray(group_start, np.int32), *data))[skip:]
-                parts.append(part)
-                best = _best_finite(part, best)
-                if progress is not None:
-                    progress.end({"loss": best} if math.isfinite(best) else {})
-            losses = np.concatenate(parts)
+                progress.end({"loss": best} if math.isfinite(best) else {})
+        losses = np.concatenate(parts, axis=1).reshape(-1)[: self.run.strategy.num_members]
         seconds = max(time.perf_counter() - start, 1e-9)
         mean, median, _ = finite_stats(losses)
         logs = {

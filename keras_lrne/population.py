@@ -243,14 +243,17 @@ def mean_loss_fn(loss):
         return None
     fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
 
+    bk = lrne_backend.get()
+
     def mean_loss(y_true, y_pred):
-        return ops.mean(ops.cast(fn(y_true, y_pred), "float32"))
+        value = ops.mean(ops.cast(fn(y_true, y_pred), "float32"))
+        return bk.unscale_replica_loss(value, fn)
 
     return mean_loss
 
 
 class PopulationFunctions:
-    """The compiled population `evaluate` function of one model and run.
+    """The compiled population `evaluate` functions of one model and run.
 
     Args:
         model: a built Keras model.
@@ -258,15 +261,30 @@ class PopulationFunctions:
         loss: the loss given to `compile()` (None for environment tasks, which compile
             their own policy calls).
         chunk_size: members evaluated together in one vectorised call.
-        group_size: members per host call of `evaluate_group` (a multiple of
-            `chunk_size`; one progress-bar step); None: the whole population.
+        group_size: members per device and host call of `evaluate_group` (a multiple of
+            `chunk_size`; one progress-bar step); None: no `evaluate_group`.
+        distribution: a `keras_lrne.distribution.PopulationParallel`, or None (one
+            device).
+        population_size: members per generation (needed with `distribution`: the
+            population is padded to a multiple of the device count).
+
+    Attributes:
+        evaluate: `(population, frozen, non_trainable, x, y) -> (P,)` losses, on the
+            default device (also used for validation).
+        evaluate_group: `(population, start, frozen, non_trainable, x, y)`: the losses of
+            members `start .. start + group_size - 1` of every device's share of the
+            population, `(num_devices * group_size,)` in device order (one device: of
+            the population itself).
     """
 
-    def __init__(self, model, specs, loss, chunk_size, group_size=None):
+    def __init__(self, model, specs, loss, chunk_size, group_size=None, distribution=None,
+                 population_size=None):
         self.model = model
         self.specs = specs
         self.chunk_size = int(chunk_size)
         self.group_size = None if group_size is None else int(group_size)
+        self.distribution = distribution
+        self.num_devices = 1 if distribution is None else distribution.num_devices
         self._loss_fn = mean_loss_fn(loss)
         self._evolvable = [s.index for s in specs if s.evolvable]
         self._frozen = [s.index for s in specs if not s.evolvable]
@@ -288,8 +306,15 @@ class PopulationFunctions:
             return self._evaluate(group, *args)
 
         self.evaluate = bk.compile(evaluate)
-        if self.group_size is not None:
+        if self.group_size is None:
+            return
+        if distribution is None:
             self.evaluate_group = bk.compile(evaluate_group)
+        else:
+            rows = self.num_devices * distribution.members_per_device(population_size)
+            self.evaluate_group = bk.per_device(
+                evaluate_group, distribution.handle,
+                (True, False, False, False, False, False), rows=rows)
 
     # -- helpers -------------------------------------------------------------------
     def frozen_values(self):

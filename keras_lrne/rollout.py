@@ -87,6 +87,13 @@ class RolloutEvaluator:
         if self._pool is not None:
             self._pool.shutdown()
 
+    def _bucket(self, live, cap):
+        """The compiled batch size for `live` member-episodes: a power of two up to the
+        number of environments, rounded up to a multiple of the device count."""
+        size = _bucket(live, cap)
+        devices = self.functions.num_devices
+        return -(-size // devices) * devices
+
     def _functions_for(self, bucket):
         if bucket not in self._compiled:
             # Fresh wrappers per bucket: TensorFlow counts traces per Python function and
@@ -97,9 +104,16 @@ class RolloutEvaluator:
             def policy(*args):
                 return self._policy_fn(*args)
 
-            # Each bucket's functions see one signature: the cheapest calls.
-            self._compiled[bucket] = (self._backend.compile_fixed(gather),
-                                      self._backend.compile_fixed(policy))
+            distribution, bk = self.functions.distribution, self._backend
+            if distribution is None:
+                # Each bucket's functions see one signature: the cheapest calls.
+                self._compiled[bucket] = (bk.compile_fixed(gather), bk.compile_fixed(policy))
+            else:
+                # The live members' weights are gathered onto the devices once per change
+                # of the live set; each step, every device computes its share's actions.
+                self._compiled[bucket] = (
+                    bk.compile_sharded_output(gather, distribution.handle),
+                    bk.per_device(policy, distribution.handle, (True, False, False, True)))
         return self._compiled[bucket]
 
     # -- compiled bodies -----------------------------------------------------------------
@@ -208,7 +222,7 @@ class RolloutEvaluator:
     def _actions(self, lane, population, frozen, non_trainable):
         """One compiled policy call for a lane's live member-episodes -> (actions, bad)."""
         live = lane.live
-        bucket = _bucket(len(live), lane.env.num_envs)
+        bucket = self._bucket(len(live), lane.env.num_envs)
         gather, policy = self._functions_for(bucket)
         live_members = lane.run.members[lane.env_slot[live] // lane.run.episodes]
         key = (bucket, *live_members.tolist())

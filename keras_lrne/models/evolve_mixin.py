@@ -1,5 +1,6 @@
 """`EvolveMixin`: adds `evolve()` to any Keras model."""
 
+import contextlib
 import json
 
 import keras
@@ -8,6 +9,7 @@ import numpy as np
 from keras_lrne import checkpoint
 from keras_lrne import population as pop
 from keras_lrne._validation import check_bool, check_int
+from keras_lrne.distribution import PopulationParallel
 from keras_lrne.evaluators import Progress, plan_groups
 from keras_lrne.lineage import Lineage
 from keras_lrne.strategies import GA, Strategy
@@ -75,16 +77,21 @@ class Run:
         seed: the run seed.
         specs: `VariableSpec`s of every trainable variable; `evolvable`: those evolved.
         functions: the compiled population `evaluate` (`PopulationFunctions`).
+        distribution: the `PopulationParallel` (None: one device).
+        members_per_device: members each device evaluates (the population size on one).
         chunk_size, batch_size: members per vectorised call, samples per call.
-        group_size, groups: members per progress step, and the steps' `(start, skip)`.
+        group_size, groups: members per device and progress step, and the steps'
+            `(start, skip)` within each device's share.
         bytes_per_sample: the planner's memory estimate per member and sample.
         validation: `(x_val, y_val)` or None.
         evaluator: the task's evaluator (set once built).
     """
 
-    def __init__(self, model, strategy, seed, freeze_normalization, num_samples,
-                 bytes_per_sample, validation, population_batch_size, batch_size):
+    def __init__(self, model, strategy, seed, freeze_normalization, num_samples=1,
+                 bytes_per_sample=1, validation=None, population_batch_size=None,
+                 batch_size=None, distribution=None):
         self.model, self.strategy, self.seed = model, strategy, int(seed)
+        self.distribution = distribution
         self.specs = pop.collect_variable_specs(model, freeze_normalization)
         self.evolvable = [s for s in self.specs if s.evolvable]
         if not self.evolvable:
@@ -94,14 +101,17 @@ class Run:
                 f"{len(model.trainable_variables)} trainable variables"
             )
         members = strategy.num_members
+        # Each device plans its own share (from its own memory).
+        local = members if distribution is None else distribution.members_per_device(members)
+        self.members_per_device = local
         self.chunk_size, self.batch_size = pop.plan_chunks(
-            members, num_samples, bytes_per_sample,
+            local, num_samples, bytes_per_sample,
             population_batch_size=population_batch_size, batch_size=batch_size,
         )
-        self.group_size, self.groups = plan_groups(members, self.chunk_size)
+        self.group_size, self.groups = plan_groups(local, self.chunk_size)
         self.functions = pop.PopulationFunctions(
             model, self.specs, getattr(model, "loss", None), self.chunk_size,
-            group_size=self.group_size if len(self.groups) > 1 else None,
+            group_size=self.group_size, distribution=distribution, population_size=members,
         )
         self.bytes_per_sample = bytes_per_sample
         self.validation = validation
@@ -184,7 +194,7 @@ class EvolveMixin:
 
     def evolve(self, x=None, y=None, validation_data=None, strategy=None, generations=1,
                callbacks=None, verbose="auto", seed=None, population_batch_size=None,
-               batch_size=None, freeze_normalization=True):
+               batch_size=None, freeze_normalization=True, distribution=None):
         """Trains the model by neuroevolution, like `fit()` trains it by gradients.
 
         Each generation (one "epoch" for callbacks) asks the strategy for a population,
@@ -220,6 +230,9 @@ class EvolveMixin:
                 the largest divisor not above it is used). Automatic by default.
             freeze_normalization: keep normalization layers (LayerNormalization, ...) at
                 their initial values, as the paper does. Defaults to True.
+            distribution: a `keras_lrne.distribution.PopulationParallel` to split the
+                population over the host's devices, or None (default) for one device.
+                Results do not depend on it, and a resumed run may use another.
 
         Returns:
             A `keras.callbacks.History` whose `history` dict holds, per generation,
@@ -256,6 +269,12 @@ class EvolveMixin:
                 f"Received: verbose={verbose!r}"
             )
         _check_callbacks(callbacks)
+        if distribution is not None and not isinstance(distribution, PopulationParallel):
+            raise ValueError(
+                "Received an invalid value for `distribution`, expected None or a "
+                "`keras_lrne.distribution.PopulationParallel`. "
+                f"Received: distribution={distribution!r}"
+            )
         self._check_single_input_output(x, y, validation_data)
         if isinstance(x, Task):
             if y is not None:
@@ -285,10 +304,13 @@ class EvolveMixin:
         backup = checkpoint.RunBackup.find(callbacks)
         resume = backup.open() if backup is not None else None
         completed = False
+        scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
         try:
-            history = self._evolve(task, validation_data, validation, strategy, generations,
-                                   callbacks, verbose, seed, population_batch_size,
-                                   batch_size, freeze_normalization, backup, resume)
+            with scope:
+                history = self._evolve(task, validation_data, validation, strategy,
+                                       generations, callbacks, verbose, seed,
+                                       population_batch_size, batch_size,
+                                       freeze_normalization, distribution, backup, resume)
             completed = True
             return history
         finally:
@@ -312,13 +334,13 @@ class EvolveMixin:
         return getattr(self, "_evolution_run", None)
 
     def _prepare(self, task, strategy, seed, freeze_normalization, validation,
-                 population_batch_size, batch_size):
+                 population_batch_size, batch_size, distribution):
         """Builds the model if needed, checks it against the task, returns the `Run`."""
         if not task.supervised:
             if not self.built or not self.trainable_variables:
                 self(np.zeros((1, *task.input_shape), "float32"), training=False)
             self._check_output_size(task)
-            return Run(self, strategy, seed, freeze_normalization, 1, 1, None, 1, 1)
+            return Run(self, strategy, seed, freeze_normalization, distribution=distribution)
         if not getattr(self, "compiled", False) or getattr(self, "loss", None) is None:
             raise ValueError(
                 "The model has no loss: call `model.compile(loss=...)` before "
@@ -332,11 +354,11 @@ class EvolveMixin:
                                            "validation_data": validation and validation[1]})
         return Run(self, strategy, seed, freeze_normalization, len(x0),
                    pop.estimate_bytes_per_member_sample(self, x0), validation,
-                   population_batch_size, batch_size)
+                   population_batch_size, batch_size, distribution)
 
     def _evolve(self, task, validation_data, validation, strategy, generations, callbacks,
                 verbose, seed, population_batch_size, batch_size, freeze_normalization,
-                backup, resume):
+                distribution, backup, resume):
         """The body of `evolve()` once its arguments are checked and the backup is open."""
         if not hasattr(self, "optimizer"):
             # Environment tasks need no compile(); Keras callbacks (BackupAndRestore,
@@ -346,7 +368,7 @@ class EvolveMixin:
             seed = (resume[1]["settings"]["seed"] if resume else
                     int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF))
         run = self._prepare(task, strategy, seed, freeze_normalization, validation,
-                            population_batch_size, batch_size)
+                            population_batch_size, batch_size, distribution)
         state = strategy.init(run.evolvable, seed)
         evaluator = run.evaluator = task.evaluator(run)
         lineage = Lineage(seed, strategy.population_size, {
@@ -358,6 +380,8 @@ class EvolveMixin:
         # imports TensorFlow when it is installed, which a JAX run does not need).
         settings = None if backup is None else _run_settings(
             seed, strategy, run, task, self, validation_data, validation, freeze_normalization)
+        if settings is not None:  # recorded; a resume may change it
+            settings["distribution"] = None if distribution is None else distribution.get_config()
         start, history, stopped = 0, {}, False
         if resume:
             state, history, stopped = checkpoint.restore_run(resume, backup.path, settings,

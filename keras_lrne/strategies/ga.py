@@ -10,6 +10,7 @@ from keras import ops
 from keras_lrne import backend as lrne_backend
 from keras_lrne import population as pop
 from keras_lrne._validation import check_int, check_number
+from keras_lrne.distribution import population_parallel as distribution_lib
 from keras_lrne.strategies import operators
 from keras_lrne.strategies.base import Strategy, as_specs
 
@@ -127,11 +128,24 @@ class GA(Strategy):
             for s in as_specs(specs)
         ]
 
-    def _compile(self, specs):
-        """The compiled `reproduce(population, elite_idx, parent_idx, seeds)`."""
+    def _sharded(self):
+        """The active `PopulationParallel` when the population stays split over its
+        devices (JAX, a population that divides by the device count), else None."""
+        active = distribution_lib.distribution()
+        if (active is not None and active.keeps_population_sharded
+                and active.shards_evenly(self.population_size)):
+            return active
+        return None
+
+    def _compile(self, specs, sharded=None):
+        """The compiled `reproduce(population, elite_idx, parent_idx, seeds)`; with
+        `sharded` (a `PopulationParallel`), one that makes every device's children on
+        that device."""
         stds = np.concatenate([np.full((int(np.prod(s.shape)),), std, "float32")
                                for s, std in zip(specs, self.noise_stds(specs))])
         bk = lrne_backend.get()
+        if sharded is not None:
+            return self._compile_sharded(stds, sharded)
 
         def reproduce(population, elite_idx, parent_idx, seeds):
             self.trace_counts["reproduce"] += 1
@@ -156,12 +170,62 @@ class GA(Strategy):
 
         return bk.compile_random(reproduce)
 
+    def _compile_sharded(self, stds, distribution):
+        """`reproduce` for a population sharded over `distribution`'s devices.
+
+        Only the survivors move: they are gathered onto every device, and each device
+        makes the members it holds (survivors pass unchanged, children are their
+        parent plus the noise of their seed). The values are bit-identical to the
+        one-device `reproduce`: the same noise rows and the same add.
+        """
+        bk = lrne_backend.get()
+        handle = distribution.handle
+        num_parents = self.num_parents
+
+        def members(survivors, source, row_seeds):
+            shapes = [tuple(v.shape[1:]) for v in survivors]
+            sizes = [int(np.prod(shape)) for shape in shapes]
+            noise = bk.barrier(bk.seeded_normal(ops.maximum(row_seeds, 0), 0,
+                                                (sum(sizes),), "float32"))
+            noise = bk.barrier(noise * stds)
+            unchanged = row_seeds < 0
+            new, offset = [], 0
+            for values, shape, size in zip(survivors, shapes, sizes):
+                piece = ops.reshape(noise[:, offset: offset + size], (-1, *shape))
+                offset += size
+                base = ops.take(values, source, axis=0)
+                keep = ops.reshape(unchanged, (-1,) + (1,) * len(shape))
+                new.append(ops.where(keep, base, base + ops.cast(piece, values.dtype)))
+            return new
+
+        local = bk.per_device(members, handle, (False, True, True))
+
+        def reproduce(population, elite_idx, parent_idx, seeds):
+            self.trace_counts["reproduce"] += 1
+            survivors = [bk.replicate(ops.take(v, elite_idx, axis=0), handle)
+                         for v in population]
+            # Each child's parent, as a position among the survivors.
+            position = ops.argmax(ops.cast(ops.equal(ops.expand_dims(parent_idx, 1),
+                                                     ops.expand_dims(elite_idx, 0)), "int32"),
+                                  axis=1)
+            source = ops.concatenate([ops.arange(num_parents, dtype="int32"),
+                                      ops.cast(position, "int32")], 0)
+            row_seeds = ops.concatenate([ops.full((num_parents,), -1, "int32"),
+                                         ops.cast(seeds, "int32")], 0)
+            return local(survivors, source, row_seeds)
+
+        return bk.compile_random(reproduce)
+
     def _init(self, specs, seed):
-        self._reproduce = self._compile(specs)
+        sharded = self._sharded()
+        self._reproduce = self._compile(specs, sharded)
         size = self.population_size
         index = np.arange(size, dtype=np.int32)
+        population = pop.initial_population(specs, seed, size)
+        if sharded is not None:
+            population = lrne_backend.get().shard(population, sharded.handle)
         return GAState(
-            population=pop.initial_population(specs, seed, size),
+            population=population,
             generation=0,
             seed=seed,
             losses=None,

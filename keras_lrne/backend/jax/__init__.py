@@ -71,3 +71,16 @@ def apply_optimizer(optimizer, variables, optimizer_values, grads, values):
     returns `(new_values, new_optimizer_values)`. `variables` are the variables the
     optimizer was built for (unused here: JAX applies it statelessly)."""
     return optimizer.stateless_apply(list(optimizer_values), list(grads), list(values))
+
+
+from keras_lrne.backend.jax.distribution import (  # noqa: E402,F401
+    KEEPS_POPULATION_SHARDED,
+    collective_bytes,
+    compile_sharded_output,
+    list_devices,
+    per_device,
+    population_handle,
+    replicate,
+    shard,
+    unscale_replica_loss,
+)

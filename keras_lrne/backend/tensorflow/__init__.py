@@ -104,3 +104,16 @@ def apply_optimizer(optimizer, variables, optimizer_values, grads, values):
     optimizer.apply(list(grads), variables)
     return ([tf.identity(v.value) for v in variables],
             [tf.identity(v.value) for v in optimizer.variables])
+
+
+from keras_lrne.backend.tensorflow.distribution import (  # noqa: E402,F401
+    KEEPS_POPULATION_SHARDED,
+    collective_bytes,
+    compile_sharded_output,
+    list_devices,
+    per_device,
+    population_handle,
+    replicate,
+    shard,
+    unscale_replica_loss,
+)

@@ -1,0 +1,92 @@
+"""Runs of `tests/distribution_test.py` on 4 simulated CPU devices, in a subprocess.
+
+`python tests/distribution_scenarios.py OUT.json` (with `KERAS_BACKEND` set) creates 4
+devices before the backend starts (JAX: `XLA_FLAGS`; TensorFlow: logical CPU devices),
+runs the recorded reference runs (`reference_runs.py`) with the population split over
+them, and a few more runs, and writes the results to OUT.json.
+"""
+
+import os
+import sys
+
+DEVICES = 4
+
+if os.environ.get("KERAS_BACKEND") == "jax":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={DEVICES}")
+else:
+    import tensorflow as tf
+
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        _cpu, [tf.config.LogicalDeviceConfiguration()] * DEVICES)
+
+import json  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import reference_runs  # noqa: E402
+
+import keras_lrne  # noqa: E402
+from keras_lrne.distribution import PopulationParallel  # noqa: E402
+
+
+class Stop(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("power cut")
+
+
+def interrupted_and_resumed(backup):
+    """The arrays reference run cut after generation 1 on 4 devices, resumed on 2."""
+    try:
+        reference_runs.run("arrays", distribution=PopulationParallel(4),
+                           callbacks=[keras.callbacks.BackupAndRestore(backup), Stop()])
+    except RuntimeError as error:
+        assert "power cut" in str(error), error
+    else:
+        raise AssertionError("the run was not interrupted")
+    return reference_runs.run("arrays", distribution=PopulationParallel(2),
+                              callbacks=[keras.callbacks.BackupAndRestore(backup)])
+
+
+def open_es(distribution):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                   keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    history = model.evolve(x, y, strategy=keras_lrne.strategies.OpenES(6), generations=3,
+                           seed=2, verbose=0, distribution=distribution)
+    return {"loss": history.history["loss"],
+            "weights": [w.reshape(-1).tolist() for w in model.get_weights()]}
+
+
+def main(out):
+    results = {"devices": PopulationParallel().devices}
+    for name in reference_runs.SCENARIOS:
+        results[name] = reference_runs.run(name, distribution=PopulationParallel())
+    results["resumed"] = interrupted_and_resumed(os.path.join(os.path.dirname(out), "b"))
+    results["open_es"] = {"one": open_es(None), "four": open_es(PopulationParallel())}
+    # Where the GA's population lives between generations (JAX: on every device).
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    x = np.ones((4, 3), "float32")
+    model.evolve(x, x[:, :1], strategy=keras_lrne.strategies.GA(8, 2), generations=2,
+                 seed=0, verbose=0, distribution=PopulationParallel())
+    population = model.evolution_state.population[0]
+    sharding = getattr(population, "sharding", None)
+    results["population_devices"] = (len(sharding.device_set) if sharding is not None
+                                     else None)
+    run = model.evolution_run
+    results["plan"] = {"members_per_device": run.members_per_device,
+                       "num_devices": run.functions.num_devices}
+    with open(out, "w") as f:
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,90 @@
+"""`PopulationParallel`: results on 4 (simulated) devices equal the recorded one-device
+runs, on the active backend; bad arguments are named."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import reference_runs
+
+import keras_lrne
+from keras_lrne.distribution import PopulationParallel
+
+HERE = os.path.dirname(__file__)
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    """The results of `distribution_scenarios.py` (one subprocess for the module)."""
+    out = str(tmp_path_factory.mktemp("devices") / "results.json")
+    env = dict(os.environ, KERAS_BACKEND=keras.config.backend(), PYTHONPATH=os.pathsep.join(
+        [HERE, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, os.path.join(HERE, "distribution_scenarios.py"),
+                           out], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    with open(out) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with open(reference_runs.path()) as f:
+        return json.load(f)
+
+
+def test_four_devices_are_used(four_devices):
+    assert four_devices["devices"] == ["cpu:0", "cpu:1", "cpu:2", "cpu:3"]
+    assert four_devices["plan"] == {"members_per_device": 2, "num_devices": 4}
+    if keras.config.backend() == "jax":  # the GA's population stays split over them
+        assert four_devices["population_devices"] == 4
+
+
+@pytest.mark.parametrize("name", sorted(reference_runs.SCENARIOS))
+def test_runs_on_four_devices_match_the_one_device_reference(four_devices, reference, name):
+    # "arrays" has 14 members (uneven over 4 devices), validation data and 4 progress
+    # steps; "language_model" the LM task; "environment" CartPole with two-stage
+    # selection (the rollout's per-step policy call is split over the devices).
+    reference_runs.check(four_devices[name], reference[name])
+
+
+def test_a_run_resumes_on_another_device_count(four_devices, reference):
+    reference_runs.check(four_devices["resumed"], reference["arrays"])
+
+
+def test_open_es_does_not_depend_on_the_device_count(four_devices):
+    one, four = four_devices["open_es"]["one"], four_devices["open_es"]["four"]
+    np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(four["weights"], one["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("devices, message", [
+    (0, "devices=0"),
+    (2, "devices=2"),  # one CPU device here
+    (True, "devices=True"),
+    ("all", "devices='all'"),
+    ([], r"devices=\[\]"),
+    (["cpu:0", "cpu:0"], "listed twice"),
+    (["tpu:7"], "element 0 is not a local device"),
+    ([0], "element 0 is not a local device"),
+])
+def test_bad_devices_are_named(devices, message):
+    with pytest.raises(ValueError, match=message):
+        PopulationParallel(devices=devices)
+
+
+def test_device_names_in_keras_and_tensorflow_spelling():
+    assert PopulationParallel().devices == ["cpu:0"]
+    assert PopulationParallel(devices=["/device:CPU:0"]).devices == ["cpu:0"]
+    assert PopulationParallel(devices=1).get_config() == {"devices": ["cpu:0"]}
+
+
+def test_evolve_rejects_a_distribution_that_is_not_one():
+    model = keras_lrne.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    with pytest.raises(ValueError, match="distribution='mirrored'"):
+        model.evolve(np.ones((4, 2)), np.ones((4, 1)), distribution="mirrored", verbose=0)
