@@ -17,6 +17,7 @@ __all__ = [
     "Lineage",
     "Model",
     "Sequential",
+    "distribution",
     "export_policy",
     "layers",
     "presets",
@@ -101,16 +102,16 @@ def _import_public_api():
 
     _quiet_backend_start_up()
     # Not `from keras_lrne import ...`: that would look the names up here first.
-    layers, presets, strategies, tasks = (
+    distribution, layers, presets, strategies, tasks = (
         importlib.import_module(f"keras_lrne.{name}")
-        for name in ("layers", "presets", "strategies", "tasks"))
+        for name in ("distribution", "layers", "presets", "strategies", "tasks"))
     from keras_lrne.export import export_policy
     from keras_lrne.lineage import Lineage
     from keras_lrne.models import EvolveMixin, Model, Sequential
 
     globals().update(
-        layers=layers, presets=presets, strategies=strategies, tasks=tasks,
-        export_policy=export_policy, Lineage=Lineage, EvolveMixin=EvolveMixin,
+        distribution=distribution, layers=layers, presets=presets, strategies=strategies,
+        tasks=tasks, export_policy=export_policy, Lineage=Lineage, EvolveMixin=EvolveMixin,
         Model=Model, Sequential=Sequential,
     )
 
@@ -119,7 +120,7 @@ if not _started_by_the_command_line():
     # Written out (not `_import_public_api()`) so that static readers of the package,
     # such as the API reference's, see the public names.
     _quiet_backend_start_up()
-    from keras_lrne import layers, presets, strategies, tasks
+    from keras_lrne import distribution, layers, presets, strategies, tasks
     from keras_lrne.export import export_policy
     from keras_lrne.lineage import Lineage
     from keras_lrne.models import EvolveMixin, Model, Sequential

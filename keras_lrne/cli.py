@@ -51,6 +51,20 @@ _positive_float = _number_type(float, "a positive number",
 _seed = _number_type(int, "an integer in [0, 2**31 - 1]", lambda v: 0 <= v <= 2**31 - 1)
 
 
+def _devices(text):
+    """`--devices`: a positive device count, or `all`."""
+    if text == "all":
+        return text
+    return _number_type(int, "a positive integer or 'all'", lambda v: v >= 1)(text)
+
+
+DEVICES_HELP = (
+    "split the population over this many local devices (GPUs, else CPU devices), or "
+    "'all' of them (keras_lrne.distribution.PopulationParallel); results do not depend "
+    "on it, and --resume may change it. Default: 1"
+)
+
+
 RESUME_HELP = (
     "continue an interrupted run from OUTPUT/backup (every run backs itself up there "
     "after each generation and keeps the backup until all its outputs are written); on a "
@@ -139,6 +153,7 @@ def _evolve_and_save(args, model, task, strategy, output, *, mode, plot, summary
         task, strategy=strategy, generations=args.generations, seed=args.seed,
         verbose=args.verbose,
         population_batch_size=getattr(args, "population_batch_size", None),
+        distribution=_make_distribution(args),
         callbacks=[keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False),
                    keras.callbacks.CSVLogger(os.path.join(output, "history.csv"),
                                              append=mode == "resume")],
@@ -399,11 +414,25 @@ STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
 
 
 def _add_strategy_arguments(parser):
+    parser.add_argument("--devices", type=_devices, default=1, metavar="N|all",
+                        help=DEVICES_HELP)
     parser.add_argument("--strategy", choices=("ga", "es"), default="ga", help=STRATEGY_HELP)
     parser.add_argument("--sigma", type=_positive_float, default=0.02,
                         help="es: noise std relative to each tensor's init std")
     parser.add_argument("--learning-rate", type=_positive_float, default=0.01,
                         help="es: Adam's learning rate on the mean (relative units)")
+
+
+def _make_distribution(args):
+    """The `PopulationParallel` that `--devices` asks for (None for one device)."""
+    if args.devices == 1:
+        return None
+    from keras_lrne.distribution import PopulationParallel
+
+    try:
+        return PopulationParallel(devices=None if args.devices == "all" else args.devices)
+    except ValueError as error:
+        raise ValueError(f"{error} (from --devices {args.devices})") from None
 
 
 def _make_strategy(args):

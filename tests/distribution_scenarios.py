@@ -64,6 +64,22 @@ def open_es(distribution):
             "weights": [w.reshape(-1).tolist() for w in model.get_weights()]}
 
 
+def cli_runs(directory):
+    """`keras-lrne control` on CartPole with `--devices all` and `--devices 1`."""
+    from keras_lrne import cli
+
+    summaries = {}
+    for devices in ("all", "1"):
+        output = os.path.join(directory, f"cli_{devices}")
+        code = cli.main(["control", "--env", "CartPole-v1", "--population", "4", "--parents",
+                         "2", "--generations", "2", "--max-episode-steps", "30",
+                         "--verbose", "0", "--devices", devices, "--output", output])
+        assert code == 0, code
+        with open(os.path.join(output, "summary.json")) as f:
+            summaries[devices] = json.load(f)["summary"]
+    return summaries
+
+
 def main(out):
     results = {"devices": PopulationParallel().devices}
     for name in reference_runs.SCENARIOS:
@@ -84,6 +100,7 @@ def main(out):
     run = model.evolution_run
     results["plan"] = {"members_per_device": run.members_per_device,
                        "num_devices": run.functions.num_devices}
+    results["cli"] = cli_runs(os.path.dirname(out))
     with open(out, "w") as f:
         json.dump(results, f)
 

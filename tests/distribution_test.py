@@ -62,6 +62,23 @@ def test_open_es_does_not_depend_on_the_device_count(four_devices):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_the_cli_splits_the_population_with_devices(four_devices):
+    summaries = four_devices["cli"]
+    assert summaries["all"]["final_episode_return"] == summaries["1"]["final_episode_return"]
+    assert summaries["all"]["env_steps"] == summaries["1"]["env_steps"] > 0
+
+
+def test_the_cli_names_devices_it_does_not_have(tmp_path, capsys):
+    from keras_lrne import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["control", "--env", "CartPole-v1", "--generations", "1", "--devices", "2",
+                  "--output", str(tmp_path / "out"), "--verbose", "0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "devices=2" in err and "--devices 2" in err
+
+
 @pytest.mark.parametrize("devices, message", [
     (0, "devices=0"),
     (2, "devices=2"),  # one CPU device here

@@ -113,8 +113,8 @@ def compile_sharded_output(fn, handle):
 
 
 _COLLECTIVE = re.compile(
-    r"=\s*(\(?[^=]*?\)?)\s+(all-gather|all-reduce|all-to-all|collective-permute|"
-    r"reduce-scatter)(-start)?\("
+    r"^\s*(?:ROOT\s+)?%?\S+\s+=\s+(.*?)\s+(all-gather|all-reduce|all-to-all|"
+    r"collective-permute|reduce-scatter)(-start)?\("
 )
 _SHAPE = re.compile(r"(f64|f32|bf16|f16|s64|s32|u32|s8|u8|pred)\[([\d,]*)\]")
 _BYTES = {"f64": 8, "s64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2,
