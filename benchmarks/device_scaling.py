@@ -7,9 +7,11 @@ reports per device count:
 
 - `member_tokens_per_second`: the median `member_tokens_per_second` log of `evolve()`
   over generations (generation 0, compilation, excluded), over both passes;
-- `efficiency`: that rate divided by `n` times the one-device rate (1.0: perfect scaling).
-  On a CPU the simulated devices share the same cores, so there the total compute is
-  equal and `efficiency` measures the overhead of sharding, not a speed-up;
+- `vs_one_device`: that rate divided by the rate on one device (through
+  `PopulationParallel(devices=1)`; the run without a distribution is reported beside it),
+  and `efficiency`: `vs_one_device / n` (1.0: perfect scaling). On a CPU the simulated
+  devices share the same cores, so there these measure the overhead of sharding (and
+  how well one device alone uses the cores), not a speed-up from more hardware;
 - `bytes_moved_per_generation`: on JAX, the bytes the compiled reproduction and
   evaluation programs' collectives produce per device (read from the compiled programs),
   next to the bytes of the whole population and of the survivors; on TensorFlow, the
@@ -151,19 +153,22 @@ def main():
                 results[devices] = bytes_moved(model, strategy, distribution, x, y)
             log(f"devices={devices}: {seconds:.1f} s, member-tok/s "
                 f"{[round(r) for r in history['member_tokens_per_second'][1:]]}")
-    base = statistics.median(rates[ARGS.devices[0]]) / ARGS.devices[0]
+    if 1 not in ARGS.devices:
+        raise SystemExit("--devices must include 1 (the reference rate)")
+    base = statistics.median(rates[1])
     table = []
     for devices in counts:
         rate = statistics.median(rates[devices])
         n = 1 if devices is None else devices
         row = {"devices": "none" if devices is None else devices,
                "member_tokens_per_second": rate,
+               "vs_one_device": rate / base,
                "efficiency": rate / (n * base),
                "losses_match": bool(np.allclose(losses[devices], losses[None], rtol=1e-5)),
                **results[devices]}
         table.append(row)
-        log(f"{row['devices']!s:>5}  {rate:>10.0f} member-tok/s  efficiency "
-            f"{row['efficiency']:.3f}  moved/gen {row.get('bytes_moved_per_generation', 0):,}"
+        log(f"{row['devices']!s:>5}  {rate:>10.0f} member-tok/s  vs 1 device "
+            f"{row['vs_one_device']:.3f}  efficiency {row['efficiency']:.3f}  moved/gen {row.get('bytes_moved_per_generation', 0):,}"
             f" B  (population {row['population_bytes']:,} B, survivors "
             f"{row['survivor_bytes']:,} B)  losses match: {row['losses_match']}")
     print(json.dumps({"backend": keras.config.backend(), "machine": platform.machine(),
