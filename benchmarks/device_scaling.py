@@ -167,9 +167,10 @@ def main():
                "losses_match": bool(np.allclose(losses[devices], losses[None], rtol=1e-5)),
                **results[devices]}
         table.append(row)
+        moved = row.get("bytes_moved_per_generation", 0)
         log(f"{row['devices']!s:>5}  {rate:>10.0f} member-tok/s  vs 1 device "
-            f"{row['vs_one_device']:.3f}  efficiency {row['efficiency']:.3f}  moved/gen {row.get('bytes_moved_per_generation', 0):,}"
-            f" B  (population {row['population_bytes']:,} B, survivors "
+            f"{row['vs_one_device']:.3f}  efficiency {row['efficiency']:.3f}  moved/gen "
+            f"{moved:,} B  (population {row['population_bytes']:,} B, survivors "
             f"{row['survivor_bytes']:,} B)  losses match: {row['losses_match']}")
     print(json.dumps({"backend": keras.config.backend(), "machine": platform.machine(),
                       "cpus": os.cpu_count(), "simulated_devices": _SIMULATE,

@@ -416,6 +416,14 @@ STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
 def _add_strategy_arguments(parser):
     parser.add_argument("--devices", type=_devices, default=1, metavar="N|all",
                         help=DEVICES_HELP)
+    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                        help="evaluate in N Ray worker processes (keras_lrne.distribution."
+                        "RayWorkers; needs the distributed extra); results do not depend "
+                        "on it. Default: none (this process)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="evaluate in the Ray cluster at ADDR ('auto', HOST:PORT or "
+                        "ray://HOST:PORT), with --workers workers (default: one per CPU "
+                        "of the cluster). Default: none")
     parser.add_argument("--strategy", choices=("ga", "es"), default="ga", help=STRATEGY_HELP)
     parser.add_argument("--sigma", type=_positive_float, default=0.02,
                         help="es: noise std relative to each tensor's init std")
@@ -424,7 +432,15 @@ def _add_strategy_arguments(parser):
 
 
 def _make_distribution(args):
-    """The `PopulationParallel` that `--devices` asks for (None for one device)."""
+    """The `RayWorkers` (`--workers`, `--ray-address`) or `PopulationParallel`
+    (`--devices`) the arguments ask for; None for this process on one device."""
+    if args.workers is not None or args.ray_address is not None:
+        if args.devices != 1:
+            raise ValueError("--devices cannot be combined with --workers or --ray-address: "
+                             f"choose one. Received: --devices {args.devices}")
+        from keras_lrne.distribution import RayWorkers
+
+        return RayWorkers(num_workers=args.workers, address=args.ray_address)
     if args.devices == 1:
         return None
     from keras_lrne.distribution import PopulationParallel

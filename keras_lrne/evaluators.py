@@ -126,29 +126,9 @@ class SupervisedEvaluator:
     def evaluate(self, population, generation, progress=None):
         """Returns `(losses, logs)`: one mean loss per member, and the generation's logs."""
         x, y = self.task.train_data(generation)
-        if self._cached[0] is not x:
-            self._cached = (x,
-                            keras.ops.convert_to_tensor(pop.batch_data(x, self.run.batch_size)),
-                            keras.ops.convert_to_tensor(pop.batch_data(y, self.run.batch_size)))
-        functions = self.functions
-        bk = lrne_backend.get()
-        bk.block(population)  # the strategy may still run asynchronously: not evaluation time
-        data = (functions.frozen_values(), functions.non_trainable_values(),
-                self._cached[1], self._cached[2])
+        lrne_backend.get().block(population)  # the strategy may still run asynchronously
         start = time.perf_counter()
-        parts, best = [], math.inf
-        for group_start, skip in self.groups:
-            if progress is not None:
-                progress.begin()
-            part = bk.to_numpy(functions.evaluate_group(
-                population, np.asarray(group_start, np.int32), *data))
-            # One row per device: its members `group_start + skip ..` of its share.
-            part = part.reshape(functions.num_devices, -1)[:, skip:]
-            parts.append(part)
-            best = _best_finite(part.ravel(), best)
-            if progress is not None:
-                progress.end({"loss": best} if math.isfinite(best) else {})
-        losses = np.concatenate(parts, axis=1).reshape(-1)[: self.run.strategy.num_members]
+        losses = self._losses(population, generation, x, y, progress)
         seconds = max(time.perf_counter() - start, 1e-9)
         mean, median, _ = finite_stats(losses)
         logs = {
@@ -162,6 +142,30 @@ class SupervisedEvaluator:
                 len(losses) * len(x) * self.tokens_per_sample / seconds
             )
         return losses, logs
+
+    def _losses(self, population, generation, x, y, progress):
+        """One loss per member on `(x, y)`, group by group (one progress step each)."""
+        if self._cached[0] is not x:
+            self._cached = (x,
+                            keras.ops.convert_to_tensor(pop.batch_data(x, self.run.batch_size)),
+                            keras.ops.convert_to_tensor(pop.batch_data(y, self.run.batch_size)))
+        functions = self.functions
+        bk = lrne_backend.get()
+        data = (functions.frozen_values(), functions.non_trainable_values(),
+                self._cached[1], self._cached[2])
+        parts, best = [], math.inf
+        for group_start, skip in self.groups:
+            if progress is not None:
+                progress.begin()
+            part = bk.to_numpy(functions.evaluate_group(
+                population, np.asarray(group_start, np.int32), *data))
+            # One row per device: its members `group_start + skip ..` of its share.
+            part = part.reshape(functions.num_devices, -1)[:, skip:]
+            parts.append(part)
+            best = _best_finite(part.ravel(), best)
+            if progress is not None:
+                progress.end({"loss": best} if math.isfinite(best) else {})
+        return np.concatenate(parts, axis=1).reshape(-1)[: self.run.strategy.num_members]
 
     def complete(self, logs):
         """Finishes a generation's logs once the strategy has set `loss`."""
@@ -194,9 +198,11 @@ class EnvironmentEvaluator:
     Args:
         run: the run (`evolve()`'s `Run`).
         task: a `keras_lrne.tasks.Environment`.
+        rollout: what plays the episodes (default: a `keras_lrne.rollout.RolloutEvaluator`
+            on this process's environments).
     """
 
-    def __init__(self, run, task):
+    def __init__(self, run, task, rollout=None):
         self.task = task
         members = run.strategy.num_members
         self.top = getattr(task, "reevaluate_top", None)
@@ -222,7 +228,8 @@ class EnvironmentEvaluator:
                     f"strategy's num_parents={parents} (only re-evaluated members can "
                     f"become parents). Received: reevaluate_top={self.top}"
                 )
-        self.rollout = RolloutEvaluator(run.model, run.functions, task, members, run.seed)
+        self.rollout = rollout or RolloutEvaluator(run.model, run.functions, task, members,
+                                                   run.seed)
         self.first_steps = members * task.episodes
         self.steps = self.first_steps + (self.top or 0) * (self.second_episodes or 0)
 

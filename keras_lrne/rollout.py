@@ -201,6 +201,8 @@ class RolloutEvaluator:
                 f"could be evaluated: the environment {_env_name(task)} raised "
                 f"{type(error).__name__}: {error}"
             ) from error
+        #: The observations sampled for the normaliser (`task.observe`) by the last call.
+        self.raw_sample = run.raw_sample
         task.observe(run.raw_sample)
         per_member = run.returns.reshape(len(members), episodes)
         member_failed = run.failed.reshape(len(members), episodes).any(axis=1)

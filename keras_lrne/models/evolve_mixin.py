@@ -9,7 +9,7 @@ import numpy as np
 from keras_lrne import checkpoint
 from keras_lrne import population as pop
 from keras_lrne._validation import check_bool, check_int
-from keras_lrne.distribution import PopulationParallel
+from keras_lrne.distribution import PopulationParallel, RayWorkers
 from keras_lrne.evaluators import Progress, plan_groups
 from keras_lrne.lineage import Lineage
 from keras_lrne.strategies import GA, Strategy
@@ -92,6 +92,10 @@ class Run:
                  batch_size=None, distribution=None):
         self.model, self.strategy, self.seed = model, strategy, int(seed)
         self.distribution = distribution
+        self.freeze_normalization = bool(freeze_normalization)
+        self.lineage = None
+        # Only a PopulationParallel splits this process's evaluation over devices.
+        devices = distribution if isinstance(distribution, PopulationParallel) else None
         self.specs = pop.collect_variable_specs(model, freeze_normalization)
         self.evolvable = [s for s in self.specs if s.evolvable]
         if not self.evolvable:
@@ -102,7 +106,7 @@ class Run:
             )
         members = strategy.num_members
         # Each device plans its own share (from its own memory).
-        local = members if distribution is None else distribution.members_per_device(members)
+        local = members if devices is None else devices.members_per_device(members)
         self.members_per_device = local
         self.chunk_size, self.batch_size = pop.plan_chunks(
             local, num_samples, bytes_per_sample,
@@ -111,7 +115,7 @@ class Run:
         self.group_size, self.groups = plan_groups(local, self.chunk_size)
         self.functions = pop.PopulationFunctions(
             model, self.specs, getattr(model, "loss", None), self.chunk_size,
-            group_size=self.group_size, distribution=distribution, population_size=members,
+            group_size=self.group_size, distribution=devices, population_size=members,
         )
         self.bytes_per_sample = bytes_per_sample
         self.validation = validation
@@ -231,7 +235,8 @@ class EvolveMixin:
             freeze_normalization: keep normalization layers (LayerNormalization, ...) at
                 their initial values, as the paper does. Defaults to True.
             distribution: a `keras_lrne.distribution.PopulationParallel` to split the
-                population over the host's devices, or None (default) for one device.
+                population over the host's devices, a `RayWorkers` to evaluate it in
+                Ray actors (one machine or a cluster), or None (default) for one device.
                 Results do not depend on it, and a resumed run may use another.
 
         Returns:
@@ -269,10 +274,11 @@ class EvolveMixin:
                 f"Received: verbose={verbose!r}"
             )
         _check_callbacks(callbacks)
-        if distribution is not None and not isinstance(distribution, PopulationParallel):
+        if distribution is not None and not isinstance(distribution,
+                                                       (PopulationParallel, RayWorkers)):
             raise ValueError(
-                "Received an invalid value for `distribution`, expected None or a "
-                "`keras_lrne.distribution.PopulationParallel`. "
+                "Received an invalid value for `distribution`, expected None, a "
+                "`keras_lrne.distribution.PopulationParallel` or a `RayWorkers`. "
                 f"Received: distribution={distribution!r}"
             )
         self._check_single_input_output(x, y, validation_data)
@@ -304,7 +310,8 @@ class EvolveMixin:
         backup = checkpoint.RunBackup.find(callbacks)
         resume = backup.open() if backup is not None else None
         completed = False
-        scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
+        scope = (distribution.scope() if isinstance(distribution, PopulationParallel)
+                 else contextlib.nullcontext())
         try:
             with scope:
                 history = self._evolve(task, validation_data, validation, strategy,
@@ -370,11 +377,13 @@ class EvolveMixin:
         run = self._prepare(task, strategy, seed, freeze_normalization, validation,
                             population_batch_size, batch_size, distribution)
         state = strategy.init(run.evolvable, seed)
-        evaluator = run.evaluator = task.evaluator(run)
-        lineage = Lineage(seed, strategy.population_size, {
+        lineage = run.lineage = Lineage(seed, strategy.population_size, {
             "strategy": strategy.__class__.__name__, "config": strategy.get_config(),
             "freeze_normalization": freeze_normalization,
             "evolvable_shapes": [list(s.shape) for s in run.evolvable]})
+        evaluator = run.evaluator = (distribution.evaluator(run, task)
+                                     if isinstance(distribution, RayWorkers)
+                                     else task.evaluator(run))
         self._evolution_run, self._evolution_state, self.lineage = run, state, lineage
         # The run's signature is only needed for a backup (and Keras' config serialisation
         # imports TensorFlow when it is installed, which a JAX run does not need).

@@ -170,17 +170,11 @@ class GA(Strategy):
 
         return bk.compile_random(reproduce)
 
-    def _compile_sharded(self, stds, distribution):
-        """`reproduce` for a population sharded over `distribution`'s devices.
-
-        Only the survivors move: they are gathered onto every device, and each device
-        makes the members it holds (survivors pass unchanged, children are their
-        parent plus the noise of their seed). The values are bit-identical to the
-        one-device `reproduce`: the same noise rows and the same add.
-        """
+    def _member_builder(self, stds):
+        """`members(survivors, source, row_seeds)`: row `i` is `survivors[source[i]]`,
+        plus the noise of `row_seeds[i]` unless it is negative. Bit-identical to
+        `reproduce`'s rows: the same noise rows and the same add."""
         bk = lrne_backend.get()
-        handle = distribution.handle
-        num_parents = self.num_parents
 
         def members(survivors, source, row_seeds):
             shapes = [tuple(v.shape[1:]) for v in survivors]
@@ -198,7 +192,19 @@ class GA(Strategy):
                 new.append(ops.where(keep, base, base + ops.cast(piece, values.dtype)))
             return new
 
-        local = bk.per_device(members, handle, (False, True, True))
+        return members
+
+    def _compile_sharded(self, stds, distribution):
+        """`reproduce` for a population sharded over `distribution`'s devices.
+
+        Only the survivors move: they are gathered onto every device, and each device
+        makes the members it holds (survivors pass unchanged, children are their
+        parent plus the noise of their seed), with `_member_builder`.
+        """
+        bk = lrne_backend.get()
+        handle = distribution.handle
+        num_parents = self.num_parents
+        local = bk.per_device(self._member_builder(stds), handle, (False, True, True))
 
         def reproduce(population, elite_idx, parent_idx, seeds):
             self.trace_counts["reproduce"] += 1
@@ -215,6 +221,58 @@ class GA(Strategy):
             return local(survivors, source, row_seeds)
 
         return bk.compile_random(reproduce)
+
+    # -- members rebuilt in remote workers -------------------------------------------------
+    # A worker holds the survivors of the current population (its first `num_parents`
+    # members) and builds any member from them: a survivor as it is, a child as its
+    # parent plus the noise of its seed. Payloads are `(kind, source, seeds)`: kind
+    # "initial" for members of the initial population (source: member ids), else
+    # "survivors" (source: positions among the survivors).
+
+    def _sources(self, parents, seeds, rows):
+        """`(positions among the survivors, seeds)` of `rows` of the population that
+        `parents` / `seeds` (one record) describe."""
+        parents, seeds = np.asarray(parents), np.asarray(seeds)
+        rows = np.asarray(rows, np.int64)
+        survivor_parents = parents[: self.num_parents]
+        position = np.argmax(parents[rows][:, None] == survivor_parents[None, :], axis=1)
+        source = np.where(rows < self.num_parents, rows, position).astype(np.int32)
+        row_seeds = np.where(rows < self.num_parents, -1, seeds[rows]).astype(np.int32)
+        return source, row_seeds
+
+    def _payload(self, records, generation, rows):
+        if generation == 0:
+            return ("initial", np.asarray(rows, np.int32), None)
+        g = generation - 1
+        return ("survivors", *self._sources(records["parents"][g], records["seeds"][g], rows))
+
+    def worker_init(self, specs, seed):
+        specs = as_specs(specs)
+        stds = np.concatenate([np.full((int(np.prod(s.shape)),), std, "float32")
+                               for s, std in zip(specs, self.noise_stds(specs))])
+        builder = lrne_backend.get().compile_random(self._member_builder(stds))
+        return {"specs": specs, "seed": int(seed), "build": builder, "survivors": None}
+
+    def sync_payload(self, records, generation):
+        # The survivors of population `generation` are rows of population
+        # `generation - 1`, built from its own survivors.
+        rows = np.asarray(records["parents"][generation - 1][: self.num_parents])
+        return self._payload(records, generation - 1, rows)
+
+    def worker_sync(self, worker_state, payload):
+        return dict(worker_state, survivors=self.worker_members(worker_state, payload))
+
+    def member_payload(self, records, generation, members):
+        return self._payload(records, generation, members)
+
+    def worker_members(self, worker_state, payload):
+        kind, source, row_seeds = payload
+        if kind == "initial":
+            members = [pop.initial_member(worker_state["specs"], worker_state["seed"], int(m))
+                       for m in source]
+            return [ops.convert_to_tensor(np.stack([m[j] for m in members]))
+                    for j in range(len(members[0]))]
+        return list(worker_state["build"](worker_state["survivors"], source, row_seeds))
 
     def _init(self, specs, seed):
         sharded = self._sharded()

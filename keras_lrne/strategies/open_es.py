@@ -295,6 +295,37 @@ class OpenES(Strategy):
     def _best(self, state):
         return state.elite
 
+    # -- members rebuilt in remote workers -------------------------------------------------
+    # A worker holds the mean and the optimizer's values, and replays each generation's
+    # update from its noise seeds and shaped fitness; members are regenerated from the
+    # noise seeds of their generation (derived from the run seed).
+
+    def worker_init(self, specs, seed):
+        operators_, mean, values, optimizer = self._start(as_specs(specs), seed)
+        return {"ops": operators_, "optimizer": optimizer, "mean": mean, "values": values,
+                "seed": int(seed)}
+
+    def sync_payload(self, records, generation):
+        g = generation - 1
+        return (np.asarray(records["noise_seeds"][g]), np.asarray(records["weights"][g]))
+
+    def worker_sync(self, worker_state, payload):
+        noise_seeds, weights = payload
+        mean, values = worker_state["ops"][2](worker_state["mean"], worker_state["values"],
+                                              noise_seeds, weights)
+        return dict(worker_state, mean=list(mean), values=list(values))
+
+    def member_payload(self, records, generation, members):
+        return (int(generation), np.asarray(members, np.int32))
+
+    def worker_members(self, worker_state, payload):
+        generation, members = payload
+        seeds, signs = self._member_seeds(self._noise_seeds(worker_state["seed"], generation))
+        # The mean (member `population_size` with `mean_evaluation`) is sign 0: no noise.
+        inside = np.minimum(members, self.population_size - 1)
+        signs = np.where(members < self.population_size, signs[inside], 0).astype(np.int32)
+        return list(worker_state["ops"][1](worker_state["mean"], seeds[inside], signs))
+
     def record(self, state):
         return {"noise_seeds": state.noise_seeds, "weights": state.weights}
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_lrne._net import probe
 from keras_lrne._tf import import_tensorflow
 
 tf = import_tensorflow("LanguageModeling")
@@ -174,30 +175,10 @@ DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 DOWNLOAD_PROBE_SECONDS = 10.0
 
 
-def _probe(address, timeout):
-    """True if a TCP connection to `address` opens within `timeout` seconds."""
-    import socket
-    import threading
-
-    result = []
-
-    def connect():  # name resolution has no timeout of its own: run it in a thread
-        try:
-            socket.create_connection(address, timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
 def _check_download_reachable(name):
     """Fails within `DOWNLOAD_PROBE_SECONDS` when a TFDS dataset that is not prepared
     locally cannot be downloaded (TFDS itself retries for minutes)."""
-    if not _probe(DOWNLOAD_HOST, DOWNLOAD_PROBE_SECONDS):
+    if not probe(DOWNLOAD_HOST, DOWNLOAD_PROBE_SECONDS):
         raise ValueError(
             f"Received an invalid value for `data`: the TFDS dataset {name!r} is not "
             f"prepared locally and cannot be downloaded (no connection to "

@@ -1,0 +1,189 @@
+"""`RayWorkers`: evaluation in Ray actors gives the recorded one-process runs, survives
+a SIGKILLed worker, and fails fast and clearly (local Ray, 2 workers)."""
+
+import json
+import os
+import signal
+import sys
+import time
+import warnings
+
+import gymnasium as gym
+import keras
+import numpy as np
+import pytest
+import reference_runs
+
+import keras_lrne
+from keras_lrne.distribution import RayWorkers
+from keras_lrne.strategies import GA, OpenES
+
+ray = pytest.importorskip("ray")
+# The environments below are defined here: send them to the workers by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+# -- before any Ray runtime starts --------------------------------------------------------
+def test_missing_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    model = keras_lrne.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    with pytest.raises(ImportError, match=r'pip install "keras-lrne\[distributed\]"'):
+        model.evolve(np.ones((4, 2)), np.ones((4, 1)), strategy=GA(4, 1), verbose=0,
+                     distribution=RayWorkers(num_workers=1))
+
+
+def test_an_unreachable_cluster_fails_fast():
+    model = keras_lrne.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match=r"address='127.0.0.1:9'.*ray start --head"):
+        model.evolve(np.ones((4, 2)), np.ones((4, 1)), strategy=GA(4, 1), verbose=0,
+                     distribution=RayWorkers(address="127.0.0.1:9"))
+    assert time.perf_counter() - start < 15
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_workers": 0}, "num_workers=0"),
+    ({"address": ""}, "address=''"),
+    ({"address": "somewhere"}, "address='somewhere'"),
+    ({"resources_per_worker": {"CPU": -1}}, "resources_per_worker="),
+    ({"resources_per_worker": ["CPU"]}, "resources_per_worker="),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        workers = RayWorkers(**kwargs)
+        workers._check_reachable()
+
+
+# -- one local Ray runtime for the rest of the module -------------------------------------
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    with warnings.catch_warnings():  # JAX warns about Ray's fork+exec
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with open(reference_runs.path()) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", ["arrays", "environment"])
+def test_two_workers_give_the_one_process_run(local_ray, reference, name):
+    # "arrays": 14 members in 4 chunks with validation data; "environment": CartPole
+    # with two-stage selection.
+    workers = RayWorkers(num_workers=2)
+    reference_runs.check(reference_runs.run(name, distribution=workers), reference[name])
+    assert 0 < workers.bytes_sent < 4000  # seeds and indices, not weights
+
+
+class KillAWorker(keras.callbacks.Callback):
+    """SIGKILLs one worker process in the middle of generation 2."""
+
+    def __init__(self, workers):
+        super().__init__()
+        self.workers, self.killed = workers, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 2 and batch == 1 and self.killed is None:
+            self.killed = self.workers.worker_pids()[0]
+            os.kill(self.killed, signal.SIGKILL)
+
+
+def test_a_killed_worker_is_replaced_and_the_run_ends_the_same(local_ray, reference):
+    workers = RayWorkers(num_workers=2)
+    killer = KillAWorker(workers)
+    received = reference_runs.run("arrays", distribution=workers, callbacks=[killer])
+    assert killer.killed is not None
+    reference_runs.check(received, reference["arrays"])
+
+
+def _open_es(distribution):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    history = model.evolve(x, x.sum(axis=1, keepdims=True), strategy=OpenES(6),
+                           generations=3, seed=2, verbose=0, distribution=distribution)
+    return history.history["loss"], model.get_weights()
+
+
+def test_open_es_in_workers_equals_one_process(local_ray):
+    (loss_a, weights_a), (loss_b, weights_b) = _open_es(None), _open_es(RayWorkers(2))
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    for a, b in zip(weights_a, weights_b):
+        np.testing.assert_array_equal(a, b)
+
+
+class Drifting(gym.Env):
+    """Observations drift with the action: the normaliser's statistics depend on play."""
+
+    observation_space = gym.spaces.Box(-10, 10, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.x = 0, float(self.np_random.uniform(-1, 1))
+        return np.asarray([self.x, 0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        self.x += 0.3 if action else -0.2
+        return np.asarray([self.x, self.t], np.float32), -abs(self.x), self.t >= 6, False, {}
+
+
+def _normalized(workers):
+    task = keras_lrne.tasks.Environment(Drifting, normalize_observations=True)
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([keras.Input(task.input_shape),
+                                   keras.layers.Dense(task.num_outputs)])
+    history = model.evolve(task, strategy=GA(8, 2, mutation_rate=0.5), generations=3,
+                           seed=4, verbose=0, distribution=workers)
+    return history.history["episode_return"], task.normalizer.get_state()
+
+
+def test_normalisation_does_not_depend_on_the_worker_count(local_ray):
+    (returns_1, stats_1), (returns_2, stats_2) = (_normalized(RayWorkers(1)),
+                                                  _normalized(RayWorkers(2)))
+    assert returns_1 == returns_2
+    assert json.dumps(stats_1, default=str) == json.dumps(stats_2, default=str)
+
+
+class BrokenReset(Drifting):
+    def reset(self, seed=None, options=None):
+        raise OSError("simulator lost its licence")
+
+
+def test_a_worker_that_raises_fails_the_run_with_its_error(local_ray):
+    task = keras_lrne.tasks.Environment(BrokenReset)
+    model = keras_lrne.Sequential([keras.Input(task.input_shape),
+                                   keras.layers.Dense(task.num_outputs)])
+    with pytest.raises(RuntimeError, match=r"A Ray worker failed while evaluating members "
+                       r"\[0\] of generation 0: .*simulator lost its licence"):
+        model.evolve(task, strategy=GA(4, 1), generations=1, verbose=0,
+                     distribution=RayWorkers(1))
+
+
+def test_the_cli_evaluates_in_workers(local_ray, tmp_path):
+    from keras_lrne import cli
+
+    summaries = []
+    for extra in ([], ["--workers", "2"]):
+        output = tmp_path / f"run{len(summaries)}"
+        assert cli.main(["control", "--env", "CartPole-v1", "--population", "4", "--parents",
+                         "2", "--generations", "2", "--max-episode-steps", "30",
+                         "--verbose", "0", "--output", str(output), *extra]) == 0
+        summaries.append(json.loads((output / "summary.json").read_text())["summary"])
+    assert summaries[0]["final_episode_return"] == summaries[1]["final_episode_return"]
+    assert summaries[0]["env_steps"] == summaries[1]["env_steps"] > 0
