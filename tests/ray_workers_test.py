@@ -170,7 +170,7 @@ def test_a_worker_that_raises_fails_the_run_with_its_error(local_ray):
     model = keras_lrne.Sequential([keras.Input(task.input_shape),
                                    keras.layers.Dense(task.num_outputs)])
     with pytest.raises(RuntimeError, match=r"A Ray worker failed while evaluating members "
-                       r"\[0\] of generation 0: .*simulator lost its licence"):
+                       r"\[0, 1, 2, 3\] of generation 0: .*simulator lost its licence"):
         model.evolve(task, strategy=GA(4, 1), generations=1, verbose=0,
                      distribution=RayWorkers(1))
 

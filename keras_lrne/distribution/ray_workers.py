@@ -15,6 +15,8 @@ from keras_lrne._validation import check_int, is_int
 
 #: A chunk whose worker died is handed out again at most this many times.
 MAX_CHUNK_ATTEMPTS = 3
+#: Members per chunk of an environment task (at least; or the whole population).
+MIN_ENV_CHUNK = 8
 #: Seconds a cluster's address may take to answer before the run fails.
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -98,8 +100,10 @@ class RayWorkers:
         self._synced = []
         self._started_ray = False
         #: Bytes of the requests sent to workers, and of the replies, in the last
-        #: generation (pickled size).
+        #: evaluation (pickled size); its seconds, and the seconds spent waiting for
+        #: workers.
         self.bytes_sent = self.bytes_received = 0
+        self.map_seconds = self.wait_seconds = 0.0
 
     def get_config(self):
         return {"num_workers": self.num_workers, "address": self.address,
@@ -140,12 +144,15 @@ class RayWorkers:
 
     def evaluator(self, run, task):
         """Starts the workers and returns `run`'s evaluator (what `evolve()` calls)."""
-        from keras_lrne.evaluators import EnvironmentEvaluator, plan_groups
+        from keras_lrne.evaluators import MAX_PROGRESS_STEPS, EnvironmentEvaluator
 
         if task.supervised:
             self.start(run, task, run.group_size)
             return _Supervised(self, run, task)
-        group, _ = plan_groups(run.strategy.num_members, 1)
+        # Chunks of at least 8 members (or all), whatever the worker count: each worker
+        # plays a chunk on its own vector environment.
+        members = run.strategy.num_members
+        group = min(members, max(-(-members // MAX_PROGRESS_STEPS), MIN_ENV_CHUNK))
         self.start(run, task, group)
         return EnvironmentEvaluator(run, task, rollout=_Rollout(self, run, task, group))
 
@@ -243,6 +250,7 @@ class RayWorkers:
         idle = list(range(len(self._actors)))
         running = {}
         self.bytes_sent = self.bytes_received = 0
+        self.wait_seconds, started = 0.0, time.perf_counter()
         done = 0
         while pending or running:
             while pending and idle:
@@ -252,7 +260,9 @@ class RayWorkers:
                 self.bytes_sent += len(pickle.dumps(args))
                 future = self._actors[worker].evaluate.remote(*args)
                 running[future] = (worker, chunk)
+            waited = time.perf_counter()
             ready, _ = ray.wait(list(running), num_returns=1)
+            self.wait_seconds += time.perf_counter() - waited
             worker, chunk = running.pop(ready[0])
             try:
                 reply = ray.get(ready[0])
@@ -285,6 +295,7 @@ class RayWorkers:
             done += 1
             if on_result is not None:
                 on_result(done, reply)
+        self.map_seconds = time.perf_counter() - started
         return replies
 
 
