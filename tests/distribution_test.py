@@ -79,6 +79,16 @@ def test_the_cli_names_devices_it_does_not_have(tmp_path, capsys):
     assert "devices=2" in err and "--devices 2" in err
 
 
+def test_the_cli_takes_devices_or_workers_not_both(tmp_path, capsys):
+    from keras_lrne import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["control", "--env", "CartPole-v1", "--generations", "1", "--devices", "all",
+                  "--workers", "2", "--output", str(tmp_path / "out"), "--verbose", "0"])
+    assert info.value.code == 2
+    assert "--devices cannot be combined with --workers" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("devices, message", [
     (0, "devices=0"),
     (2, "devices=2"),  # one CPU device here
