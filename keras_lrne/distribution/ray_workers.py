@@ -12,6 +12,7 @@ import numpy as np
 
 from keras_lrne import _optional
 from keras_lrne._validation import check_int, is_int
+from keras_lrne.evaluators import MAX_PROGRESS_STEPS, EnvironmentEvaluator, SupervisedEvaluator
 
 #: A chunk whose worker died is handed out again at most this many times.
 MAX_CHUNK_ATTEMPTS = 3
@@ -144,8 +145,6 @@ class RayWorkers:
 
     def evaluator(self, run, task):
         """Starts the workers and returns `run`'s evaluator (what `evolve()` calls)."""
-        from keras_lrne.evaluators import MAX_PROGRESS_STEPS, EnvironmentEvaluator
-
         if task.supervised:
             self.start(run, task, run.group_size)
             return _Supervised(self, run, task)
@@ -299,13 +298,7 @@ class RayWorkers:
         return replies
 
 
-def _supervised_base():
-    from keras_lrne.evaluators import SupervisedEvaluator
-
-    return SupervisedEvaluator
-
-
-class _Supervised(_supervised_base()):
+class _Supervised(SupervisedEvaluator):
     """`SupervisedEvaluator` whose groups are evaluated by the workers."""
 
     def __init__(self, workers, run, task):
