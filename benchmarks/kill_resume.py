@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-TIMING = {"member_evals_per_second", "member_tokens_per_second", "wall_seconds"}
+TIMING = {"generation_seconds", "member_evals_per_second", "member_tokens_per_second",
+          "wall_seconds", "evolution_seconds", "first_stage_seconds"}
 
 
 def _command(output, generations, resume=False):

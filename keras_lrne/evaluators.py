@@ -246,6 +246,7 @@ class EnvironmentEvaluator:
             "median_return": median,
             "max_return": best,
             "member_evals_per_second": len(losses) / seconds,
+            "first_stage_seconds": seconds,
             **extra,
         }
         if self.top:

@@ -110,7 +110,8 @@ HARNESS = textwrap.dedent(
     """
 )
 
-TIMING = {"member_evals_per_second", "member_tokens_per_second", "wall_seconds"}
+TIMING = {"generation_seconds", "member_evals_per_second", "member_tokens_per_second",
+          "wall_seconds", "evolution_seconds", "first_stage_seconds"}
 
 LM = ["lm", "--population", "4", "--parents", "1", "--generations", "5",
       "--sequence-length", "8", "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0"]

@@ -17,8 +17,8 @@ from keras_lrne import layers as lrl
 from keras_lrne.strategies import GA
 
 #: Logged keys that measure speed, not results.
-TIMING_KEYS = ("member_evals_per_second", "member_tokens_per_second", "frames_per_second",
-               "policy_share")
+TIMING_KEYS = ("generation_seconds", "member_evals_per_second", "member_tokens_per_second",
+               "frames_per_second", "policy_share", "first_stage_seconds")
 
 
 def _arrays(**evolve_kwargs):

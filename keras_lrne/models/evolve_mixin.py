@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import time
 
 import keras
 import numpy as np
@@ -243,8 +244,10 @@ class EvolveMixin:
             A `keras.callbacks.History` whose `history` dict holds, per generation,
             `loss` (of the weights the model holds), `mean_loss` and `median_loss` (over
             members with a finite loss), `val_loss` when there is validation data, the
-            strategy's own logs, and throughput (`member_evals_per_second`, plus
-            `member_tokens_per_second` for token data).
+            strategy's own logs, throughput (`member_evals_per_second`, plus
+            `member_tokens_per_second` for token data) and `generation_seconds`, the
+            generation's wall time (its sum over a History is the run's compute time,
+            across resumes).
 
         Example:
 
@@ -434,6 +437,7 @@ class EvolveMixin:
         # A run that a callback stopped (e.g. EarlyStopping) stays stopped on resume.
         for generation in range(start, start if stopped else generations):
             callback_list.on_epoch_begin(generation)
+            generation_start = time.perf_counter()
             progress = Progress(callback_list, evaluator.steps)
             population, state = strategy.ask(state)
             losses, logs = evaluator.evaluate(population, generation, progress)
@@ -445,6 +449,7 @@ class EvolveMixin:
             self._assign(weights)
             self._evolution_state = state
             logs.update(evaluator.validate(weights))
+            logs["generation_seconds"] = time.perf_counter() - generation_start
             for key, value in logs.items():
                 history.setdefault(key, []).append(value)
             if backup is not None:
