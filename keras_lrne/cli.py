@@ -8,6 +8,7 @@ policy and `keras-lrne generate` samples from an evolved language model.
 
 import argparse
 import csv
+import io
 import json
 import os
 import shutil
@@ -56,6 +57,36 @@ def _devices(text):
     if text == "all":
         return text
     return _number_type(int, "a positive integer or 'all'", lambda v: v >= 1)(text)
+
+
+def _int_list(text, name, minimum):
+    """A comma-separated list of distinct integers >= `minimum` (for `--seeds`, `--ranks`)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if not values or any(v < minimum or v > 2**31 - 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of integers >= {minimum}, received {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct {name}, received {text!r}")
+    return tuple(values)
+
+
+def _seeds(text):
+    """`--seeds`: a count N (seeds 0..N-1) or a comma-separated list of seeds."""
+    if "," not in text:
+        count = _positive_int(text)
+        if count > 1000:
+            raise argparse.ArgumentTypeError(f"expected at most 1000 seeds, received {text!r}")
+        return tuple(range(count))
+    return _int_list(text, "seeds", 0)
+
+
+def _ranks(text):
+    """`--ranks`: a comma-separated list of distinct positive ranks."""
+    return tuple(sorted(_int_list(text, "ranks", 1)))
 
 
 DEVICES_HELP = (
@@ -180,19 +211,54 @@ def _evolve_and_save(args, model, task, strategy, output, *, mode, plot, summary
     return summary, history
 
 
-def _load_finished(output, label):
-    """The summary and History of a finished run in `output` (for `--resume`)."""
-    with open(os.path.join(output, SUMMARY_FILE)) as f:
-        summary = json.load(f)["summary"]
+def _read_history(path):
+    """A History CSV as `{key: [float, ...]}` (empty cells and NA skipped)."""
     history = {}
-    with open(os.path.join(output, "history.csv"), newline="") as f:
+    with open(path, newline="") as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
-                if key != "epoch" and value not in ("", "NA"):
+                if key != "epoch" and value not in ("", "NA", None):
                     history.setdefault(key, []).append(float(value))
+    return history
+
+
+#: Arguments that do not change what a run computes, so a finished run may be reused
+#: under other values (how it is invoked, where and on what it runs, what surrounds it).
+NOT_RUN_SETTINGS = INVOCATION_ARGS + (
+    "verbose", "output", "devices", "workers", "ray_address", "population_batch_size",
+    "compare", "seeds", "ranks", "with_fit", "fit_learning_rate",
+)
+
+
+def _run_settings(args):
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_RUN_SETTINGS}
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _load_finished(output, label, args=None):
+    """The summary and History of a finished run in `output` (for `--resume`).
+
+    With `args`, the run must have been made with the same settings: a finished run is
+    never silently reused for another experiment.
+    """
+    with open(os.path.join(output, SUMMARY_FILE)) as f:
+        stored = json.load(f)
+    if args is not None and "args" in stored:
+        now = _run_settings(args)
+        before = {k: v for k, v in stored["args"].items() if k not in NOT_RUN_SETTINGS}
+        # Keys only one side has come from another keras-lrne version's arguments.
+        changed = sorted(k for k in set(now) & set(before) if now[k] != before[k])
+        if changed:
+            details = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now"
+                                for k in changed)
+            raise ValueError(
+                f"--resume: the finished run in {output!r} was made with other settings "
+                f"({details}). Pass --overwrite to replace it, or choose another --output."
+            )
+    history = _read_history(os.path.join(output, "history.csv"))
     print(f"[keras-lrne] {label}: the run in {output!r} has already finished; nothing to "
           "do (pass --overwrite to run it again).", flush=True)
-    return summary, history
+    return stored["summary"], history
 
 
 RL_COMMANDS = {
@@ -266,9 +332,6 @@ def build_parser():
     lm.add_argument("--variant", choices=VARIANTS, default="factorized",
                     help="factorized (low-rank), full (same shape, unfactorized) or small "
                     "(narrow unfactorized baseline). Default: factorized")
-    lm.add_argument("--compare", action="store_true",
-                    help="run all three variants with the same seed, data and budget and "
-                    "write a comparison table and plot")
     lm.add_argument("--rank", type=_positive_int, default=4,
                     help="rank of the attention and feed-forward factors (paper: 4 or 1)")
     lm.add_argument("--embed-rank", type=_positive_int, default=32,
@@ -314,6 +377,14 @@ def build_parser():
                     "generations, 1024 sequences of 128 word tokens (needs a GPU)")
     lm.add_argument("--population-batch-size", type=_positive_int, default=None,
                     help="members per vectorised call (automatic by default)")
+    _add_compare_arguments(lm)
+    lm.add_argument("--with-fit", action="store_true",
+                    help="with --compare: also train each compared model by gradients "
+                    "(keras fit() with Adam) for the wall time its evolved run took, on "
+                    "the same sequences, as a row `<variant>_fit`")
+    lm.add_argument("--fit-learning-rate", type=_positive_float, default=0.001,
+                    help="Adam's learning rate for --with-fit (Keras' default). Default: "
+                    "0.001")
     lm.add_argument("--seed", type=_seed, default=0, help="run seed. Default: 0")
     lm.add_argument("--output", default=os.path.join("lrne_output", "lm"),
                     help="output directory. Default: lrne_output/lm")
@@ -363,6 +434,7 @@ def build_parser():
                              help="two-stage selection: re-evaluate the best N (paper: 32)")
             sub.add_argument("--reevaluate-episodes", type=_positive_int, default=None,
                              help="episodes of the second stage (paper: 4)")
+        _add_compare_arguments(sub)
         sub.add_argument("--seed", type=_seed, default=0, help="run seed. Default: 0")
         sub.add_argument("--output", default=os.path.join("lrne_output", name),
                          help="output directory")
@@ -431,6 +503,28 @@ def _add_strategy_arguments(parser):
                         help="es: Adam's learning rate on the mean (relative units)")
 
 
+COMPARE_HELP = (
+    "run a comparison: `variants` (the default: factorized, full and small), `ranks` "
+    "(the factorized model at each of --ranks, plus full) or `strategies` (the GA and "
+    "OpenES on --variant); every run gets the same data, episode seeds and budget per "
+    "seed, and OUTPUT gets comparison.csv, comparison.md and comparison.png. --resume "
+    "continues an interrupted comparison where it stopped"
+)
+
+
+def _add_compare_arguments(parser):
+    parser.add_argument("--compare", nargs="?", const="variants", default=None,
+                        choices=("variants", "ranks", "strategies"), metavar="KIND",
+                        help=COMPARE_HELP)
+    parser.add_argument("--seeds", type=_seeds, default=None, metavar="N|S1,S2,...",
+                        help="run every variant on N seeds (0..N-1) or on the listed ones, "
+                        "and report means, 95%% confidence intervals and significance "
+                        "tests (without --compare: --variant alone on each seed). "
+                        "Default: --seed only")
+    parser.add_argument("--ranks", type=_ranks, default="1,2,4,8,16", metavar="R1,R2,...",
+                        help="ranks of `--compare ranks`. Default: 1,2,4,8,16")
+
+
 def _make_distribution(args):
     """The `RayWorkers` (`--workers`, `--ray-address`) or `PopulationParallel`
     (`--devices`) the arguments ask for; None for this process on one device."""
@@ -488,26 +582,34 @@ def _make_task(args):
     )
 
 
-def _run_variant(args, task, variant, output):
+def _make_lm_model(args, task, variant):
+    """The LM preset `variant` for `task`, initialised from `args.seed`."""
     import keras
 
     import keras_lrne
+
+    keras.utils.set_random_seed(args.seed)
+    return keras_lrne.presets.language_model(
+        variant,
+        vocab_size=task.vocab_size,
+        sequence_length=args.sequence_length,
+        rank=args.rank,
+        embed_rank=args.embed_rank,
+        init=args.init,
+    )
+
+
+def _run_variant(args, task, variant, output):
+    import keras
+
     from keras_lrne import checkpoint
 
     _make_output_dir(output)
     with checkpoint.BackupLock(output, name=LOCK_FILE, what="output directory"):
         mode = _prepare_output(args, output)
         if mode == "finished":
-            return _load_finished(output, variant)
-        keras.utils.set_random_seed(args.seed)
-        model = keras_lrne.presets.language_model(
-            variant,
-            vocab_size=task.vocab_size,
-            sequence_length=args.sequence_length,
-            rank=args.rank,
-            embed_rank=args.embed_rank,
-            init=args.init,
-        )
+            return _load_finished(output, variant, args)
+        model = _make_lm_model(args, task, variant)
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         strategy = _make_strategy(args)
         params = int(model.count_params())
@@ -523,7 +625,10 @@ def _run_variant(args, task, variant, output):
                 "final_loss": logs["loss"][-1],
                 "final_val_loss": logs["val_loss"][-1] if "val_loss" in logs else None,
                 "wall_seconds": wall,
+                "evolution_seconds": float(sum(logs.get("generation_seconds", []))),
                 "member_tokens_per_second": float(np.median(logs["member_tokens_per_second"])),
+                "member_tokens_per_generation": (strategy.num_members * task.num_sequences
+                                                 * args.sequence_length),
                 **baselines,
             }
             return summary, {"task": task.get_config(), "strategy": strategy.get_config()}
@@ -570,52 +675,307 @@ def _judge(summary):
             f"unigram = {summary['unigram_loss']:.3f} nats per token")
 
 
-def _write_comparison(summaries, histories, output):
-    from keras_lrne.plotting import plot_histories
+def _lm_runner():
+    """The comparison runner of `lm`: one task per seed, shared by the variants."""
+    tasks = {}
 
-    plot_histories(histories, os.path.join(output, "comparison.png"),
-                   title="keras-lrne lm: factorized vs full vs small", keys=("loss",),
-                   baselines=_baseline_lines(summaries[0]))
-    fields = ["variant", "parameters", "generations", "first_loss", "final_loss",
-              "final_val_loss", "wall_seconds", "member_tokens_per_second", "uniform_loss",
-              "unigram_loss"]
-    with open(os.path.join(output, "comparison.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(summaries)
-    lines = [
-        "| variant | parameters | final loss | final val_loss | wall s | member-tokens/s |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for s in summaries:
-        val = "-" if s["final_val_loss"] is None else f"{s['final_val_loss']:.3f}"
-        lines.append(
-            f"| {s['variant']} | {s['parameters']:,} | {s['final_loss']:.3f} | {val} | "
-            f"{s['wall_seconds']:.1f} | {s['member_tokens_per_second']:,.0f} |"
-        )
-    lines.append("")
-    lines.append(f"Baselines: uniform (ln V) {summaries[0]['uniform_loss']:.3f}, unigram "
-                 f"{summaries[0]['unigram_loss']:.3f} nats per token.")
-    table = "\n".join(lines)
-    with open(os.path.join(output, "comparison.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+    def run(run_args):
+        if run_args.seed not in tasks:
+            tasks[run_args.seed] = _make_task(run_args)
+            print(f"[keras-lrne] data (seed {run_args.seed}): {tasks[run_args.seed]!r}",
+                  flush=True)
+        return _run_variant(run_args, tasks[run_args.seed], run_args.variant,
+                            run_args.output)
+
+    run.tasks = tasks
+    return run
 
 
 def run_lm(args, argv):
     _apply_paper_settings(args, argv)
-    task = _make_task(args)
-    print(f"[keras-lrne] data: {task!r}", flush=True)
-    if args.compare:
-        summaries, histories = [], {}
-        for variant in VARIANTS:
-            summary, history = _run_variant(args, task, variant,
-                                            os.path.join(args.output, variant))
-            summaries.append(summary)
-            histories[variant] = history
-        _write_comparison(summaries, histories, args.output)
-    else:
+    if args.with_fit and args.compare is None and args.seeds is None:
+        raise ValueError("--with-fit adds rows to a comparison: pass --compare (or --seeds) "
+                         "too. Received: --with-fit without --compare")
+    plan = _comparison_plan(args)
+    if plan is None:
+        task = _make_task(args)
+        print(f"[keras-lrne] data: {task!r}", flush=True)
         _run_variant(args, task, args.variant, args.output)
+        return 0
+    return _run_comparison(args, argv, plan, _lm_runner())
+
+
+# ----------------------------------------------------------------------- comparisons
+
+
+def _comparison_plan(args):
+    """`[(label, overrides)]` of the comparison the arguments ask for; None for one run."""
+    if args.compare is None:
+        return None if args.seeds is None else [(args.variant, {})]
+    if args.compare == "variants":
+        return [(variant, {"variant": variant}) for variant in VARIANTS]
+    if args.compare == "ranks":
+        return ([(f"rank_{rank}", {"variant": "factorized", "rank": rank})
+                 for rank in args.ranks] + [("full", {"variant": "full"})])
+    return [("ga", {"strategy": "ga"}), ("es", {"strategy": "es"})]
+
+
+def _comparison_tests(args, labels):
+    """The pairs of labels a comparison's report tests against each other."""
+    if args.compare == "variants":
+        pairs = [("factorized", "full"), ("factorized", "small")]
+    elif args.compare == "ranks":
+        pairs = [(label, "full") for label in labels if label.startswith("rank_")]
+    elif args.compare == "strategies":
+        pairs = [("ga", "es")]
+    else:
+        pairs = []
+    pairs += [(label, f"{label}_fit") for label in labels if f"{label}_fit" in labels
+              and label in ("factorized", "full")]
+    return [(a, b) for a, b in pairs if a in labels and b in labels]
+
+
+def _run_output(args, label, seed):
+    """A comparison run's directory: OUTPUT/label, or OUTPUT/label/seed_S with --seeds."""
+    if args.seeds is None:
+        return os.path.join(args.output, label)
+    return os.path.join(args.output, label, f"seed_{seed}")
+
+
+def _comparison_runs(args, argv, plan):
+    """`[(label, seed, run_args)]`, every run's arguments checked before any work."""
+    seeds = args.seeds
+    if seeds is None:
+        seeds = (args.seed,)
+    elif any(a == "--seed" or a.startswith("--seed=") for a in argv):
+        raise ValueError("--seed and --seeds exclude each other: --seeds lists every seed "
+                         f"of the comparison. Received: --seeds {','.join(map(str, seeds))}")
+    runs = []
+    for seed in seeds:
+        for label, overrides in plan:
+            run_args = argparse.Namespace(**{**vars(args), **overrides, "seed": seed})
+            run_args.output = _run_output(args, label, seed)
+            try:
+                _make_strategy(run_args)  # e.g. OpenES needs an even population
+            except ValueError as error:
+                raise ValueError(f"{error} (in the comparison's run {label!r})") from None
+            runs.append((label, seed, run_args))
+    return runs
+
+
+#: How many times a `--with-fit` run is scored over its budget.
+FIT_POINTS = 50
+
+
+def _deadline_callback():
+    """A Keras callback that stops `fit()` once `time.perf_counter()` passes `.deadline`."""
+    import keras
+
+    class Deadline(keras.callbacks.Callback):
+        deadline = float("inf")
+
+        def _check(self):
+            if time.perf_counter() >= self.deadline:
+                self.model.stop_training = True
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._check()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._check()
+
+    return Deadline()
+
+
+def _run_fit(args, task, output, budget):
+    """Trains the LM `args.variant` by gradients (Adam) for `budget` seconds of `fit()`.
+
+    The same model, initialisation and sequences as the evolved run; after every epoch
+    its loss is measured (outside the budget) about `FIT_POINTS` times, on the sequences
+    the evolved elite is scored on and on the validation sequences (with `--fresh-batch`,
+    every stretch between two measurements trains on a new sample). Writes
+    `history.csv`, `model.keras` and `summary.json` into `output`. An interrupted fit
+    run starts again from the beginning.
+
+    Returns:
+        `(summary, history dict)`.
+    """
+    import keras
+
+    from keras_lrne import checkpoint
+
+    label = f"{args.variant}_fit"
+    _make_output_dir(output)
+    with checkpoint.BackupLock(output, name=LOCK_FILE, what="output directory"):
+        if _prepare_output(args, output) == "finished":
+            return _load_finished(output, label, args)
+        model = _make_lm_model(args, task, args.variant)
+        model.compile(optimizer=keras.optimizers.Adam(args.fit_learning_rate),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        validation = task.validation_data()
+        print(f"[keras-lrne] {label}: fit() with Adam(learning_rate="
+              f"{args.fit_learning_rate}) for {budget:.1f} s", flush=True)
+        history, seconds, epoch, chunk = {}, 0.0, 0, 0
+        stop = _deadline_callback()
+        while seconds < budget:
+            # Fit in stretches of about 2% of the budget, scoring the model after each.
+            x, y = task.train_data(chunk)
+            start = time.perf_counter()
+            stop.deadline = start + min(budget - seconds, budget / FIT_POINTS)
+            fit_history = model.fit(x, y, epochs=10**9, verbose=0, callbacks=[stop])
+            seconds += time.perf_counter() - start
+            epoch += len(fit_history.epoch)
+            chunk += 1
+            logs = {"loss": float(model.evaluate(x, y, verbose=0)),
+                    "elapsed_seconds": seconds, "epochs": epoch,
+                    "member_tokens": epoch * x.size}
+            if validation is not None:
+                logs["val_loss"] = float(model.evaluate(*validation, verbose=0))
+            for key, value in logs.items():
+                history.setdefault(key, []).append(value)
+        keys = sorted(history)
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["epoch", *keys])
+        for i in range(chunk):
+            writer.writerow([i, *(history[k][i] for k in keys)])
+        checkpoint.atomic_write(os.path.join(output, "history.csv"), table.getvalue())
+        with checkpoint.atomic_path(os.path.join(output, "model.keras")) as tmp:
+            model.save(tmp)
+        summary = {
+            "variant": label, "parameters": int(model.count_params()), "epochs": epoch,
+            "final_loss": history["loss"][-1],
+            "final_val_loss": history["val_loss"][-1] if "val_loss" in history else None,
+            "fit_seconds": seconds, "budget_seconds": budget, **task.baselines(),
+        }
+        run_args = {k: v for k, v in vars(args).items() if k not in INVOCATION_ARGS}
+        checkpoint.atomic_write(os.path.join(output, SUMMARY_FILE), json.dumps(
+            {"summary": summary, "args": run_args}, indent=2, default=str))
+    print(f"[keras-lrne] {label}: loss {history['loss'][0]:.3f} -> {summary['final_loss']:.3f}"
+          f" in {epoch} epochs ({seconds:.1f} s of fit()); wrote {output}", flush=True)
+    return summary, history
+
+
+def _run_record(command, label, seed, output, summary):
+    """A comparison row and curves, computed from the run's `history.csv`."""
+    history = _read_history(os.path.join(output, "history.csv"))
+    row = {"label": label, "seed": seed, "parameters": summary["parameters"]}
+    if "elapsed_seconds" in history:  # trained by fit()
+        steps = len(history["loss"])
+        row.update(final_loss=history["loss"][-1],
+                   final_val_loss=history.get("val_loss", [None])[-1],
+                   wall_seconds=history["elapsed_seconds"][-1],
+                   member_tokens=int(history["member_tokens"][-1]), generations=None)
+        return row, (history["loss"], history["elapsed_seconds"], False)
+    generations = len(history["loss"])
+    times = np.cumsum(history.get("generation_seconds", [0.0] * generations))
+    row["generations"] = generations
+    row["wall_seconds"] = float(times[-1]) if generations else 0.0
+    if command == "lm":
+        row.update(final_loss=history["loss"][-1],
+                   final_val_loss=history.get("val_loss", [None])[-1],
+                   member_tokens=generations * summary["member_tokens_per_generation"])
+        return row, (history["loss"], times, True)
+    steps = np.cumsum(history["env_steps"])
+    row.update(final_episode_return=history["episode_return"][-1],
+               env_steps=int(steps[-1]))
+    if "first_stage_seconds" in history:
+        row["first_stage_seconds"] = float(sum(history["first_stage_seconds"]))
+    return row, (history["episode_return"], steps, True)
+
+
+def _machine():
+    import platform
+
+    import keras
+
+    cpu = platform.processor() or platform.machine()
+    return (f"{os.cpu_count()}-core {cpu} CPU, Python {platform.python_version()}, Keras "
+            f"{keras.__version__} on {keras.config.backend()}")
+
+
+def _run_comparison(args, argv, plan, runner):
+    """Runs every label of `plan` on every seed (seed by seed), then writes the report.
+
+    Finished runs are reused with `--resume` (after checking their settings), an
+    interrupted one continues from its backup, so an interrupted comparison continues
+    where it stopped. Every number of the report is read back from the runs' files.
+    """
+    from keras_lrne import checkpoint, comparison
+
+    runs = _comparison_runs(args, argv, plan)
+    _make_output_dir(args.output)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    records, curves = [], {}
+    summaries = []
+    for label, seed, run_args in runs:
+        summary, _ = runner(run_args)
+        summaries.append(summary)
+        row, curve = _run_record(args.command, label, seed, run_args.output, summary)
+        records.append(row)
+        curves.setdefault(label, []).append(curve)
+        if getattr(args, "with_fit", False) and (args.compare != "strategies"
+                                                 or label == plan[0][0]):
+            fit_label = f"{run_args.variant}_fit" if args.compare == "strategies" \
+                else f"{label}_fit"
+            fit_output = _run_output(args, fit_label, seed)
+            fit_summary, _ = _run_fit(run_args, runner.tasks[seed], fit_output,
+                                      row["wall_seconds"])
+            fit_row, fit_curve = _run_record(args.command, fit_label, seed, fit_output,
+                                             fit_summary)
+            records.append(fit_row)
+            curves.setdefault(fit_label, []).append(fit_curve)
+    records.sort(key=lambda r: list(curves).index(r["label"]))
+    lm = args.command == "lm"
+    metric = "final_loss" if lm else "final_episode_return"
+    columns = [metric] + (["final_val_loss"] if lm else [])
+    columns += ["wall_seconds", "member_tokens" if lm else "env_steps"]
+    if any("first_stage_seconds" in r for r in records):
+        columns.append("first_stage_seconds")
+    columns += ["parameters", "generations"]
+    for record in records:
+        for column in columns:
+            record.setdefault(column, None)
+    aggregates = comparison.write_table(records, os.path.join(args.output, "comparison.csv"),
+                                        columns)
+    labels = list(curves)
+    metrics = [("final_loss", "final loss")] if lm else [(metric, "final elite return")]
+    if lm and any(r["final_val_loss"] is not None for r in records):
+        metrics.append(("final_val_loss", "final val_loss"))
+    extra = [("wall_seconds", "wall s"),
+             ("member_tokens", "member-tokens") if lm else ("env_steps", "env steps")]
+    if "first_stage_seconds" in columns:
+        extra.append(("first_stage_seconds", "stage-1 s"))
+    extra.append(("parameters", "parameters"))
+    notes = [f"Command: `keras-lrne {' '.join(argv)}`; {started}; {_machine()}.",
+             f"Budget per run: population {args.population}, {args.parents} parents, "
+             f"{args.generations} generations, strategy {args.strategy}."]
+    baselines = None
+    if lm:
+        baselines = {"uniform (ln V)": float(np.mean([s["uniform_loss"] for s in summaries])),
+                     "unigram": float(np.mean([s["unigram_loss"] for s in summaries]))}
+        notes.append(f"Baselines (nats per token, mean over seeds): uniform ln V = "
+                     f"{baselines['uniform (ln V)']:.3f}, unigram = "
+                     f"{baselines['unigram']:.3f}.")
+        if getattr(args, "with_fit", False):
+            notes.append(f"`*_fit` rows: the same model trained by `fit()` with Adam "
+                         f"(learning rate {args.fit_learning_rate}) for the wall time of its "
+                         "evolved run on the same seed; member-tokens are tokens trained on.")
+    what = {"variants": "factorized vs full vs small", "ranks": "ranks",
+            "strategies": "GA vs OpenES", None: args.variant}[args.compare]
+    title = f"keras-lrne {args.command}: {what}"
+    text = comparison.markdown_report(records, aggregates, title=title, metrics=metrics,
+                                      extra_columns=extra,
+                                      tests=_comparison_tests(args, labels), notes=notes)
+    checkpoint.atomic_write(os.path.join(args.output, "comparison.md"), text)
+    from keras_lrne.plotting import plot_comparison
+
+    with checkpoint.atomic_path(os.path.join(args.output, "comparison.png")) as tmp:
+        plot_comparison(curves, tmp, title=title,
+                        ylabel="loss (nats per token)" if lm else "elite episode return",
+                        xlabel_right="wall time (s)" if lm else "environment steps",
+                        baselines=baselines)
+    print(text, flush=True)
     return 0
 
 
@@ -665,25 +1025,26 @@ def _has_box_actions(env_id):
         env.close()
 
 
-def run_rl(args):
+def _run_rl_once(args):
+    """One `atari|carracing|control` run into `args.output`: `(summary, history dict)`."""
     import keras
 
     import keras_lrne
     from keras_lrne import checkpoint
 
     output = args.output
+    label = f"{args.command} {args.variant}"
     _make_output_dir(output)
     with checkpoint.BackupLock(output, name=LOCK_FILE, what="output directory"):
         mode = _prepare_output(args, output)
         if mode == "finished":
-            _load_finished(output, f"{args.command} {args.variant}")
-            return 0
+            return _load_finished(output, label, args)
         keras.utils.set_random_seed(args.seed)
         task, model = _make_rl(args)
         strategy = _make_strategy(args)
         params = int(model.count_params())
-        print(f"[keras-lrne] {args.command} {args.variant}: {params:,} parameters, {task!r}, "
-              f"{strategy}", flush=True)
+        print(f"[keras-lrne] {label}: {params:,} parameters, {task!r}, {strategy}",
+              flush=True)
 
         def summary_of(logs, generations, wall):
             summary = {
@@ -691,6 +1052,7 @@ def run_rl(args):
                 "generations": generations,
                 "final_episode_return": logs["episode_return"][-1],
                 "best_episode_return": max(logs["episode_return"]), "wall_seconds": wall,
+                "evolution_seconds": float(sum(logs.get("generation_seconds", []))),
                 "env_steps": int(sum(logs["env_steps"])),
                 "early_termination_saved": float(np.mean(logs["early_termination_saved"])),
             }
@@ -704,11 +1066,19 @@ def run_rl(args):
                                             plot=plot, summary_of=summary_of,
                                             extra_outputs=[policy])
     logs = history.history
-    print(f"[keras-lrne] {args.command} {args.variant}: elite return "
+    print(f"[keras-lrne] {label}: elite return "
           f"{logs['episode_return'][0]:.1f} -> {logs['episode_return'][-1]:.1f} in "
           f"{summary['generations']} generations ({summary['wall_seconds']:.1f} s); wrote "
           f"{output}", flush=True)
-    return 0
+    return summary, logs
+
+
+def run_rl(args, argv=()):
+    plan = _comparison_plan(args)
+    if plan is None:
+        _run_rl_once(args)
+        return 0
+    return _run_comparison(args, argv, plan, lambda run_args: _run_rl_once(run_args))
 
 
 def run_play(args):
@@ -756,7 +1126,7 @@ def main(argv=None):
             return run_play(args)
         if args.command == "generate":
             return run_generate(args)
-        return run_rl(args)
+        return run_rl(args, argv)
     except (ValueError, FileNotFoundError, ImportError, BackupInUseError) as error:
         parser.exit(2, f"keras-lrne {args.command}: error: {error}\n")
     return 0
