@@ -202,7 +202,8 @@ def largest_divisor_at_most(n, cap):
 
 
 def memory_budget():
-    """Bytes one evaluation chunk may use: 1/8 of the accelerator, or 64 MiB on CPU."""
+    """Bytes one evaluation chunk may use: 1/8 of the accelerator's free memory (measured
+    when the run is planned), or 64 MiB on CPU."""
     device = lrne_backend.get().device_memory_bytes()
     return CPU_MEMORY_BUDGET if device is None else int(device) // 8
 

@@ -30,6 +30,49 @@ def test_chunk_plan_divides_the_data_and_fits_the_budget():
     assert pop.plan_chunks(64, 96, 1000, batch_size=7, budget=10**9)[1] == 6  # a divisor
 
 
+GIB = 2**30
+
+
+def _fake_accelerator(monkeypatch, limit, in_use):
+    """Makes the active backend see one accelerator with `limit` bytes, `in_use` taken."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        class Device:
+            platform = "gpu"
+
+            def memory_stats(self):
+                return {"bytes_limit": limit, "bytes_in_use": in_use}
+
+        monkeypatch.setattr(jax, "devices", lambda *args: [Device()])
+    else:
+        import tensorflow as tf
+
+        monkeypatch.setattr(tf.config, "list_physical_devices",
+                            lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+        monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                            lambda device: {"memory_limit": limit})
+        monkeypatch.setattr(tf.config.experimental, "get_memory_info",
+                            lambda device: {"current": in_use, "peak": in_use})
+
+
+def test_chunks_are_planned_from_the_free_device_memory(monkeypatch):
+    from keras_lrne import backend as lrne_backend
+
+    _fake_accelerator(monkeypatch, limit=16 * GIB, in_use=0)
+    assert lrne_backend.get().device_memory_bytes() == 16 * GIB
+    assert pop.memory_budget() == 2 * GIB
+    empty = pop.plan_chunks(512, 1024, bytes_per_member_sample=2**20)
+    _fake_accelerator(monkeypatch, limit=16 * GIB, in_use=14 * GIB)  # 2 GiB left
+    assert lrne_backend.get().device_memory_bytes() == 2 * GIB
+    assert pop.memory_budget() == GIB // 4
+    busy = pop.plan_chunks(512, 1024, bytes_per_member_sample=2**20)
+    assert busy[0] * busy[1] * 2**20 <= GIB // 4 < empty[0] * empty[1] * 2**20
+    _fake_accelerator(monkeypatch, limit=GIB, in_use=2 * GIB)  # over-committed: no room
+    assert lrne_backend.get().device_memory_bytes() == 0
+    assert pop.plan_chunks(8, 4, 2**20) == (1, 1)  # still plans one member, one sample
+
+
 class _State(NamedTuple):
     population: list
     table: np.ndarray

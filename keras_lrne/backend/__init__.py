@@ -17,7 +17,7 @@ the small function set every backend module provides:
   the shapes a function was compiled for.
 - `block(tree)`: waits for asynchronously dispatched work (JAX) to finish.
 - `to_numpy(x)`: a host copy (waits for the device).
-- `device_memory_bytes()`: memory of the default accelerator, or None on CPU.
+- `device_memory_bytes()`: free memory of the default accelerator, or None on CPU.
 - `apply_optimizer(optimizer, variables, optimizer_values, grads, values)`: one step of a
   built Keras optimizer as a function of tensors, inside a compiled function.
 """

@@ -50,14 +50,17 @@ def to_numpy(x):
 
 
 def device_memory_bytes():
+    """Free memory of the first accelerator in bytes (`memory_stats()`'s `bytes_limit`
+    minus `bytes_in_use`), or None on CPU."""
     device = jax.devices()[0]
     if device.platform == "cpu":
         return None
     try:
-        stats = device.memory_stats()
-        return int(stats.get("bytes_limit", 16 * 2**30))
+        stats = device.memory_stats() or {}
     except Exception:  # pragma: no cover - depends on the runtime
-        return 16 * 2**30
+        stats = {}
+    limit = int(stats.get("bytes_limit", 16 * 2**30))
+    return max(0, limit - int(stats.get("bytes_in_use", 0)))
 
 
 def map_chunks(fn, stacked, out_shape, dtype="float32"):

@@ -71,6 +71,8 @@ def to_numpy(x):
 
 
 def device_memory_bytes():
+    """Free memory of the first GPU in bytes (its memory limit minus what TensorFlow's
+    allocator holds, `tf.config.experimental.get_memory_info`), or None without a GPU."""
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return None
@@ -78,7 +80,12 @@ def device_memory_bytes():
         limit = tf.config.experimental.get_device_details(gpus[0]).get("memory_limit")
     except Exception:  # pragma: no cover - depends on the driver
         limit = None
-    return int(limit) if limit else 16 * 2**30
+    limit = int(limit) if limit else 16 * 2**30
+    try:
+        used = int(tf.config.experimental.get_memory_info("GPU:0").get("current", 0))
+    except Exception:  # pragma: no cover - not initialised yet, or no such device
+        used = 0
+    return max(0, limit - used)
 
 
 def map_chunks(fn, stacked, out_shape, dtype="float32"):
