@@ -1,0 +1,178 @@
+"""One prepared check of keras-lrne on an accelerator machine (JAX, no TensorFlow).
+
+Prints one JSON object per line: first the machine (backend, devices, whether
+TensorFlow was imported), then one line per measurement, each run in its own
+subprocess under its own time limit (`timeout_s`), so one hang cannot use up the
+machine's budget. A measurement that fails or times out still prints its line, with
+`rc`, `timed_out` and the end of its output.
+
+Measurements (the sizes of `--tiny` in brackets, for a dry run on a CPU):
+
+1. `population_512`: `population_throughput.py` on the paper's factorized LM, P=512 x 16
+   sequences x 128 tokens [P=8 x 2 x 16]: member-tokens/s, vs plain inference,
+   overhead share.
+2. `population_2048`: the same at P=2048 x 8 x 128 [P=16 x 2 x 16].
+3. `paper_lm`: the paper's full configuration, P=512, 16 parents, 1,024 sequences x 128
+   tokens of a 2,051-token vocabulary (random token ids: the text tasks need
+   TensorFlow) [P=8, 2 parents, 8 x 16]: seconds per generation after the first
+   (compiling) one, and the projected time of the paper's 300 generations.
+4. `rollout_frostbite`: `rollout_throughput.py` on Frostbite, P=512 with 512 vector
+   environments [P=8, 8 environments]: factorized member-steps/s over the raw vector
+   env.
+
+On the accelerator machine (Python 3.12; no network), after building the wheel folder
+on a machine that has one (see benchmarks/README.md, "Device check"):
+
+    pip install --no-index --no-deps wheels/*.whl
+    KERAS_BACKEND=jax python benchmarks/device_check.py > device_check.jsonl
+
+Dry run on any machine: `KERAS_BACKEND=jax python benchmarks/device_check.py --tiny`.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+PAPER_LM = r"""
+import json, sys, time
+import numpy as np
+import keras
+import keras_lrne
+from keras_lrne import presets, strategies
+
+population, parents, sequences, length, generations = map(int, sys.argv[1:6])
+rng = np.random.default_rng(0)
+tokens = rng.integers(0, 2051, (sequences, length + 1)).astype("int32")
+# (not keras.utils.set_random_seed: it imports TensorFlow when it is installed)
+model = presets.language_model("factorized", vocab_size=2051, sequence_length=length)
+model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+times = []
+class Clock(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+    def on_epoch_end(self, epoch, logs=None):
+        times.append(time.perf_counter() - self.start)
+history = model.evolve(tokens[:, :-1], tokens[:, 1:], generations=generations,
+                       strategy=strategies.GA(population, parents), verbose=0,
+                       callbacks=[Clock()])
+steady = float(np.median(times[1:])) if len(times) > 1 else float(times[0])
+print(json.dumps({
+    "population": population, "parents": parents, "sequences": sequences,
+    "sequence_length": length, "generations": generations,
+    "first_generation_seconds": times[0], "seconds_per_generation": steady,
+    "projected_300_generations_minutes": (times[0] + 299 * steady) / 60,
+    "member_tokens_per_second": float(np.median(
+        history.history["member_tokens_per_second"][1:] or
+        history.history["member_tokens_per_second"])),
+    "final_loss": history.history["loss"][-1],
+    "chunk_size": model.evolution_run.chunk_size,
+    "batch_size": model.evolution_run.batch_size,
+    "tensorflow_imported": "tensorflow" in sys.modules,
+}))
+"""
+
+
+def measurements(tiny):
+    """`[(name, argv, timeout_s)]` of the check, at the GPU sizes or the `--tiny` ones."""
+    py = sys.executable
+    population = os.path.join(HERE, "population_throughput.py")
+    rollout = os.path.join(HERE, "rollout_throughput.py")
+    if tiny:
+        return [
+            ("population_512", [py, population, "--population", "8", "--sequences", "2",
+                                "--sequence-length", "16", "--generations", "3",
+                                "--variants", "factorized", "--naive-members", "1"], 240),
+            ("population_2048", [py, population, "--population", "16", "--sequences", "2",
+                                 "--sequence-length", "16", "--generations", "3",
+                                 "--variants", "factorized", "--naive-members", "1"], 240),
+            ("paper_lm", [py, "-c", PAPER_LM, "8", "2", "8", "16", "3"], 240),
+            ("rollout_frostbite", [py, rollout, "--population", "8", "--parents", "2",
+                                   "--num-envs", "8", "--generations", "2",
+                                   "--max-episode-steps", "30", "--raw-steps", "20",
+                                   "--skip-carracing"], 240),
+        ]
+    return [
+        ("population_512", [py, population, "--population", "512", "--sequences", "16",
+                            "--sequence-length", "128", "--generations", "6",
+                            "--variants", "factorized", "--naive-members", "2"], 150),
+        ("population_2048", [py, population, "--population", "2048", "--sequences", "8",
+                             "--sequence-length", "128", "--generations", "5",
+                             "--variants", "factorized", "--naive-members", "2"], 150),
+        ("paper_lm", [py, "-c", PAPER_LM, "512", "16", "1024", "128", "4"], 200),
+        ("rollout_frostbite", [py, rollout, "--population", "512", "--parents", "16",
+                               "--num-envs", "512", "--generations", "3",
+                               "--max-episode-steps", "300", "--raw-steps", "100",
+                               "--skip-carracing"], 150),
+    ]
+
+
+def last_json(text):
+    """The last line of `text` that parses as a JSON object, or None."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+def device_line():
+    """The machine, as a dict (imports JAX or TF only through Keras' backend)."""
+    import keras
+
+    backend = keras.config.backend()
+    info = {"check": "device", "backend": backend, "keras": keras.__version__,
+            "python": platform.python_version(), "cpus": os.cpu_count()}
+    if backend == "jax":
+        import jax
+
+        info["jax"] = jax.__version__
+        info["devices"] = [str(d) for d in jax.devices()]
+        stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+        info["memory_bytes_limit"] = stats.get("bytes_limit")
+    info["tensorflow_imported"] = "tensorflow" in sys.modules
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true",
+                        help="CPU-sized dry run of every measurement")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated measurement names to run (default: all)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(json.dumps(device_line()), flush=True)
+    wanted = None if args.only is None else set(args.only.split(","))
+    for name, command, limit in measurements(args.tiny):
+        if wanted is not None and name not in wanted:
+            continue
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=limit,
+                                  cwd=os.path.dirname(HERE))
+            rc, out, err, timed_out = done.returncode, done.stdout, done.stderr, False
+        except subprocess.TimeoutExpired as error:
+            rc, timed_out = 124, True
+            out = error.stdout.decode() if isinstance(error.stdout, bytes) else error.stdout
+            err = error.stderr.decode() if isinstance(error.stderr, bytes) else error.stderr
+        line = {"check": name, "rc": rc, "timed_out": timed_out, "timeout_s": limit,
+                "seconds": round(time.perf_counter() - start, 1),
+                "result": last_json(out or "")}
+        if rc != 0 or line["result"] is None:
+            line["output_tail"] = ((out or "") + (err or ""))[-1500:]
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
