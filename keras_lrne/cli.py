@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -894,6 +895,25 @@ def _machine():
             f"{keras.__version__} on {keras.config.backend()}")
 
 
+def _paired_ratio_notes(records, column, what):
+    """Lines giving `column` of factorized over full, paired by seed, with a 95% CI."""
+    from keras_lrne import comparison
+
+    by_seed = {}
+    for record in records:
+        if record["label"] in ("factorized", "full") and record.get(column):
+            by_seed.setdefault(record["seed"], {})[record["label"]] = record[column]
+    ratios = [v["factorized"] / v["full"] for v in by_seed.values() if len(v) == 2]
+    if not ratios:
+        return []
+    s = comparison.summarize(ratios)
+    interval = (f" ± {s['ci_half_width']:.3f} (95% CI)"
+                if math.isfinite(s["ci_half_width"]) else "")
+    return [f"{what.capitalize()} of factorized over full, paired by seed: "
+            f"{s['mean']:.3f}{interval} over {s['n']} seed(s) "
+            f"({', '.join(f'{r:.3f}' for r in ratios)})."]
+
+
 def _run_comparison(args, argv, plan, runner):
     """Runs every label of `plan` on every seed (seed by seed), then writes the report.
 
@@ -950,6 +970,7 @@ def _run_comparison(args, argv, plan, runner):
     notes = [f"Command: `keras-lrne {' '.join(argv)}`; {started}; {_machine()}.",
              f"Budget per run: population {args.population}, {args.parents} parents, "
              f"{args.generations} generations, strategy {args.strategy}."]
+    notes += _paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
     baselines = None
     if lm:
         baselines = {"uniform (ln V)": float(np.mean([s["uniform_loss"] for s in summaries])),

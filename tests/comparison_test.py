@@ -249,3 +249,19 @@ def test_compare_argument_errors_before_any_work(tmp_path, capsys, argv, message
         cli.main(["lm", *TINY, "--output", str(out), *argv])
     assert message in capsys.readouterr().err
     assert not out.exists() or not any(out.rglob("history.csv"))
+
+
+def test_stage_one_time_ratio_is_paired_by_seed():
+    records = [
+        {"label": "factorized", "seed": 0, "first_stage_seconds": 6.0},
+        {"label": "full", "seed": 0, "first_stage_seconds": 10.0},
+        {"label": "factorized", "seed": 1, "first_stage_seconds": 8.0},
+        {"label": "full", "seed": 1, "first_stage_seconds": 10.0},
+        {"label": "small", "seed": 1, "first_stage_seconds": 1.0},
+        {"label": "factorized", "seed": 2, "first_stage_seconds": 5.0},  # no full run
+    ]
+    (line,) = cli._paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
+    half = 12.706205 * np.std([0.6, 0.8], ddof=1) / math.sqrt(2)
+    assert line.startswith("Stage-1 time of factorized over full, paired by seed: 0.700 ± "
+                           f"{half:.3f} (95% CI) over 2 seed(s) (0.600, 0.800)")
+    assert cli._paired_ratio_notes(records[:1], "first_stage_seconds", "x") == []
