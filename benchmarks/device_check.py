@@ -78,38 +78,40 @@ print(json.dumps({
 """
 
 
+#: Per measurement: (GPU sizes, --tiny sizes, time limit in seconds). Population
+#: throughput: (P, sequences, tokens, generations); the paper's LM: (P, parents,
+#: sequences, tokens, generations); the rollout: (P, parents, envs, step cap).
+SIZES = {
+    "population_512": ((512, 16, 128, 6), (8, 2, 16, 3), 150),
+    "population_2048": ((2048, 8, 128, 5), (16, 2, 16, 3), 150),
+    "paper_lm": ((512, 16, 1024, 128, 4), (8, 2, 8, 16, 3), 200),
+    "rollout_frostbite": ((512, 16, 512, 300), (8, 2, 8, 30), 150),
+}
+
+
 def measurements(tiny):
     """`[(name, argv, timeout_s)]` of the check, at the GPU sizes or the `--tiny` ones."""
     py = sys.executable
     population = os.path.join(HERE, "population_throughput.py")
     rollout = os.path.join(HERE, "rollout_throughput.py")
-    if tiny:
-        return [
-            ("population_512", [py, population, "--population", "8", "--sequences", "2",
-                                "--sequence-length", "16", "--generations", "3",
-                                "--variants", "factorized", "--naive-members", "1"], 240),
-            ("population_2048", [py, population, "--population", "16", "--sequences", "2",
-                                 "--sequence-length", "16", "--generations", "3",
-                                 "--variants", "factorized", "--naive-members", "1"], 240),
-            ("paper_lm", [py, "-c", PAPER_LM, "8", "2", "8", "16", "3"], 240),
-            ("rollout_frostbite", [py, rollout, "--population", "8", "--parents", "2",
-                                   "--num-envs", "8", "--generations", "2",
-                                   "--max-episode-steps", "30", "--raw-steps", "20",
-                                   "--skip-carracing"], 240),
-        ]
-    return [
-        ("population_512", [py, population, "--population", "512", "--sequences", "16",
-                            "--sequence-length", "128", "--generations", "6",
-                            "--variants", "factorized", "--naive-members", "2"], 150),
-        ("population_2048", [py, population, "--population", "2048", "--sequences", "8",
-                             "--sequence-length", "128", "--generations", "5",
-                             "--variants", "factorized", "--naive-members", "2"], 150),
-        ("paper_lm", [py, "-c", PAPER_LM, "512", "16", "1024", "128", "4"], 200),
-        ("rollout_frostbite", [py, rollout, "--population", "512", "--parents", "16",
-                               "--num-envs", "512", "--generations", "3",
-                               "--max-episode-steps", "300", "--raw-steps", "100",
-                               "--skip-carracing"], 150),
-    ]
+    plan = []
+    for name, (gpu, small, limit) in SIZES.items():
+        sizes = [str(v) for v in (small if tiny else gpu)]
+        if name.startswith("population_"):
+            members, sequences, length, generations = sizes
+            argv = [py, population, "--population", members, "--sequences", sequences,
+                    "--sequence-length", length, "--generations", generations,
+                    "--variants", "factorized", "--naive-members", "1" if tiny else "2"]
+        elif name == "paper_lm":
+            argv = [py, "-c", PAPER_LM, *sizes]
+        else:
+            members, parents, envs, cap = sizes
+            argv = [py, rollout, "--population", members, "--parents", parents,
+                    "--num-envs", envs, "--generations", "2" if tiny else "3",
+                    "--max-episode-steps", cap, "--raw-steps", "20" if tiny else "100",
+                    "--skip-carracing"]
+        plan.append((name, argv, 240 if tiny else limit))
+    return plan
 
 
 def last_json(text):

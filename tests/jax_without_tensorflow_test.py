@@ -1,6 +1,7 @@
 """On the JAX backend keras-lrne never imports TensorFlow for arrays, environments and
 saved files (TensorFlow is blocked by an import hook in a subprocess)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -105,3 +106,26 @@ def test_tensorflow_imported_on_jax_is_kept_off_the_gpus(monkeypatch):
                         lambda devices, kind=None: calls.append((list(devices), kind)))
     assert import_tensorflow("a test") is tf
     assert calls == [([], "GPU")]
+
+
+def test_the_device_check_runs_with_tensorflow_blocked(tmp_path):
+    # As on the accelerator machine: TensorFlow is absent in the check and in every
+    # measurement's subprocess (a sitecustomize blocks it in all of them).
+    (tmp_path / "sitecustomize.py").write_text(BLOCK)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), root,
+                                           os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "device_check.py"), "--tiny",
+         "--only", "paper_lm"], env=env, capture_output=True, text=True, timeout=600,
+        check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["check"] for line in lines] == ["device", "paper_lm"]
+    assert lines[0]["backend"] == "jax" and not lines[0]["tensorflow_imported"]
+    check = lines[1]
+    assert check["rc"] == 0 and not check["timed_out"], check.get("output_tail")
+    assert check["result"]["tensorflow_imported"] is False
+    assert check["result"]["seconds_per_generation"] > 0
+    assert check["result"]["population"] == 8
