@@ -925,7 +925,6 @@ def _run_comparison(args, argv, plan, runner):
 
     runs = _comparison_runs(args, argv, plan)
     _make_output_dir(args.output)
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     records, curves = [], {}
     summaries = []
     for label, seed, run_args in runs:
@@ -967,7 +966,11 @@ def _run_comparison(args, argv, plan, runner):
     if "first_stage_seconds" in columns:
         extra.append(("first_stage_seconds", "stage-1 s"))
     extra.append(("parameters", "parameters"))
-    notes = [f"Command: `keras-lrne {' '.join(argv)}`; {started}; {_machine()}.",
+    times = [os.path.getmtime(os.path.join(run_args.output, "history.csv"))
+             for _, _, run_args in runs]
+    span = " to ".join(dict.fromkeys(
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) for t in (min(times), max(times))))
+    notes = [f"Command: `keras-lrne {' '.join(argv)}`; runs finished {span}; {_machine()}.",
              f"Budget per run: population {args.population}, {args.parents} parents, "
              f"{args.generations} generations, strategy {args.strategy}."]
     notes += _paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
