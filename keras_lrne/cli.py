@@ -7,6 +7,7 @@ policy and `keras-lrne generate` samples from an evolved language model.
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -126,6 +127,11 @@ def _prepare_output(args, output):
         if args.resume:
             raise ValueError("`--resume` and `--overwrite` exclude each other. Received both.")
         shutil.rmtree(backup, ignore_errors=True)
+        # The old run is no longer finished: a kill before the new one ends must not
+        # make --resume take the old summary for the new run's.
+        for name in (SUMMARY_FILE, "history.csv"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output, name))
         return "new"
     if args.resume:
         if finished:
@@ -231,31 +237,40 @@ NOT_RUN_SETTINGS = INVOCATION_ARGS + (
 )
 
 
-def _run_settings(args):
-    settings = {k: v for k, v in vars(args).items() if k not in NOT_RUN_SETTINGS}
-    return json.loads(json.dumps(settings, default=str))
+def _check_settings(output, args, also=()):
+    """Refuses a finished run in `output` made with other settings than `args` (the
+    run settings, plus `also` among those `NOT_RUN_SETTINGS` leaves out)."""
+    with open(os.path.join(output, SUMMARY_FILE)) as f:
+        stored = json.load(f)
+    if "args" not in stored:
+        return stored
+    ignored = set(NOT_RUN_SETTINGS) - set(also)
+    now = json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in ignored},
+                                default=str))
+    before = {k: v for k, v in stored["args"].items() if k not in ignored}
+    # Keys only one side has come from another keras-lrne version's arguments.
+    changed = sorted(k for k in set(now) & set(before) if now[k] != before[k])
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now"
+                            for k in changed)
+        raise ValueError(
+            f"--resume: the finished run in {output!r} was made with other settings "
+            f"({details}). Pass --overwrite to replace it, or choose another --output."
+        )
+    return stored
 
 
-def _load_finished(output, label, args=None):
+def _load_finished(output, label, args=None, also=()):
     """The summary and History of a finished run in `output` (for `--resume`).
 
     With `args`, the run must have been made with the same settings: a finished run is
     never silently reused for another experiment.
     """
-    with open(os.path.join(output, SUMMARY_FILE)) as f:
-        stored = json.load(f)
-    if args is not None and "args" in stored:
-        now = _run_settings(args)
-        before = {k: v for k, v in stored["args"].items() if k not in NOT_RUN_SETTINGS}
-        # Keys only one side has come from another keras-lrne version's arguments.
-        changed = sorted(k for k in set(now) & set(before) if now[k] != before[k])
-        if changed:
-            details = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now"
-                                for k in changed)
-            raise ValueError(
-                f"--resume: the finished run in {output!r} was made with other settings "
-                f"({details}). Pass --overwrite to replace it, or choose another --output."
-            )
+    if args is not None:
+        stored = _check_settings(output, args, also)
+    else:
+        with open(os.path.join(output, SUMMARY_FILE)) as f:
+            stored = json.load(f)
     history = _read_history(os.path.join(output, "history.csv"))
     print(f"[keras-lrne] {label}: the run in {output!r} has already finished; nothing to "
           "do (pass --overwrite to run it again).", flush=True)
@@ -751,6 +766,20 @@ def _comparison_runs(args, argv, plan):
     elif any(a == "--seed" or a.startswith("--seed=") for a in argv):
         raise ValueError("--seed and --seeds exclude each other: --seeds lists every seed "
                          f"of the comparison. Received: --seeds {','.join(map(str, seeds))}")
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    overridden = {"variants": ("--variant",), "ranks": ("--variant", "--rank"),
+                  "strategies": ("--strategy",)}.get(args.compare, ())
+    for option in overridden:
+        if option in given:
+            raise ValueError(f"`--compare {args.compare}` sets {option} itself for every "
+                             f"run. Received: {option} with --compare {args.compare}")
+    if "--ranks" in given and args.compare != "ranks":
+        raise ValueError("--ranks lists the ranks of `--compare ranks`. Received: --ranks "
+                         f"with --compare {args.compare or '(none)'}")
+    if args.compare == "strategies" and getattr(args, "reevaluate_top", None):
+        raise ValueError("Two-stage selection (--reevaluate-top) needs a truncation-selection "
+                         "strategy such as the GA; `--compare strategies` also runs OpenES. "
+                         f"Received: --reevaluate-top {args.reevaluate_top}")
     runs = []
     for seed in seeds:
         for label, overrides in plan:
@@ -758,28 +787,61 @@ def _comparison_runs(args, argv, plan):
             run_args.output = _run_output(args, label, seed)
             try:
                 _make_strategy(run_args)  # e.g. OpenES needs an even population
+                _check_ready(run_args, run_args.output)
+                if getattr(args, "with_fit", False):
+                    fit = argparse.Namespace(**vars(run_args))
+                    fit.output = _run_output(args, f"{run_args.variant}_fit"
+                                             if args.compare == "strategies"
+                                             else f"{label}_fit", seed)
+                    _check_ready(fit, fit.output, also=FIT_SETTINGS)
             except ValueError as error:
-                raise ValueError(f"{error} (in the comparison's run {label!r})") from None
+                raise ValueError(f"{error} (in the comparison's run {label!r}, seed "
+                                 f"{seed})") from None
             runs.append((label, seed, run_args))
     return runs
 
 
+def _check_ready(args, output, also=()):
+    """What `_prepare_output` would refuse, refused before a comparison's first run."""
+    from keras_lrne import checkpoint
+
+    if args.overwrite:
+        return
+    finished = os.path.isfile(os.path.join(output, SUMMARY_FILE))
+    interrupted = os.path.lexists(os.path.join(output, "backup", checkpoint.STATE_FILE))
+    if args.resume:
+        if finished:
+            _check_settings(output, args, also)
+        return
+    if finished or interrupted:
+        what = "a finished run" if finished else "an interrupted run's backup"
+        raise ValueError(f"{output!r} holds {what}. Pass --resume to continue the "
+                         "comparison, or --overwrite (or another --output) to start again.")
+
+
 #: How many times a `--with-fit` run is scored over its budget.
 FIT_POINTS = 50
+#: Keras' default batch size, what a user would start from.
+FIT_BATCH_SIZE = 32
+#: Settings a finished `--with-fit` run must share to be reused.
+FIT_SETTINGS = ("fit_learning_rate",)
 
 
 def _deadline_callback():
-    """A Keras callback that stops `fit()` once `time.perf_counter()` passes `.deadline`."""
+    """A Keras callback that stops `fit()` once `time.perf_counter()` passes `.deadline`
+    and counts the batches trained (`.batches`)."""
     import keras
 
     class Deadline(keras.callbacks.Callback):
         deadline = float("inf")
+        batches = 0  # batches trained, over every fit() call
 
         def _check(self):
             if time.perf_counter() >= self.deadline:
                 self.model.stop_training = True
 
         def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
             self._check()
 
         def on_epoch_end(self, epoch, logs=None):
@@ -806,10 +868,15 @@ def _run_fit(args, task, output, budget):
     from keras_lrne import checkpoint
 
     label = f"{args.variant}_fit"
+    if not budget > 0:
+        raise ValueError(
+            f"--with-fit: the evolved run beside {output!r} logged no generation time "
+            f"(generation_seconds), so it gives no budget for fit(). It was made by an "
+            f"older keras-lrne: pass --overwrite to run it again. Received: budget={budget}")
     _make_output_dir(output)
     with checkpoint.BackupLock(output, name=LOCK_FILE, what="output directory"):
         if _prepare_output(args, output) == "finished":
-            return _load_finished(output, label, args)
+            return _load_finished(output, label, args, also=FIT_SETTINGS)
         model = _make_lm_model(args, task, args.variant)
         model.compile(optimizer=keras.optimizers.Adam(args.fit_learning_rate),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -823,13 +890,14 @@ def _run_fit(args, task, output, budget):
             x, y = task.train_data(chunk)
             start = time.perf_counter()
             stop.deadline = start + min(budget - seconds, budget / FIT_POINTS)
-            fit_history = model.fit(x, y, epochs=10**9, verbose=0, callbacks=[stop])
+            fit_history = model.fit(x, y, batch_size=FIT_BATCH_SIZE, epochs=10**9,
+                                    verbose=0, callbacks=[stop])
             seconds += time.perf_counter() - start
             epoch += len(fit_history.epoch)
             chunk += 1
             logs = {"loss": float(model.evaluate(x, y, verbose=0)),
                     "elapsed_seconds": seconds, "epochs": epoch,
-                    "member_tokens": epoch * x.size}
+                    "member_tokens": stop.batches * FIT_BATCH_SIZE * x.shape[1]}
             if validation is not None:
                 logs["val_loss"] = float(model.evaluate(*validation, verbose=0))
             for key, value in logs.items():
@@ -860,6 +928,15 @@ def _run_fit(args, task, output, budget):
 def _run_record(command, label, seed, output, summary):
     """A comparison row and curves, computed from the run's `history.csv`."""
     history = _read_history(os.path.join(output, "history.csv"))
+    needed = ["loss", "generation_seconds"] if "elapsed_seconds" not in history else []
+    if command == "lm" and "elapsed_seconds" not in history:
+        needed.append("member_tokens_per_generation")
+    missing = [k for k in needed if k not in history and k not in summary]
+    if not history.get("loss") or missing:
+        raise ValueError(
+            f"The finished run in {output!r} lacks what a comparison reads "
+            f"({', '.join(missing) or 'no generation logged'}); it was made by an older "
+            "keras-lrne or its history.csv was cut. Pass --overwrite to run it again.")
     row = {"label": label, "seed": seed, "parameters": summary["parameters"]}
     if "elapsed_seconds" in history:  # trained by fit()
         steps = len(history["loss"])
@@ -869,7 +946,7 @@ def _run_record(command, label, seed, output, summary):
                    member_tokens=int(history["member_tokens"][-1]), generations=None)
         return row, (history["loss"], history["elapsed_seconds"], False)
     generations = len(history["loss"])
-    times = np.cumsum(history.get("generation_seconds", [0.0] * generations))
+    times = np.cumsum(history["generation_seconds"])
     row["generations"] = generations
     row["wall_seconds"] = float(times[-1]) if generations else 0.0
     if command == "lm":
@@ -972,7 +1049,8 @@ def _run_comparison(args, argv, plan, runner):
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) for t in (min(times), max(times))))
     notes = [f"Command: `keras-lrne {' '.join(argv)}`; runs finished {span}; {_machine()}.",
              f"Budget per run: population {args.population}, {args.parents} parents, "
-             f"{args.generations} generations, strategy {args.strategy}."]
+             f"{args.generations} generations, strategy "
+             f"{'ga and es' if args.compare == 'strategies' else args.strategy}."]
     notes += _paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
     baselines = None
     if lm:

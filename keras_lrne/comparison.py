@@ -78,9 +78,10 @@ def significance(a, b):
 
     Returns:
         A dict with Welch's unequal-variance t-test (`welch_t`, `welch_p`) and the
-        Mann-Whitney U test (`mann_whitney_u`, `mann_whitney_p`), both from
-        `scipy.stats`, plus `n_a` and `n_b`. A test that is undefined (fewer than two
-        finite values on a side, or no variance at all) gives NaN.
+        Mann-Whitney U test (`mann_whitney_u`, `mann_whitney_p`; exact, by permutation
+        when values tie), both from `scipy.stats`, plus `n_a` and `n_b`. A test that is
+        undefined (fewer than two finite values on a side, or no variance at all, or
+        none within either sample for Welch's) gives NaN.
 
     Example:
 
@@ -98,8 +99,16 @@ def significance(a, b):
         with warnings.catch_warnings():  # nearly equal samples: SciPy warns, p is ~1
             warnings.simplefilter("ignore", RuntimeWarning)
             welch = stats.ttest_ind(x, y, equal_var=False)
-            mwu = stats.mannwhitneyu(x, y, alternative="two-sided")
-        result["welch_t"], result["welch_p"] = float(welch.statistic), float(welch.pvalue)
+            both = np.concatenate([x, y])
+            if np.unique(both).size < both.size and math.comb(both.size, x.size) <= 10**5:
+                # Ties: SciPy falls back to the normal approximation, far off at a few
+                # seeds per side; the exact permutation distribution is cheap there.
+                method = stats.PermutationMethod(n_resamples=np.inf)
+            else:
+                method = "auto"
+            mwu = stats.mannwhitneyu(x, y, alternative="two-sided", method=method)
+        if math.isfinite(welch.statistic):  # both samples constant: t is +-inf
+            result["welch_t"], result["welch_p"] = float(welch.statistic), float(welch.pvalue)
         result["mann_whitney_u"] = float(mwu.statistic)
         result["mann_whitney_p"] = float(mwu.pvalue)
     return result
@@ -141,7 +150,9 @@ def _p_value(p):
 
 
 def write_table(runs, path, columns):
-    """Writes `comparison.csv`: one row per run, then `AGGREGATE_ROWS` per label.
+    """Writes `comparison.csv`: one row per run, then `AGGREGATE_ROWS` per label (their
+    `n` counts the runs with a finite value of the first column: failed runs are left
+    out of every aggregate, and the Markdown report says how many failed).
 
     Args:
         runs: A list of dicts with `label`, `seed` and a value for every column.
@@ -165,7 +176,8 @@ def write_table(runs, path, columns):
             if any(v is None for v in values):
                 continue
             aggregates[label][column] = summarize(values)
-        n = len(members)
+        first = aggregates[label].get(columns[0])
+        n = first["n"] if first else len(members)  # runs with a finite result
         for name, key in zip(AGGREGATE_ROWS, ("mean", "std", "ci_low", "ci_high")):
             rows.append({"variant": label, "row": name, "seed": "", "n": n,
                          **{c: aggregates[label][c][key] if c in aggregates[label] else None
@@ -200,7 +212,9 @@ def markdown_report(runs, aggregates, *, title, metrics, extra_columns=(), tests
     lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for label, columns in aggregates.items():
         n = sum(run["label"] == label for run in runs)
-        cells = [label, str(n)]
+        first = columns.get(metrics[0][0])
+        failed = first["n_dropped"] if first else 0
+        cells = [label, f"{n - failed} ({failed} failed)" if failed else str(n)]
         for column, _ in metrics:
             s = columns.get(column)
             if s is None:

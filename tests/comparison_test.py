@@ -14,9 +14,9 @@ from scipy import stats
 
 from keras_lrne import cli, comparison
 
-TINY = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
-        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--rank", "1",
-        "--embed-rank", "4"]
+BASE = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
+        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--embed-rank", "4"]
+TINY = [*BASE, "--rank", "1"]
 
 
 # ------------------------------------------------------------------- statistics
@@ -59,6 +59,9 @@ def test_significance_matches_hand_computed_welch_and_mann_whitney():
     # Mann-Whitney U of a: pairs (a_i > b_j) + half the ties: 4 > 2, 4 > 3 and the tie
     # 2 = 2: U = 2.5.
     assert test["mann_whitney_u"] == pytest.approx(2.5)
+    # With the tie, p is exact by permutation: 10 of the C(7, 3) = 35 splits give a U
+    # at least as far from its mean 6 as 2.5 is (U <= 2.5 or U >= 9.5).
+    assert test["mann_whitney_p"] == pytest.approx(10 / 35)
     assert (test["n_a"], test["n_b"]) == (3, 4)
     # Fully separated samples of 3: U = 0 and the exact p = 2 / C(6, 3) = 0.1.
     separated = comparison.significance([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
@@ -184,9 +187,9 @@ def test_resuming_a_comparison_skips_finished_runs(lm_comparison, tmp_path, caps
     assert "mutation_rate: 0.01 then, 0.5 now" in capsys.readouterr().err
 
 
-def test_compare_ranks_with_fit(tmp_path):
+def test_compare_ranks_with_fit(tmp_path, capsys):
     out = tmp_path / "ranks"
-    assert cli.main(["lm", *TINY, "--compare", "ranks", "--ranks", "2,1", "--with-fit",
+    assert cli.main(["lm", *BASE, "--compare", "ranks", "--ranks", "2,1", "--with-fit",
                      "--output", str(out)]) == 0
     rows = [r for r in _rows(out / "comparison.csv") if r["row"] == "run"]
     assert [r["variant"] for r in rows] == ["rank_1", "rank_1_fit", "rank_2", "rank_2_fit",
@@ -207,6 +210,11 @@ def test_compare_ranks_with_fit(tmp_path):
         assert float(history[-1]["loss"]) == pytest.approx(fit["summary"]["final_loss"])
     report = (out / "comparison.md").read_text()
     assert "rank_1 vs full" in report and "fit()` with Adam" in report
+    # A fit() run is reused only with the same learning rate.
+    with pytest.raises(SystemExit):
+        cli.main(["lm", *BASE, "--compare", "ranks", "--ranks", "2,1", "--with-fit",
+                  "--output", str(out), "--resume", "--fit-learning-rate", "0.01"])
+    assert "fit_learning_rate: 0.001 then, 0.01 now" in capsys.readouterr().err
 
 
 def test_compare_strategies_on_an_environment(tmp_path):
@@ -241,6 +249,10 @@ def test_compare_strategies_on_an_environment(tmp_path):
         (["--with-fit"], "--with-fit adds rows to a comparison"),
         (["--compare", "strategies", "--population", "5"], "population_size=5"),
         (["--compare", "bogus"], "invalid choice: 'bogus'"),
+        (["--compare", "--variant", "full"], "`--compare variants` sets --variant itself"),
+        (["--compare", "ranks", "--rank", "2"], "`--compare ranks` sets --rank itself"),
+        (["--compare", "strategies", "--strategy", "es"], "sets --strategy itself"),
+        (["--compare", "--ranks", "1,2"], "--ranks lists the ranks of `--compare ranks`"),
     ],
 )
 def test_compare_argument_errors_before_any_work(tmp_path, capsys, argv, message):
@@ -265,3 +277,43 @@ def test_stage_one_time_ratio_is_paired_by_seed():
     assert line.startswith("Stage-1 time of factorized over full, paired by seed: 0.700 ± "
                            f"{half:.3f} (95% CI) over 2 seed(s) (0.600, 0.800)")
     assert cli._paired_ratio_notes(records[:1], "first_stage_seconds", "x") == []
+
+
+def test_write_table_and_report_leave_failed_runs_out_and_say_so(tmp_path):
+    runs = [{"label": "a", "seed": 0, "final_loss": 1.0},
+            {"label": "a", "seed": 1, "final_loss": float("nan")},
+            {"label": "a", "seed": 2, "final_loss": 3.0}]
+    aggregates = comparison.write_table(runs, tmp_path / "c.csv", ["final_loss"])
+    rows = _rows(tmp_path / "c.csv")
+    mean = next(r for r in rows if r["row"] == "mean")
+    assert mean["n"] == "2" and float(mean["final_loss"]) == 2.0
+    report = comparison.markdown_report(runs, aggregates, title="t",
+                                        metrics=[("final_loss", "final loss")])
+    assert "| a | 2 (1 failed) | 2.000 ± 12.706 |" in report
+
+
+def test_significance_of_two_constant_samples():
+    test = comparison.significance([3.0, 3.0, 3.0], [4.0, 4.0, 4.0])
+    assert math.isnan(test["welch_t"]) and math.isnan(test["welch_p"])  # t would be -inf
+    assert test["mann_whitney_u"] == 0.0 and test["mann_whitney_p"] == pytest.approx(0.1)
+
+
+def test_overwrite_unmarks_the_old_run_as_finished(tmp_path):
+    import argparse
+
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,1\n")
+    mode = cli._prepare_output(argparse.Namespace(overwrite=True, resume=False), str(tmp_path))
+    assert mode == "new"
+    # Killed now, then --resume: nothing of the old run may pass for the new one.
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "history.csv").exists()
+
+
+def test_a_comparison_checks_every_run_before_the_first(lm_comparison, tmp_path, capsys):
+    out = tmp_path / "lm"
+    shutil.copytree(lm_comparison, out)
+    shutil.rmtree(out / "factorized" / "seed_0")
+    with pytest.raises(SystemExit):  # the other runs are finished: no --resume given
+        cli.main(["lm", *TINY, "--compare", "--seeds", "2", "--output", str(out)])
+    assert "holds a finished run" in capsys.readouterr().err
+    assert not (out / "factorized" / "seed_0").exists()  # refused before any work
