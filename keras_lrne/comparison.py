@@ -137,8 +137,7 @@ def curve_band(curves, confidence=0.95):
 def _format(value, digits=3):
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
-    if isinstance(value, (int, np.integer)) or (digits <= 1 and abs(value) >= 1000
-                                               and float(value).is_integer()):
+    if isinstance(value, (int, np.integer)) or (digits <= 1 and float(value).is_integer()):
         return f"{int(value):,}"
     return f"{value:,.{digits}f}"
 
