@@ -790,15 +790,19 @@ def _comparison_runs(args, argv, plan):
                 _check_ready(run_args, run_args.output)
                 if getattr(args, "with_fit", False):
                     fit = argparse.Namespace(**vars(run_args))
-                    fit.output = _run_output(args, f"{run_args.variant}_fit"
-                                             if args.compare == "strategies"
-                                             else f"{label}_fit", seed)
+                    fit.output = _run_output(args, _fit_label(args, label, run_args), seed)
                     _check_ready(fit, fit.output, also=FIT_SETTINGS)
             except ValueError as error:
                 raise ValueError(f"{error} (in the comparison's run {label!r}, seed "
                                  f"{seed})") from None
             runs.append((label, seed, run_args))
     return runs
+
+
+def _fit_label(args, label, run_args):
+    """The label of a `--with-fit` row: `<label>_fit`; one `<variant>_fit` row per seed
+    under `--compare strategies` (GA and OpenES evolve the same model)."""
+    return f"{run_args.variant}_fit" if args.compare == "strategies" else f"{label}_fit"
 
 
 def _check_ready(args, output, also=()):
@@ -1012,8 +1016,7 @@ def _run_comparison(args, argv, plan, runner):
         curves.setdefault(label, []).append(curve)
         if getattr(args, "with_fit", False) and (args.compare != "strategies"
                                                  or label == plan[0][0]):
-            fit_label = f"{run_args.variant}_fit" if args.compare == "strategies" \
-                else f"{label}_fit"
+            fit_label = _fit_label(args, label, run_args)
             fit_output = _run_output(args, fit_label, seed)
             fit_summary, _ = _run_fit(run_args, runner.tasks[seed], fit_output,
                                       row["wall_seconds"])
