@@ -3,6 +3,7 @@ import json
 import pytest
 
 from keras_lrne import cli
+from keras_lrne.commands import control
 
 
 @pytest.mark.parametrize(
@@ -53,11 +54,11 @@ def test_control_takes_discrete_envs_and_their_own_step_limit(tmp_path):
     # CartPole has Discrete actions (through `Environment`), Pendulum a Box (`Control`);
     # both keep the environment's registered step limit unless told otherwise.
     args = cli.build_parser().parse_args(["control", "--env", "CartPole-v1"])
-    task, model = cli._make_rl(args)
+    task, model = control.make_task_and_model(args)
     assert type(task).__name__ == "Environment" and task.max_episode_steps in (None, 500)
     assert model.output_shape == (None, 2)
     args = cli.build_parser().parse_args(["control", "--env", "Pendulum-v1"])
-    task, _ = cli._make_rl(args)
+    task, _ = control.make_task_and_model(args)
     assert type(task).__name__ == "Control" and task.max_episode_steps in (None, 200)
     out = tmp_path / "cartpole"
     assert cli.main(["control", "--env", "CartPole-v1", "--population", "3", "--parents", "1",

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 import keras_lrne
 from keras_lrne import cli
+from keras_lrne.commands import arguments, lm
 
 TINY = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
         "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0"]
@@ -75,7 +76,7 @@ def test_lm_compare_runs_three_variants(tmp_path, capsys):
     params = {r["variant"]: int(r["parameters"]) for r in rows}
     assert params["small"] < params["full"] and params["factorized"] < params["full"]
     assert (out / "comparison.png").is_file() and (out / "comparison.md").is_file()
-    for variant in cli.VARIANTS:
+    for variant in arguments.VARIANTS:
         assert (out / variant / "model.keras").is_file()
     assert "| factorized |" in capsys.readouterr().out
 
@@ -120,7 +121,7 @@ def test_lm_argument_validation(capsys, argv):
 
 def test_paper_settings_fill_only_unset_options():
     args = cli.build_parser().parse_args(["lm", "--paper", "--generations", "5"])
-    cli._apply_paper_settings(args, ["lm", "--paper", "--generations", "5"])
+    lm.apply_paper_settings(args, ["lm", "--paper", "--generations", "5"])
     assert (args.population, args.parents, args.generations) == (512, 16, 5)
     assert (args.sequence_length, args.num_sequences) == (128, 1024)
 

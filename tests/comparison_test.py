@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from keras_lrne import cli, comparison
+from keras_lrne.commands import arguments, report, run_directory
 
 BASE = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
         "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--embed-rank", "4"]
@@ -108,7 +109,7 @@ def test_compare_seeds_writes_every_file(lm_comparison):
     out = lm_comparison
     for name in ("comparison.csv", "comparison.md", "comparison.png"):
         assert (out / name).is_file(), name
-    for variant in cli.VARIANTS:
+    for variant in arguments.VARIANTS:
         for seed in (0, 1):
             run = out / variant / f"seed_{seed}"
             assert (run / "history.csv").is_file() and (run / "model.keras").is_file()
@@ -129,7 +130,7 @@ def test_compare_seeds_writes_every_file(lm_comparison):
 def test_compare_numbers_follow_from_the_runs_history_files(lm_comparison):
     out = lm_comparison
     rows = _rows(out / "comparison.csv")
-    for variant in cli.VARIANTS:
+    for variant in arguments.VARIANTS:
         finals, walls = [], []
         for seed in (0, 1):
             history = _history(out / variant / f"seed_{seed}" / "history.csv")
@@ -272,11 +273,11 @@ def test_stage_one_time_ratio_is_paired_by_seed():
         {"label": "small", "seed": 1, "first_stage_seconds": 1.0},
         {"label": "factorized", "seed": 2, "first_stage_seconds": 5.0},  # no full run
     ]
-    (line,) = cli._paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
+    (line,) = report.paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
     half = 12.706205 * np.std([0.6, 0.8], ddof=1) / math.sqrt(2)
     assert line.startswith("Stage-1 time of factorized over full, paired by seed: 0.700 ± "
                            f"{half:.3f} (95% CI) over 2 seed(s) (0.600, 0.800)")
-    assert cli._paired_ratio_notes(records[:1], "first_stage_seconds", "x") == []
+    assert report.paired_ratio_notes(records[:1], "first_stage_seconds", "x") == []
 
 
 def test_write_table_and_report_leave_failed_runs_out_and_say_so(tmp_path):
@@ -303,7 +304,8 @@ def test_overwrite_unmarks_the_old_run_as_finished(tmp_path):
 
     (tmp_path / "summary.json").write_text("{}")
     (tmp_path / "history.csv").write_text("epoch,loss\n0,1\n")
-    mode = cli._prepare_output(argparse.Namespace(overwrite=True, resume=False), str(tmp_path))
+    args = argparse.Namespace(overwrite=True, resume=False)
+    mode = run_directory.prepare_output(args, str(tmp_path))
     assert mode == "new"
     # Killed now, then --resume: nothing of the old run may pass for the new one.
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "history.csv").exists()

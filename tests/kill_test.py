@@ -21,7 +21,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from keras_lrne import cli
+from keras_lrne.commands import run_directory
 
 # Faults are injected by wrapping library functions in the child process (never in the
 # library itself): the N-th call of a point kills the process at that point.
@@ -220,7 +220,8 @@ def test_cli_survives_sigkills_at_random_moments(tmp_path, harness):
     assert not leftovers
     # --resume on the finished run says so and changes nothing.
     def files():  # everything but the lock, which records who ran last
-        return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != cli.LOCK_FILE}
+        return {p.name: p.stat().st_mtime_ns for p in out.iterdir()
+                if p.name != run_directory.LOCK_FILE}
 
     before = files()
     code, stdout, err = _run(harness, ["cli", *LM, "--output", str(out), "--resume"])

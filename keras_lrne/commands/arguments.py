@@ -1,0 +1,158 @@
+"""Argument types and the option groups that several commands share.
+
+Every type raises `argparse.ArgumentTypeError` with the expected form and the text it
+received, so argparse reports e.g. ``argument --population: expected a positive
+integer, received '0'``. Nothing here imports Keras: `keras-lrne --help` answers at once.
+"""
+
+import argparse
+import os
+
+import numpy as np
+
+#: The model variants of the paper's comparisons: low-rank, the same network
+#: unfactorized, and a narrow unfactorized network of about the factorized size.
+VARIANTS = ("factorized", "full", "small")
+
+
+def number_type(cast, description, valid):
+    """An argparse type: `cast(text)`, rejected with a clear message unless `valid`."""
+
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {description}, received {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = number_type(int, "a positive integer", lambda v: v >= 1)
+non_negative_int = number_type(int, "a non-negative integer", lambda v: v >= 0)
+positive_float = number_type(float, "a positive number", lambda v: v > 0 and np.isfinite(v))
+seed = number_type(int, "an integer in [0, 2**31 - 1]", lambda v: 0 <= v <= 2**31 - 1)
+
+
+def devices(text):
+    """`--devices`: a positive device count, or `all`."""
+    if text == "all":
+        return text
+    return number_type(int, "a positive integer or 'all'", lambda v: v >= 1)(text)
+
+
+def int_list(text, name, minimum):
+    """A comma-separated list of distinct integers >= `minimum` (for `--seeds`, `--ranks`)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if not values or any(v < minimum or v > 2**31 - 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of integers >= {minimum}, received {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct {name}, received {text!r}")
+    return tuple(values)
+
+
+def seeds(text):
+    """`--seeds`: a count N (seeds 0..N-1) or a comma-separated list of seeds."""
+    if "," not in text:
+        count = positive_int(text)
+        if count > 1000:
+            raise argparse.ArgumentTypeError(f"expected at most 1000 seeds, received {text!r}")
+        return tuple(range(count))
+    return int_list(text, "seeds", 0)
+
+
+def ranks(text):
+    """`--ranks`: a comma-separated list of distinct positive ranks."""
+    return tuple(sorted(int_list(text, "ranks", 1)))
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default (unless its help already gives it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("Default:" in text or "(default:" in text
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text}. Default: %(default)s"
+
+
+def paper(value):
+    """` (paper: VALUE)` for a help text, or nothing where the paper gives no value."""
+    return "" if value in (None, "-") else f" (paper: {value})"
+
+
+DEVICES_HELP = (
+    "split the population over this many local devices (GPUs, else CPU devices), or "
+    "'all' of them (keras_lrne.distribution.PopulationParallel); results do not depend "
+    "on it, and --resume may change it. Default: 1"
+)
+RESUME_HELP = (
+    "continue an interrupted run from OUTPUT/backup (every run backs itself up there "
+    "after each generation and keeps the backup until all its outputs are written); on a "
+    "finished run it changes nothing"
+)
+OVERWRITE_HELP = "replace a finished run (or an interrupted run's backup) in --output"
+STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
+                 "--mutation-rate); es: OpenAI's evolution strategy on every tensor "
+                 "(--population, even, --sigma, --learning-rate)")
+COMPARE_HELP = (
+    "run a comparison: `variants` (the default: factorized, full and small), `ranks` "
+    "(the factorized model at each of --ranks, plus full) or `strategies` (the GA and "
+    "OpenES on --variant); every run gets the same data, episode seeds and budget per "
+    "seed, and OUTPUT gets comparison.csv, comparison.md and comparison.png. --resume "
+    "continues an interrupted comparison where it stopped"
+)
+VERBOSE_HELP = "0 silent, 1 progress bar, 2 one line per generation"
+
+
+def add_strategy_arguments(parser):
+    """Where and how the population is evaluated, and by which strategy."""
+    parser.add_argument("--devices", type=devices, default=1, metavar="N|all",
+                        help=DEVICES_HELP)
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                        help="evaluate in N Ray worker processes (keras_lrne.distribution."
+                        "RayWorkers; needs the distributed extra); results do not depend "
+                        "on it. Default: none (this process)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="evaluate in the Ray cluster at ADDR ('auto', HOST:PORT or "
+                        "ray://HOST:PORT), with --workers workers (default: one per CPU "
+                        "of the cluster). Default: none")
+    parser.add_argument("--strategy", choices=("ga", "es"), default="ga", help=STRATEGY_HELP)
+    parser.add_argument("--sigma", type=positive_float, default=0.02,
+                        help="es: noise std relative to each tensor's init std")
+    parser.add_argument("--learning-rate", type=positive_float, default=0.01,
+                        help="es: Adam's learning rate on the mean (relative units)")
+
+
+def add_compare_arguments(parser):
+    """`--compare`, `--seeds` and `--ranks`: several runs side by side."""
+    parser.add_argument("--compare", nargs="?", const="variants", default=None,
+                        choices=("variants", "ranks", "strategies"), metavar="KIND",
+                        help=COMPARE_HELP)
+    parser.add_argument("--seeds", type=seeds, default=None, metavar="N|S1,S2,...",
+                        help="run every variant on N seeds (0..N-1) or on the listed ones, "
+                        "and report means, 95%% confidence intervals and significance "
+                        "tests (without --compare: --variant alone on each seed). "
+                        "Default: --seed only")
+    parser.add_argument("--ranks", type=ranks, default="1,2,4,8,16", metavar="R1,R2,...",
+                        help="ranks of `--compare ranks`. Default: 1,2,4,8,16")
+
+
+def add_run_arguments(parser, command, *, seed_help="run seed. Default: 0",
+                      output_help=None):
+    """`--seed`, `--output`, `--verbose`, `--resume` and `--overwrite` of a training run."""
+    parser.add_argument("--seed", type=seed, default=0, help=seed_help)
+    parser.add_argument("--output", default=os.path.join("lrne_output", command),
+                        help=output_help or "output directory")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                        help=VERBOSE_HELP)
+    parser.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

@@ -1,0 +1,32 @@
+"""The objects a command's arguments ask for: strategy and distribution."""
+
+
+def make_distribution(args):
+    """The `RayWorkers` (`--workers`, `--ray-address`) or `PopulationParallel`
+    (`--devices`) the arguments ask for; None for this process on one device."""
+    if args.workers is not None or args.ray_address is not None:
+        if args.devices != 1:
+            raise ValueError("--devices cannot be combined with --workers or --ray-address: "
+                             f"choose one. Received: --devices {args.devices}")
+        from keras_lrne.distribution import RayWorkers
+
+        return RayWorkers(num_workers=args.workers, address=args.ray_address)
+    if args.devices == 1:
+        return None
+    from keras_lrne.distribution import PopulationParallel
+
+    try:
+        return PopulationParallel(devices=None if args.devices == "all" else args.devices)
+    except ValueError as error:
+        raise ValueError(f"{error} (from --devices {args.devices})") from None
+
+
+def make_strategy(args):
+    """The strategy the command's arguments ask for."""
+    from keras_lrne import strategies
+
+    if args.strategy == "es":
+        return strategies.OpenES(population_size=args.population, sigma=args.sigma,
+                                 learning_rate=args.learning_rate)
+    return strategies.GA(population_size=args.population, num_parents=args.parents,
+                         mutation_rate=args.mutation_rate)

@@ -1,0 +1,123 @@
+"""`--compare` and `--seeds`: several runs of one command side by side, then a report.
+
+Every run of one seed gets the same data, episode seeds and budget. Runs go to
+`OUTPUT/LABEL/` (or `OUTPUT/LABEL/seed_S/` with `--seeds`), seed by seed, in this
+process. Finished runs are reused with `--resume` after checking their settings, an
+interrupted one continues from its backup, so an interrupted comparison continues where
+it stopped. The report (`keras_lrne.commands.report`) reads every number back from the
+runs' files.
+"""
+
+import argparse
+import os
+
+from keras_lrne.commands import report, run_directory
+from keras_lrne.commands.arguments import VARIANTS
+from keras_lrne.commands.builders import make_strategy
+from keras_lrne.commands.fit_baseline import FIT_SETTINGS
+
+
+def comparison_plan(args):
+    """`[(label, overrides)]` of the comparison the arguments ask for; None for one run."""
+    if args.compare is None:
+        return None if args.seeds is None else [(args.variant, {})]
+    if args.compare == "variants":
+        return [(variant, {"variant": variant}) for variant in VARIANTS]
+    if args.compare == "ranks":
+        return ([(f"rank_{rank}", {"variant": "factorized", "rank": rank})
+                 for rank in args.ranks] + [("full", {"variant": "full"})])
+    return [("ga", {"strategy": "ga"}), ("es", {"strategy": "es"})]
+
+
+def run_output(args, label, seed):
+    """A comparison run's directory: OUTPUT/label, or OUTPUT/label/seed_S with --seeds."""
+    if args.seeds is None:
+        return os.path.join(args.output, label)
+    return os.path.join(args.output, label, f"seed_{seed}")
+
+
+def fit_label(args, label, run_args):
+    """The label of a `--with-fit` row: `<label>_fit`; one `<variant>_fit` row per seed
+    under `--compare strategies` (GA and OpenES evolve the same model)."""
+    return f"{run_args.variant}_fit" if args.compare == "strategies" else f"{label}_fit"
+
+
+def comparison_runs(args, argv, plan):
+    """`[(label, seed, run_args)]`, every run's arguments checked before any work."""
+    seeds = args.seeds
+    if seeds is None:
+        seeds = (args.seed,)
+    elif any(a == "--seed" or a.startswith("--seed=") for a in argv):
+        raise ValueError("--seed and --seeds exclude each other: --seeds lists every seed "
+                         f"of the comparison. Received: --seeds {','.join(map(str, seeds))}")
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    overridden = {"variants": ("--variant",), "ranks": ("--variant", "--rank"),
+                  "strategies": ("--strategy",)}.get(args.compare, ())
+    for option in overridden:
+        if option in given:
+            raise ValueError(f"`--compare {args.compare}` sets {option} itself for every "
+                             f"run. Received: {option} with --compare {args.compare}")
+    if "--ranks" in given and args.compare != "ranks":
+        raise ValueError("--ranks lists the ranks of `--compare ranks`. Received: --ranks "
+                         f"with --compare {args.compare or '(none)'}")
+    if args.compare == "strategies" and getattr(args, "reevaluate_top", None):
+        raise ValueError("Two-stage selection (--reevaluate-top) needs a truncation-selection "
+                         "strategy such as the GA; `--compare strategies` also runs OpenES. "
+                         f"Received: --reevaluate-top {args.reevaluate_top}")
+    runs = []
+    for seed in seeds:
+        for label, overrides in plan:
+            run_args = argparse.Namespace(**{**vars(args), **overrides, "seed": seed})
+            run_args.output = run_output(args, label, seed)
+            try:
+                make_strategy(run_args)  # e.g. OpenES needs an even population
+                run_directory.check_ready(run_args, run_args.output)
+                if getattr(args, "with_fit", False):
+                    fit = argparse.Namespace(**vars(run_args))
+                    fit.output = run_output(args, fit_label(args, label, run_args), seed)
+                    run_directory.check_ready(fit, fit.output, also=FIT_SETTINGS)
+            except ValueError as error:
+                raise ValueError(f"{error} (in the comparison's run {label!r}, seed "
+                                 f"{seed})") from None
+            runs.append((label, seed, run_args))
+    return runs
+
+
+def run_comparison(args, argv, plan, run, fit=None):
+    """Runs every label of `plan` on every seed (seed by seed), then writes the report.
+
+    Args:
+        args: The command's arguments.
+        argv: The command line (quoted in the report; checked for refused options).
+        plan: `comparison_plan(args)`.
+        run: `run(run_args)` makes (or reuses) one run into `run_args.output` and
+            returns `(summary, history dict)`.
+        fit: With `--with-fit`, `fit(run_args, output, budget)` trains the run's model
+            by gradients for `budget` seconds into `output` and returns
+            `(summary, history dict)`.
+
+    Returns:
+        0, the command's exit status.
+    """
+    runs = comparison_runs(args, argv, plan)
+    run_directory.make_output_dir(args.output)
+    records, curves, summaries = [], {}, []
+    for label, seed, run_args in runs:
+        summary, _ = run(run_args)
+        summaries.append(summary)
+        row, curve = report.run_record(args.command, label, seed, run_args.output, summary)
+        records.append(row)
+        curves.setdefault(label, []).append(curve)
+        if getattr(args, "with_fit", False) and (args.compare != "strategies"
+                                                 or label == plan[0][0]):
+            label_of_fit = fit_label(args, label, run_args)
+            fit_output = run_output(args, label_of_fit, seed)
+            fit_summary, _ = fit(run_args, fit_output, row["wall_seconds"])
+            fit_row, fit_curve = report.run_record(args.command, label_of_fit, seed,
+                                                   fit_output, fit_summary)
+            records.append(fit_row)
+            curves.setdefault(label_of_fit, []).append(fit_curve)
+    text = report.write_report(args, argv, records, curves, summaries,
+                               [run_args.output for _, _, run_args in runs])
+    print(text, flush=True)
+    return 0

@@ -1,0 +1,199 @@
+"""The report of a comparison: from the runs' `history.csv` files to
+`comparison.csv`, `comparison.md` and `comparison.png`.
+
+Everything here reads finished runs' files and writes the report; nothing evolves, so
+the report can be checked on small synthetic histories. The statistics themselves are
+`keras_lrne.comparison`'s.
+"""
+
+import math
+import os
+import time
+
+import numpy as np
+
+from keras_lrne.commands.run_directory import read_history
+
+
+def run_record(command, label, seed, output, summary):
+    """A comparison row and curve, computed from the run's `history.csv`.
+
+    Args:
+        command: "lm", or an environment command ("atari", "carracing", "control").
+        label: The run's label in the comparison (e.g. "factorized", "rank_4",
+            "factorized_fit").
+        seed: The run's seed.
+        output: The run's directory, holding `history.csv`.
+        summary: The run's summary (`summary.json`'s "summary").
+
+    Returns:
+        `(row, curve)`: the row of `comparison.csv` (a dict), and
+        `(values, x, evolved)` with the metric per generation (or per fit() stretch),
+        its x-axis (wall seconds for the LM, environment steps otherwise) and whether the
+        run was evolved (False for a fit() run).
+    """
+    history = read_history(os.path.join(output, "history.csv"))
+    needed = ["loss", "generation_seconds"] if "elapsed_seconds" not in history else []
+    if command == "lm" and "elapsed_seconds" not in history:
+        needed.append("member_tokens_per_generation")
+    missing = [k for k in needed if k not in history and k not in summary]
+    if not history.get("loss") or missing:
+        raise ValueError(
+            f"The finished run in {output!r} lacks what a comparison reads "
+            f"({', '.join(missing) or 'no generation logged'}); it was made by an older "
+            "keras-lrne or its history.csv was cut. Pass --overwrite to run it again.")
+    row = {"label": label, "seed": seed, "parameters": summary["parameters"]}
+    if "elapsed_seconds" in history:  # trained by fit()
+        row.update(final_loss=history["loss"][-1],
+                   final_val_loss=history.get("val_loss", [None])[-1],
+                   wall_seconds=history["elapsed_seconds"][-1],
+                   member_tokens=int(history["member_tokens"][-1]), generations=None)
+        return row, (history["loss"], history["elapsed_seconds"], False)
+    generations = len(history["loss"])
+    times = np.cumsum(history["generation_seconds"])
+    row["generations"] = generations
+    row["wall_seconds"] = float(times[-1]) if generations else 0.0
+    if command == "lm":
+        row.update(final_loss=history["loss"][-1],
+                   final_val_loss=history.get("val_loss", [None])[-1],
+                   member_tokens=generations * summary["member_tokens_per_generation"])
+        return row, (history["loss"], times, True)
+    steps = np.cumsum(history["env_steps"])
+    row.update(final_episode_return=history["episode_return"][-1],
+               env_steps=int(steps[-1]))
+    if "first_stage_seconds" in history:
+        row["first_stage_seconds"] = float(sum(history["first_stage_seconds"]))
+    return row, (history["episode_return"], steps, True)
+
+
+def tested_pairs(compare, labels):
+    """The pairs of labels a comparison's report tests against each other.
+
+    Args:
+        compare: The comparison's kind ("variants", "ranks", "strategies" or None).
+        labels: The labels the comparison ran, `*_fit` rows included.
+
+    Returns:
+        A list of `(label, label)` pairs, both present in `labels`.
+    """
+    if compare == "variants":
+        pairs = [("factorized", "full"), ("factorized", "small")]
+    elif compare == "ranks":
+        pairs = [(label, "full") for label in labels if label.startswith("rank_")]
+    elif compare == "strategies":
+        pairs = [("ga", "es")]
+    else:
+        pairs = []
+    pairs += [(label, f"{label}_fit") for label in labels if f"{label}_fit" in labels
+              and label in ("factorized", "full")]
+    return [(a, b) for a, b in pairs if a in labels and b in labels]
+
+
+def paired_ratio_notes(records, column, what):
+    """Lines giving `column` of factorized over full, paired by seed, with a 95% CI."""
+    from keras_lrne import comparison
+
+    by_seed = {}
+    for record in records:
+        if record["label"] in ("factorized", "full") and record.get(column):
+            by_seed.setdefault(record["seed"], {})[record["label"]] = record[column]
+    ratios = [v["factorized"] / v["full"] for v in by_seed.values() if len(v) == 2]
+    if not ratios:
+        return []
+    s = comparison.summarize(ratios)
+    interval = (f" ± {s['ci_half_width']:.3f} (95% CI)"
+                if math.isfinite(s["ci_half_width"]) else "")
+    return [f"{what.capitalize()} of factorized over full, paired by seed: "
+            f"{s['mean']:.3f}{interval} over {s['n']} seed(s) "
+            f"({', '.join(f'{r:.3f}' for r in ratios)})."]
+
+
+def machine():
+    """The machine and software a report was made on, in one line."""
+    import platform
+
+    import keras
+
+    cpu = platform.processor() or platform.machine()
+    return (f"{os.cpu_count()}-core {cpu} CPU, Python {platform.python_version()}, Keras "
+            f"{keras.__version__} on {keras.config.backend()}")
+
+
+def _finished_span(run_dirs):
+    """When the runs finished: the first and last `history.csv` times, in UTC."""
+    times = [os.path.getmtime(os.path.join(path, "history.csv")) for path in run_dirs]
+    return " to ".join(dict.fromkeys(
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) for t in (min(times), max(times))))
+
+
+def write_report(args, argv, records, curves, summaries, run_dirs):
+    """Writes `comparison.csv`, `comparison.md` and `comparison.png` into `args.output`.
+
+    Args:
+        args: The comparison's arguments (`command`, `compare`, `output`, `variant`,
+            `strategy`, `population`, `parents`, `generations`; for the LM also
+            `with_fit` and `fit_learning_rate`).
+        argv: The command line, quoted in the report.
+        records: The runs' rows (`run_record`), evolved and fit() runs.
+        curves: `{label: [curve, ...]}` (`run_record`), in the order of the report.
+        summaries: The evolved runs' summaries (for the LM baselines).
+        run_dirs: The evolved runs' directories (for the date they finished).
+
+    Returns:
+        The text of `comparison.md`.
+    """
+    from keras_lrne import checkpoint, comparison
+    from keras_lrne.plotting import plot_comparison
+
+    records = sorted(records, key=lambda r: list(curves).index(r["label"]))
+    lm = args.command == "lm"
+    metric = "final_loss" if lm else "final_episode_return"
+    columns = [metric] + (["final_val_loss"] if lm else [])
+    columns += ["wall_seconds", "member_tokens" if lm else "env_steps"]
+    if any("first_stage_seconds" in r for r in records):
+        columns.append("first_stage_seconds")
+    columns += ["parameters", "generations"]
+    for record in records:
+        for column in columns:
+            record.setdefault(column, None)
+    aggregates = comparison.write_table(records, os.path.join(args.output, "comparison.csv"),
+                                        columns)
+    labels = list(curves)
+    metrics = [("final_loss", "final loss")] if lm else [(metric, "final elite return")]
+    if lm and any(r["final_val_loss"] is not None for r in records):
+        metrics.append(("final_val_loss", "final val_loss"))
+    extra = [("wall_seconds", "wall s"),
+             ("member_tokens", "member-tokens") if lm else ("env_steps", "env steps")]
+    if "first_stage_seconds" in columns:
+        extra.append(("first_stage_seconds", "stage-1 s"))
+    extra.append(("parameters", "parameters"))
+    notes = [f"Command: `keras-lrne {' '.join(argv)}`; runs finished "
+             f"{_finished_span(run_dirs)}; {machine()}.",
+             f"Budget per run: population {args.population}, {args.parents} parents, "
+             f"{args.generations} generations, strategy "
+             f"{'ga and es' if args.compare == 'strategies' else args.strategy}."]
+    notes += paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
+    baselines = None
+    if lm:
+        baselines = {"uniform (ln V)": float(np.mean([s["uniform_loss"] for s in summaries])),
+                     "unigram": float(np.mean([s["unigram_loss"] for s in summaries]))}
+        notes.append(f"Baselines (nats per token, mean over seeds): uniform ln V = "
+                     f"{baselines['uniform (ln V)']:.3f}, unigram = "
+                     f"{baselines['unigram']:.3f}.")
+        if getattr(args, "with_fit", False):
+            notes.append(f"`*_fit` rows: the same model trained by `fit()` with Adam "
+                         f"(learning rate {args.fit_learning_rate}) for the wall time of its "
+                         "evolved run on the same seed; member-tokens are tokens trained on.")
+    what = {"variants": "factorized vs full vs small", "ranks": "ranks",
+            "strategies": "GA vs OpenES", None: args.variant}[args.compare]
+    title = f"keras-lrne {args.command}: {what}"
+    text = comparison.markdown_report(records, aggregates, title=title, metrics=metrics,
+                                      extra_columns=extra,
+                                      tests=tested_pairs(args.compare, labels), notes=notes)
+    checkpoint.atomic_write(os.path.join(args.output, "comparison.md"), text)
+    with checkpoint.atomic_path(os.path.join(args.output, "comparison.png")) as tmp:
+        plot_comparison(curves, tmp, title=title,
+                        ylabel="loss (nats per token)" if lm else "elite episode return",
+                        xlabel_right="wall time (s)" if lm else "environment steps",
+                        baselines=baselines)
+    return text

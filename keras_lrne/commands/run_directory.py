@@ -1,0 +1,240 @@
+"""The life of a run's output directory: prepare, lock, resume, overwrite, finish.
+
+A run writes into its `--output` directory. While it evolves, `backup/` holds its
+checkpoint (Keras' `BackupAndRestore` plus keras-lrne's own state); when it ends, every
+output is written atomically, `summary.json` (the finished marker) last, and only then is
+the backup removed. A kill at any moment therefore leaves either a backup that
+`--resume` continues, or a finished run that `--resume` leaves as it is.
+"""
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import time
+
+#: The file whose presence marks a run as finished (written last).
+SUMMARY_FILE = "summary.json"
+#: The lock file that keeps two processes out of one output directory.
+LOCK_FILE = ".keras-lrne.lock"
+#: Arguments that say how a command was invoked, not what the run is.
+INVOCATION_ARGS = ("resume", "overwrite")
+#: Arguments that do not change what a run computes, so a finished run may be reused
+#: under other values (how it is invoked, where and on what it runs, what surrounds it).
+NOT_RUN_SETTINGS = INVOCATION_ARGS + (
+    "verbose", "output", "devices", "workers", "ray_address", "population_batch_size",
+    "compare", "seeds", "ranks", "with_fit", "fit_learning_rate",
+)
+
+
+def make_output_dir(output):
+    """Creates `output`, refusing a path that is a file (or under one)."""
+    parent = output
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(
+            f"Received an invalid value for `--output`: {parent!r} is a file, not a "
+            f"directory. Received: --output={output!r}"
+        )
+    os.makedirs(output, exist_ok=True)
+
+
+def lock(output):
+    """The lock that keeps other processes out of `output` while a run uses it."""
+    from keras_lrne import checkpoint
+
+    return checkpoint.BackupLock(output, name=LOCK_FILE, what="output directory")
+
+
+def _state(output):
+    """`(finished, interrupted)`: whether `output` holds a summary, and a backup."""
+    from keras_lrne import checkpoint
+
+    finished = os.path.isfile(os.path.join(output, SUMMARY_FILE))
+    interrupted = os.path.lexists(os.path.join(output, "backup", checkpoint.STATE_FILE))
+    return finished, interrupted
+
+
+def prepare_output(args, output):
+    """Checks `output` before any work; returns "finished", "resume" or "new".
+
+    A finished run (its summary written) is never overwritten silently: `--resume`
+    leaves it as it is, `--overwrite` replaces it. An interrupted run's backup is
+    continued with `--resume` and never overwritten without `--overwrite`.
+    """
+    backup = os.path.join(output, "backup")
+    finished, interrupted = _state(output)
+    if args.overwrite:
+        if args.resume:
+            raise ValueError("`--resume` and `--overwrite` exclude each other. Received both.")
+        shutil.rmtree(backup, ignore_errors=True)
+        # The old run is no longer finished: a kill before the new one ends must not
+        # make --resume take the old summary for the new run's.
+        for name in (SUMMARY_FILE, "history.csv"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output, name))
+        return "new"
+    if args.resume:
+        if finished:
+            # The summary is written last: a backup beside it was about to be removed.
+            shutil.rmtree(backup, ignore_errors=True)
+            return "finished"
+        if interrupted:
+            return "resume"
+        print(f"[keras-lrne] --resume: no backup in {backup!r} yet; starting from the "
+              "beginning.", flush=True)
+        return "new"
+    if interrupted:
+        raise ValueError(
+            f"An interrupted run's backup exists in {backup!r}. Pass --resume to continue "
+            "it, or --overwrite (or another --output) to start again."
+        )
+    if finished:
+        raise ValueError(
+            f"{output!r} holds a finished run ({SUMMARY_FILE}). Pass --overwrite to replace "
+            "it, or choose another --output."
+        )
+    return "new"
+
+
+def check_ready(args, output, also=()):
+    """What `prepare_output` would refuse, refused before a comparison's first run."""
+    if args.overwrite:
+        return
+    finished, interrupted = _state(output)
+    if args.resume:
+        if finished:
+            check_settings(output, args, also)
+        return
+    if finished or interrupted:
+        what = "a finished run" if finished else "an interrupted run's backup"
+        raise ValueError(f"{output!r} holds {what}. Pass --resume to continue the "
+                         "comparison, or --overwrite (or another --output) to start again.")
+
+
+def run_settings(args):
+    """The arguments of `args` stored with a run (all but how it was invoked)."""
+    return {k: v for k, v in vars(args).items() if k not in INVOCATION_ARGS}
+
+
+def write_summary(output, summary, args, **details):
+    """Writes the finished marker `summary.json`: the summary, the run's settings and
+    `details`, atomically."""
+    from keras_lrne import checkpoint
+
+    checkpoint.atomic_write(
+        os.path.join(output, SUMMARY_FILE),
+        json.dumps({"summary": summary, "args": run_settings(args), **details}, indent=2,
+                   default=str),
+    )
+
+
+def check_settings(output, args, also=()):
+    """Refuses a finished run in `output` made with other settings than `args` (the
+    run settings, plus `also` among those `NOT_RUN_SETTINGS` leaves out)."""
+    with open(os.path.join(output, SUMMARY_FILE)) as f:
+        stored = json.load(f)
+    if "args" not in stored:
+        return stored
+    ignored = set(NOT_RUN_SETTINGS) - set(also)
+    now = json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in ignored},
+                                default=str))
+    before = {k: v for k, v in stored["args"].items() if k not in ignored}
+    # Keys only one side has come from another keras-lrne version's arguments.
+    changed = sorted(k for k in set(now) & set(before) if now[k] != before[k])
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now"
+                            for k in changed)
+        raise ValueError(
+            f"--resume: the finished run in {output!r} was made with other settings "
+            f"({details}). Pass --overwrite to replace it, or choose another --output."
+        )
+    return stored
+
+
+def read_history(path):
+    """A History CSV as `{key: [float, ...]}` (empty cells and NA skipped)."""
+    history = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key != "epoch" and value not in ("", "NA", None):
+                    history.setdefault(key, []).append(float(value))
+    return history
+
+
+def load_finished(output, label, args=None, also=()):
+    """The summary and History of a finished run in `output` (for `--resume`).
+
+    With `args`, the run must have been made with the same settings: a finished run is
+    never silently reused for another experiment.
+    """
+    if args is not None:
+        stored = check_settings(output, args, also)
+    else:
+        with open(os.path.join(output, SUMMARY_FILE)) as f:
+            stored = json.load(f)
+    history = read_history(os.path.join(output, "history.csv"))
+    print(f"[keras-lrne] {label}: the run in {output!r} has already finished; nothing to "
+          "do (pass --overwrite to run it again).", flush=True)
+    return stored["summary"], history
+
+
+def evolve_and_save(args, model, task, strategy, output, *, mode, plot, summary_of,
+                    extra_outputs=()):
+    """Evolves `model` on `task` with a backup in `output/backup`, then writes every
+    output atomically, the summary last, and only then drops the backup.
+
+    A kill at any moment leaves either the backup (so `--resume` continues and writes the
+    same outputs) or the finished run (its summary present).
+
+    Args:
+        args: The command's arguments (generations, seed, verbose, distribution, ...).
+        model: The model to evolve (it holds the elite afterwards).
+        task: What the model is evolved on.
+        strategy: The strategy.
+        output: The run's directory.
+        mode: "new" or "resume", from `prepare_output`.
+        plot: `(file name, title, plot_histories keyword arguments)` of the run's plot.
+        summary_of: `summary_of(history dict, generations, wall seconds)` returns
+            `(summary, details)` for `summary.json`.
+        extra_outputs: `(name, write(path))` pairs of further outputs.
+
+    Returns:
+        `(summary, history)`.
+    """
+    import keras
+
+    from keras_lrne import checkpoint
+    from keras_lrne.commands.builders import make_distribution
+    from keras_lrne.plotting import plot_histories
+
+    backup = os.path.join(output, "backup")
+    start = time.perf_counter()
+    history = model.evolve(
+        task, strategy=strategy, generations=args.generations, seed=args.seed,
+        verbose=args.verbose,
+        population_batch_size=getattr(args, "population_batch_size", None),
+        distribution=make_distribution(args),
+        callbacks=[keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False),
+                   keras.callbacks.CSVLogger(os.path.join(output, "history.csv"),
+                                             append=mode == "resume")],
+    )
+    wall = time.perf_counter() - start
+    path, title, plot_kwargs = plot
+    with checkpoint.atomic_path(os.path.join(output, path)) as tmp:
+        plot_histories({args.variant: history.history}, tmp, title=title, **plot_kwargs)
+    with checkpoint.atomic_path(os.path.join(output, "model.keras")) as tmp:
+        model.save(tmp)
+    with checkpoint.atomic_path(os.path.join(output, "saved_model")) as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+    for name, write in extra_outputs:
+        with checkpoint.atomic_path(os.path.join(output, name)) as tmp:
+            write(tmp)
+    checkpoint.atomic_write(os.path.join(output, "lineage.npz"), model.lineage.to_bytes())
+    summary, details = summary_of(history.history, len(history.epoch), round(wall, 2))
+    write_summary(output, summary, args, **details)
+    shutil.rmtree(backup, ignore_errors=True)  # the run is complete: its summary exists
+    return summary, history
