@@ -1,26 +1,15 @@
-"""Statistics of `keras_lrne.comparison` against hand-computed values, and the CLI's
-`--compare ... --seeds N` experiments: files, numbers that follow from the runs' own
-History CSVs, resuming, and argument errors."""
+"""Statistics of `keras_lrne.comparison` against hand-computed values."""
 
 import csv
-import json
 import math
-import os
-import shutil
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from keras_lrne import cli, comparison
-from keras_lrne.commands import arguments, report, run_directory
+from keras_lrne import comparison
 
-BASE = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
-        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--embed-rank", "4"]
-TINY = [*BASE, "--rank", "1"]
-
-
-# ------------------------------------------------------------------- statistics
+pytestmark = pytest.mark.backend_independent
 
 
 def test_summarize_matches_hand_computed_values():
@@ -85,199 +74,9 @@ def test_curve_band():
     np.testing.assert_array_equal(one[1], one[0])
 
 
-# ------------------------------------------------------------------- the CLI
-
-
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _history(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def lm_comparison(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cmp") / "lm"
-    assert cli.main(["lm", *TINY, "--compare", "--seeds", "2", "--output", str(out)]) == 0
-    return out
-
-
-def test_compare_seeds_writes_every_file(lm_comparison):
-    out = lm_comparison
-    for name in ("comparison.csv", "comparison.md", "comparison.png"):
-        assert (out / name).is_file(), name
-    for variant in arguments.VARIANTS:
-        for seed in (0, 1):
-            run = out / variant / f"seed_{seed}"
-            assert (run / "history.csv").is_file() and (run / "model.keras").is_file()
-            summary = json.loads((run / "summary.json").read_text())
-            assert summary["args"]["seed"] == seed and summary["args"]["variant"] == variant
-    rows = _rows(out / "comparison.csv")
-    assert [(r["variant"], r["row"], r["seed"]) for r in rows[:6]] == [
-        ("factorized", "run", "0"), ("factorized", "run", "1"), ("factorized", "mean", ""),
-        ("factorized", "std", ""), ("factorized", "ci95_low", ""),
-        ("factorized", "ci95_high", "")]
-    assert len(rows) == 3 * 6
-    report = (out / "comparison.md").read_text()
-    assert "factorized vs full, final loss: Welch's t" in report
-    assert "Mann-Whitney U" in report and "uniform ln V = 4.159" in report
-    assert "keras-lrne lm --population 4" in report
-
-
-def test_compare_numbers_follow_from_the_runs_history_files(lm_comparison):
-    out = lm_comparison
-    rows = _rows(out / "comparison.csv")
-    for variant in arguments.VARIANTS:
-        finals, walls = [], []
-        for seed in (0, 1):
-            history = _history(out / variant / f"seed_{seed}" / "history.csv")
-            run = next(r for r in rows if r["variant"] == variant and r["seed"] == str(seed))
-            final = float(history[-1]["loss"])
-            wall = sum(float(h["generation_seconds"]) for h in history)
-            assert float(run["final_loss"]) == pytest.approx(final)
-            assert float(run["final_val_loss"]) == pytest.approx(float(history[-1]["val_loss"]))
-            assert float(run["wall_seconds"]) == pytest.approx(wall)
-            assert int(run["member_tokens"]) == 2 * 4 * 4 * 8  # generations x P x 4 x 8
-            finals.append(final)
-            walls.append(wall)
-        agg = {r["row"]: r for r in rows if r["variant"] == variant and r["row"] != "run"}
-        assert float(agg["mean"]["final_loss"]) == pytest.approx(np.mean(finals))
-        assert float(agg["std"]["final_loss"]) == pytest.approx(np.std(finals, ddof=1))
-        half = 12.706205 * np.std(finals, ddof=1) / math.sqrt(2)
-        assert float(agg["ci95_low"]["final_loss"]) == pytest.approx(np.mean(finals) - half,
-                                                                     rel=1e-5)
-        assert float(agg["ci95_high"]["final_loss"]) == pytest.approx(np.mean(finals) + half,
-                                                                      rel=1e-5)
-        assert float(agg["mean"]["wall_seconds"]) == pytest.approx(np.mean(walls))
-        assert agg["mean"]["n"] == "2"
-
-
-def test_resuming_a_comparison_skips_finished_runs(lm_comparison, tmp_path, capsys):
-    out = tmp_path / "lm"
-    shutil.copytree(lm_comparison, out)
-    # An interrupted comparison: the last run never finished, no report was written.
-    shutil.rmtree(out / "small" / "seed_1")
-    for name in ("comparison.csv", "comparison.md", "comparison.png"):
-        os.remove(out / name)
-    kept = out / "factorized" / "seed_0" / "model.keras"
-    before = kept.stat().st_mtime_ns
-    capsys.readouterr()
-    assert cli.main(["lm", *TINY, "--compare", "--seeds", "2", "--output", str(out),
-                     "--resume"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("has already finished") == 5
-    assert kept.stat().st_mtime_ns == before
-    assert (out / "small" / "seed_1" / "summary.json").is_file()
-    resumed = _rows(out / "comparison.csv")
-    original = _rows(lm_comparison / "comparison.csv")
-    timing = ("wall_seconds",)
-    for a, b in zip(resumed, original):
-        assert {k: v for k, v in a.items() if k not in timing} == \
-            {k: v for k, v in b.items() if k not in timing}
-    # Without --resume a finished comparison is never overwritten silently.
-    with pytest.raises(SystemExit):
-        cli.main(["lm", *TINY, "--compare", "--seeds", "2", "--output", str(out)])
-    assert "--overwrite" in capsys.readouterr().err
-    # Finished runs are reused only under the same settings.
-    with pytest.raises(SystemExit):
-        cli.main(["lm", *TINY, "--compare", "--seeds", "2", "--output", str(out), "--resume",
-                  "--mutation-rate", "0.5"])
-    assert "mutation_rate: 0.01 then, 0.5 now" in capsys.readouterr().err
-
-
-def test_compare_ranks_with_fit(tmp_path, capsys):
-    out = tmp_path / "ranks"
-    assert cli.main(["lm", *BASE, "--compare", "ranks", "--ranks", "2,1", "--with-fit",
-                     "--output", str(out)]) == 0
-    rows = [r for r in _rows(out / "comparison.csv") if r["row"] == "run"]
-    assert [r["variant"] for r in rows] == ["rank_1", "rank_1_fit", "rank_2", "rank_2_fit",
-                                            "full", "full_fit"]
-    params = {r["variant"]: int(r["parameters"]) for r in rows}
-    assert params["rank_1"] < params["rank_2"] < params["full"]
-    assert params["rank_1_fit"] == params["rank_1"]
-    for label in ("rank_1", "full"):
-        evolved = json.loads((out / label / "summary.json").read_text())
-        fit = json.loads((out / f"{label}_fit" / "summary.json").read_text())
-        assert json.loads((out / label / "summary.json").read_text())["args"]["rank"] == \
-            fit["args"]["rank"]
-        # fit() trained for at least the wall time the evolved run took.
-        assert fit["summary"]["fit_seconds"] >= fit["summary"]["budget_seconds"]
-        assert fit["summary"]["budget_seconds"] == pytest.approx(
-            evolved["summary"]["evolution_seconds"])
-        history = _history(out / f"{label}_fit" / "history.csv")
-        assert float(history[-1]["loss"]) == pytest.approx(fit["summary"]["final_loss"])
-    report = (out / "comparison.md").read_text()
-    assert "rank_1 vs full" in report and "fit()` with Adam" in report
-    # A fit() run is reused only with the same learning rate.
-    with pytest.raises(SystemExit):
-        cli.main(["lm", *BASE, "--compare", "ranks", "--ranks", "2,1", "--with-fit",
-                  "--output", str(out), "--resume", "--fit-learning-rate", "0.01"])
-    assert "fit_learning_rate: 0.001 then, 0.01 now" in capsys.readouterr().err
-
-
-def test_compare_strategies_on_an_environment(tmp_path):
-    out = tmp_path / "cartpole"
-    assert cli.main(["control", "--env", "CartPole-v1", "--population", "4", "--parents",
-                     "1", "--generations", "2", "--max-episode-steps", "20", "--verbose",
-                     "0", "--compare", "strategies", "--seeds", "3,7", "--output",
-                     str(out)]) == 0
-    rows = _rows(out / "comparison.csv")
-    runs = [r for r in rows if r["row"] == "run"]
-    assert [(r["variant"], r["seed"]) for r in runs] == [("ga", "3"), ("ga", "7"),
-                                                         ("es", "3"), ("es", "7")]
-    for run in runs:
-        history = _history(out / run["variant"] / f"seed_{run['seed']}" / "history.csv")
-        assert float(run["final_episode_return"]) == float(history[-1]["episode_return"])
-        assert int(run["env_steps"]) == sum(int(float(h["env_steps"])) for h in history)
-        assert float(run["first_stage_seconds"]) == pytest.approx(
-            sum(float(h["first_stage_seconds"]) for h in history))
-    lineage = json.loads((out / "es" / "seed_7" / "summary.json").read_text())
-    assert lineage["args"]["strategy"] == "es" and lineage["args"]["seed"] == 7
-    assert "ga vs es, final elite return" in (out / "comparison.md").read_text()
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--compare", "--seeds", "0"], "--seeds: expected a positive integer"),
-        (["--compare", "--seeds", "1,1"], "expected distinct seeds"),
-        (["--compare", "--seeds", "1,x"], "comma-separated list"),
-        (["--compare", "ranks", "--ranks", "0,2"], "--ranks: expected"),
-        (["--compare", "--seeds", "2", "--seed", "3"], "--seed and --seeds"),
-        (["--with-fit"], "--with-fit adds rows to a comparison"),
-        (["--compare", "strategies", "--population", "5"], "population_size=5"),
-        (["--compare", "bogus"], "invalid choice: 'bogus'"),
-        (["--compare", "--variant", "full"], "`--compare variants` sets --variant itself"),
-        (["--compare", "ranks", "--rank", "2"], "`--compare ranks` sets --rank itself"),
-        (["--compare", "strategies", "--strategy", "es"], "sets --strategy itself"),
-        (["--compare", "--ranks", "1,2"], "--ranks lists the ranks of `--compare ranks`"),
-    ],
-)
-def test_compare_argument_errors_before_any_work(tmp_path, capsys, argv, message):
-    out = tmp_path / "bad"
-    with pytest.raises(SystemExit):
-        cli.main(["lm", *TINY, "--output", str(out), *argv])
-    assert message in capsys.readouterr().err
-    assert not out.exists() or not any(out.rglob("history.csv"))
-
-
-def test_stage_one_time_ratio_is_paired_by_seed():
-    records = [
-        {"label": "factorized", "seed": 0, "first_stage_seconds": 6.0},
-        {"label": "full", "seed": 0, "first_stage_seconds": 10.0},
-        {"label": "factorized", "seed": 1, "first_stage_seconds": 8.0},
-        {"label": "full", "seed": 1, "first_stage_seconds": 10.0},
-        {"label": "small", "seed": 1, "first_stage_seconds": 1.0},
-        {"label": "factorized", "seed": 2, "first_stage_seconds": 5.0},  # no full run
-    ]
-    (line,) = report.paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
-    half = 12.706205 * np.std([0.6, 0.8], ddof=1) / math.sqrt(2)
-    assert line.startswith("Stage-1 time of factorized over full, paired by seed: 0.700 ± "
-                           f"{half:.3f} (95% CI) over 2 seed(s) (0.600, 0.800)")
-    assert report.paired_ratio_notes(records[:1], "first_stage_seconds", "x") == []
 
 
 def test_write_table_and_report_leave_failed_runs_out_and_say_so(tmp_path):
@@ -297,25 +96,3 @@ def test_significance_of_two_constant_samples():
     test = comparison.significance([3.0, 3.0, 3.0], [4.0, 4.0, 4.0])
     assert math.isnan(test["welch_t"]) and math.isnan(test["welch_p"])  # t would be -inf
     assert test["mann_whitney_u"] == 0.0 and test["mann_whitney_p"] == pytest.approx(0.1)
-
-
-def test_overwrite_unmarks_the_old_run_as_finished(tmp_path):
-    import argparse
-
-    (tmp_path / "summary.json").write_text("{}")
-    (tmp_path / "history.csv").write_text("epoch,loss\n0,1\n")
-    args = argparse.Namespace(overwrite=True, resume=False)
-    mode = run_directory.prepare_output(args, str(tmp_path))
-    assert mode == "new"
-    # Killed now, then --resume: nothing of the old run may pass for the new one.
-    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "history.csv").exists()
-
-
-def test_a_comparison_checks_every_run_before_the_first(lm_comparison, tmp_path, capsys):
-    out = tmp_path / "lm"
-    shutil.copytree(lm_comparison, out)
-    shutil.rmtree(out / "factorized" / "seed_0")
-    with pytest.raises(SystemExit):  # the other runs are finished: no --resume given
-        cli.main(["lm", *TINY, "--compare", "--seeds", "2", "--output", str(out)])
-    assert "holds a finished run" in capsys.readouterr().err
-    assert not (out / "factorized" / "seed_0").exists()  # refused before any work

@@ -23,6 +23,7 @@ def mlp(task):
                                   keras.layers.Dense(task.num_outputs)])
 
 
+@pytest.mark.slow
 def test_exported_cartpole_policy_plays_without_keras_lrne(tmp_path):
     task = Environment("CartPole-v1", max_episode_steps=50)
     model = evolved(task, mlp(task))

@@ -52,6 +52,7 @@ def test_lineage_file_rebuilds_members_into_a_fresh_model(run):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
 
 
+@pytest.mark.slow
 def test_lineage_rebuild_in_a_fresh_process_equals_the_elite(run):
     model, path = run
     elite_weights = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
@@ -82,6 +83,7 @@ def test_lineage_rebuild_in_a_fresh_process_equals_the_elite(run):
         np.testing.assert_array_equal(elite_weights[i], value)
 
 
+@pytest.mark.backend_independent
 def test_lineage_bad_input(run, tmp_path):
     _, path = run
     lineage = Lineage.load(path)
@@ -127,6 +129,7 @@ def _rewrite(path, out, checksum="keep", **changes):
     return str(out)
 
 
+@pytest.mark.backend_independent
 def test_modified_lineage_files_are_refused(run, tmp_path):
     _, path = run
     lineage = Lineage.load(path)
@@ -148,6 +151,7 @@ def test_modified_lineage_files_are_refused(run, tmp_path):
     assert repr(str(truncated)) in str(info.value)
 
 
+@pytest.mark.backend_independent
 def test_invalid_lineage_records_name_the_file_and_record(run, tmp_path):
     _, path = run
     lineage = Lineage.load(path)
@@ -172,6 +176,7 @@ def test_invalid_lineage_records_name_the_file_and_record(run, tmp_path):
         Lineage.from_bytes((tmp_path / "bad0.npz").read_bytes())
 
 
+@pytest.mark.backend_independent
 def test_lineage_files_without_checksum_load_with_a_warning(run, tmp_path):
     model, path = run
     legacy = _rewrite(path, tmp_path / "legacy.npz", checksum="drop")

@@ -102,6 +102,7 @@ def test_evolution_info_covers_factors():
     assert all(v["init_std"] > 0 for v in info.values())
 
 
+@pytest.mark.slow
 def test_save_load_fresh_process(tmp_path, load_check):
 
     keras.utils.set_random_seed(2)

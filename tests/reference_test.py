@@ -1,9 +1,9 @@
-"""The GA gives the same runs as the recorded reference (tests/reference_runs.py)."""
+"""The GA gives the same runs as the recorded reference (tests/_helpers/reference_runs.py)."""
 
 import json
 
 import pytest
-import reference_runs
+from _helpers import reference_runs
 
 
 @pytest.mark.parametrize("name", sorted(reference_runs.SCENARIOS))

@@ -108,6 +108,7 @@ def test_random_search_two_trials_val_loss(lm_task, tmp_path):
     np.testing.assert_allclose(val_loss, best_trial.score, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_hyperband_generations_are_epochs(tmp_path):
     x, y = regression_data()
     hypermodel = Recording(build_dense, rank=[1, 2], population_size=4, num_parents=1)
@@ -348,6 +349,7 @@ def test_missing_keras_tuner_gives_an_install_hint(monkeypatch):
         keras_lrne.__getattr__("EvolutionHyperModel")
 
 
+@pytest.mark.slow
 def test_import_keras_lrne_without_keras_tuner():
     code = ("import sys; sys.modules['keras_tuner'] = None; import keras_lrne; "
             "assert 'keras_lrne.tuner' not in sys.modules; print('ok')")
@@ -359,6 +361,7 @@ def test_import_keras_lrne_without_keras_tuner():
 
 
 # -- example -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_tune_example(tmp_path):
     spec = importlib.util.spec_from_file_location("tune", EXAMPLES / "tune.py")
     module = importlib.util.module_from_spec(spec)

@@ -9,12 +9,12 @@ import sys
 import keras
 import numpy as np
 import pytest
-import reference_runs
+from _helpers import reference_runs
 
 import keras_lrne
 from keras_lrne.distribution import PopulationParallel
 
-HERE = os.path.dirname(__file__)
+HELPERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_helpers")
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def four_devices(tmp_path_factory):
     """The results of `distribution_scenarios.py` (one subprocess for the module)."""
     out = str(tmp_path_factory.mktemp("devices") / "results.json")
     env = dict(os.environ, KERAS_BACKEND=keras.config.backend(), PYTHONPATH=os.pathsep.join(
-        [HERE, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, os.path.join(HERE, "distribution_scenarios.py"),
+        [HELPERS, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, os.path.join(HELPERS, "distribution_scenarios.py"),
                            out], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     with open(out) as f:
@@ -36,6 +36,7 @@ def reference():
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_four_devices_are_used(four_devices):
     assert four_devices["devices"] == ["cpu:0", "cpu:1", "cpu:2", "cpu:3"]
     assert four_devices["plan"] == {"members_per_device": 2, "num_devices": 4}
@@ -43,6 +44,7 @@ def test_four_devices_are_used(four_devices):
         assert four_devices["population_devices"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(reference_runs.SCENARIOS))
 def test_runs_on_four_devices_match_the_one_device_reference(four_devices, reference, name):
     # "arrays" has 14 members (uneven over 4 devices), validation data and 4 progress
@@ -51,10 +53,12 @@ def test_runs_on_four_devices_match_the_one_device_reference(four_devices, refer
     reference_runs.check(four_devices[name], reference[name])
 
 
+@pytest.mark.slow
 def test_a_run_resumes_on_another_device_count(four_devices, reference):
     reference_runs.check(four_devices["resumed"], reference["arrays"])
 
 
+@pytest.mark.slow
 def test_open_es_does_not_depend_on_the_device_count(four_devices):
     one, four = four_devices["open_es"]["one"], four_devices["open_es"]["four"]
     np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-5, atol=1e-6)
@@ -62,6 +66,7 @@ def test_open_es_does_not_depend_on_the_device_count(four_devices):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_cli_splits_the_population_with_devices(four_devices):
     summaries = four_devices["cli"]
     assert summaries["all"]["final_episode_return"] == summaries["1"]["final_episode_return"]

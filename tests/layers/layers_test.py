@@ -387,6 +387,7 @@ def test_functional_model_and_stateless_call():
             assert all(v["init_std"] > 0 for v in info.values())
 
 
+@pytest.mark.slow
 def test_keras_save_load_fresh_process(tmp_path, load_check):
     keras.utils.set_random_seed(1)
     model = _every_layer_model()

@@ -1,7 +1,9 @@
 import importlib.util
 import pathlib
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
 
 def load(name):
@@ -11,6 +13,7 @@ def load(name):
     return module
 
 
+@pytest.mark.slow
 def test_language_model_example():
     history = load("language_model").main(
         ["--generations", "2", "--population", "4", "--parents", "1", "--sequence-length",
@@ -19,6 +22,7 @@ def test_language_model_example():
     assert len(history.history["loss"]) == 2 and "val_loss" in history.history
 
 
+@pytest.mark.slow
 def test_custom_model_example():
     history = load("custom_model").main(["--generations", "3", "--population", "8",
                                          "--parents", "2", "--verbose", "0"])
@@ -26,6 +30,7 @@ def test_custom_model_example():
     assert len(losses) == 3 and losses[-1] < losses[0]  # strict: fails if mutation did nothing
 
 
+@pytest.mark.slow
 def test_atari_example():
     history = load("atari").main(["--game", "Pong", "--population", "3", "--parents", "1",
                                   "--generations", "2", "--max-episode-steps", "20",
@@ -33,6 +38,7 @@ def test_atari_example():
     assert len(history.history["episode_return"]) == 2
 
 
+@pytest.mark.slow
 def test_carracing_example():
     history = load("carracing").main(["--population", "3", "--parents", "1",
                                       "--reevaluate-top", "2", "--episodes", "1",
@@ -41,12 +47,14 @@ def test_carracing_example():
     assert len(history.history["early_termination_saved"]) == 1
 
 
+@pytest.mark.slow
 def test_control_example():
     history = load("control").main(["--population", "4", "--parents", "1", "--generations",
                                     "2", "--max-episode-steps", "20", "--verbose", "0"])
     assert len(history.history["episode_return"]) == 2
 
 
+@pytest.mark.backend_independent
 def test_every_example_option_has_help_and_shows_its_default():
     import ast
 

@@ -244,6 +244,7 @@ def _conv_model():
     return keras.Model(inputs, outputs)
 
 
+@pytest.mark.slow
 def test_keras_save_load_fresh_process(tmp_path, load_check):
 
     keras.utils.set_random_seed(3)

@@ -12,11 +12,13 @@ import gymnasium as gym
 import keras
 import numpy as np
 import pytest
-import reference_runs
+from _helpers import reference_runs
 
 import keras_lrne
 from keras_lrne.distribution import RayWorkers
 from keras_lrne.strategies import GA, OpenES
+
+pytestmark = pytest.mark.slow
 
 ray = pytest.importorskip("ray")
 # The environments below are defined here: send them to the workers by value.

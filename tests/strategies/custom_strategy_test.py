@@ -7,13 +7,14 @@ import keras
 import numpy as np
 import pytest
 
-PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "custom_strategy.md"
+PAGE = pathlib.Path(__file__).resolve().parents[2] / "docs" / "custom_strategy.md"
 
 
 def blocks():
     return re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
 
 
+@pytest.mark.slow
 def test_the_example_strategy_is_short_and_runs_as_written(tmp_path, monkeypatch, capsys):
     code = blocks()
     assert len(code) == 3

@@ -4,7 +4,9 @@ import pathlib
 import re
 import warnings
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+import pytest
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
 def quick_start():
@@ -14,10 +16,13 @@ def quick_start():
     return blocks[0]
 
 
+@pytest.mark.backend_independent
 def test_readme_commands_are_present():
     text = README.read_text()
     assert 'pip install . && keras-lrne lm' in text
-    assert 'pip install -e ".[test]" && pytest && KERAS_BACKEND=jax pytest' in text
+    assert ('pip install -e ".[test]" && pytest -n auto && KERAS_BACKEND=jax pytest -n auto '
+            '-m "not backend_independent"') in text
+    assert 'pip install -e ".[test]" && pytest -m "not slow"' in text  # the inner loop
 
 
 def test_readme_quick_start_runs(tmp_path, monkeypatch):
@@ -44,6 +49,7 @@ def test_readme_quick_start_runs(tmp_path, monkeypatch):
     assert (tmp_path / "elite_savedmodel" / "saved_model.pb").is_file()
 
 
+@pytest.mark.slow
 def test_readme_tuning_example_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     code = next(b for b in blocks if "EvolutionHyperModel" in b)

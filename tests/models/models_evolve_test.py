@@ -416,6 +416,7 @@ def _live_device_tensors():
     return sum(1 for o in gc.get_objects() if isinstance(o, tf.Tensor))
 
 
+@pytest.mark.slow
 def test_device_memory_does_not_grow_between_generations():
     x, y = regression_data()
     counts = []

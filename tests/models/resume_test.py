@@ -196,6 +196,7 @@ HOLD_LOCK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_second_process_on_one_backup_directory_gets_a_clear_error(tmp_path):
     backup = tmp_path / "b"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(backup)],
@@ -303,6 +304,7 @@ def test_resume_refuses_other_documents_and_env_settings(tmp_path):
         control(tmp_path / "env", normalize_observations=False)
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_hundreds_of_backed_up_generations(tmp_path):
     def rss_mib():  # the current resident set size (Linux)
         with open("/proc/self/statm") as f:

@@ -1,6 +1,6 @@
-"""Runs of `tests/distribution_test.py` on 4 simulated CPU devices, in a subprocess.
+"""Runs of `tests/distribution/distribution_test.py` on 4 simulated CPU devices, in a subprocess.
 
-`python tests/distribution_scenarios.py OUT.json` (with `KERAS_BACKEND` set) creates 4
+`python tests/_helpers/distribution_scenarios.py OUT.json` (with `KERAS_BACKEND` set) creates 4
 devices before the backend starts (JAX: `XLA_FLAGS`; TensorFlow: logical CPU devices),
 runs the recorded reference runs (`reference_runs.py`) with the population split over
 them, and a few more runs, and writes the results to OUT.json.

@@ -42,6 +42,7 @@ def test_lm_writes_history_plot_and_models(tmp_path):
     assert "(1, 8, 64)" in result.stdout
 
 
+@pytest.mark.slow
 def test_lm_compare_with_open_es(tmp_path):
     out = tmp_path / "es"
     assert cli.main(["lm", *TINY, "--compare", "--strategy", "es", "--sigma", "0.05",
@@ -65,6 +66,7 @@ def test_lm_open_es_needs_an_even_population(tmp_path, capsys):
     assert "population_size=5" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_lm_compare_runs_three_variants(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert cli.main(["lm", *TINY, "--compare", "--output", str(out), "--rank", "1",
@@ -110,6 +112,7 @@ def test_lm_bad_input_fails_clearly(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("argv", [["--rank", "0"], ["--generations", "-1"],
                                   ["--variant", "huge"], ["--mutation-rate", "0"]])
 def test_lm_argument_validation(capsys, argv):
@@ -119,6 +122,7 @@ def test_lm_argument_validation(capsys, argv):
     assert argv[0] in capsys.readouterr().err
 
 
+@pytest.mark.backend_independent
 def test_paper_settings_fill_only_unset_options():
     args = cli.build_parser().parse_args(["lm", "--paper", "--generations", "5"])
     lm.apply_paper_settings(args, ["lm", "--paper", "--generations", "5"])
@@ -182,6 +186,7 @@ def test_lm_output_rules_finished_runs_overwrite_and_resume(tmp_path, capsys):
     assert "resume" not in json.loads((out / "summary.json").read_text())["args"]
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("argv, message", [
     (["--seed", "99999999999999999999"], "--seed"),
     (["--seed", "-1"], "--seed"),
@@ -197,6 +202,7 @@ def test_lm_more_bad_arguments_name_the_option(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.backend_independent
 def test_output_that_is_a_file_is_refused(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("not a directory")
@@ -248,6 +254,7 @@ CONSOLE = (
 )
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("argv, code, text", [
     (["--help"], 0, "COMMAND"),
     (["lm", "--help"], 0, "--one-document-per-line"),
@@ -263,6 +270,7 @@ def test_help_version_and_argument_errors_import_no_backend(argv, code, text):
     assert "HEAVY []" in result.stdout  # neither TensorFlow, JAX nor Keras was imported
 
 
+@pytest.mark.backend_independent
 def test_every_option_has_help_with_its_default():
     import argparse
 

@@ -23,6 +23,8 @@ import pytest
 
 from keras_lrne.commands import run_directory
 
+pytestmark = pytest.mark.slow
+
 # Faults are injected by wrapping library functions in the child process (never in the
 # library itself): the N-th call of a point kills the process at that point.
 HARNESS = textwrap.dedent(

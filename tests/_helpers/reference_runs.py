@@ -1,7 +1,7 @@
 """Small recorded GA runs: the regression reference for the engine's refactors.
 
-`python tests/reference_runs.py` (with `KERAS_BACKEND` set) rewrites
-`tests/data/reference_<backend>.json`; `tests/reference_test.py` checks that the same
+`python tests/_helpers/reference_runs.py` (with `KERAS_BACKEND` set) rewrites
+`tests/_helpers/data/reference_<backend>.json`; `tests/reference_test.py` checks that the same
 runs still give the same History, lineage and final weights.
 """
 

@@ -68,6 +68,7 @@ def _run(script, tmp_path):
                           capture_output=True, text=True, timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_arrays_environments_and_files_run_with_tensorflow_blocked(tmp_path):
     result = _run(BLOCK + RUN, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -75,6 +76,7 @@ def test_arrays_environments_and_files_run_with_tensorflow_blocked(tmp_path):
     assert (tmp_path / "lineage.npz").is_file() and (tmp_path / "model.keras").is_file()
 
 
+@pytest.mark.slow
 def test_an_array_run_leaves_tensorflow_unimported(tmp_path):
     result = _run(RUN, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -108,11 +110,12 @@ def test_tensorflow_imported_on_jax_is_kept_off_the_gpus(monkeypatch):
     assert calls == [([], "GPU")]
 
 
+@pytest.mark.slow
 def test_the_device_check_runs_with_tensorflow_blocked(tmp_path):
     # As on the accelerator machine: TensorFlow is absent in the check and in every
     # measurement's subprocess (a sitecustomize blocks it in all of them).
     (tmp_path / "sitecustomize.py").write_text(BLOCK)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join([str(tmp_path), root,
                                            os.environ.get("PYTHONPATH", "")]))
