@@ -153,6 +153,8 @@ def _check_finite(x, y, argument, separate_targets=False):
               (y, "y" if separate_targets else argument, "" if separate_targets
                else " (its targets)"))
     for values, name, part in checks:
+        _check_numeric(values, name, part)
+    for values, name, part in checks:
         if not (np.issubdtype(values.dtype, np.inexact) or "float" in values.dtype.name):
             continue
         bad = ~np.isfinite(values)
@@ -168,6 +170,32 @@ def _check_finite(x, y, argument, separate_targets=False):
     return x, y
 
 
+def _check_numeric(values, name, part):
+    """Fails when `values` are not numbers (strings, bytes, Python objects): the population
+    is evaluated on numeric tensors, and a cast inside the model would fail obscurely."""
+    if values.dtype.kind in "biuf":
+        return
+    example, index = None, ""
+    if values.size:
+        example = values.flat[0]
+        example = example.item() if isinstance(example, np.generic) else example
+        index = f"[{', '.join('0' * values.ndim)}]"
+    raise ValueError(
+        f"Received `{name}`{part} of dtype {values.dtype}: evolution evaluates the model "
+        "on numeric arrays (integer, float or bool), not on strings or Python objects. "
+        "Turn text into numbers first, e.g. with `keras.layers.TextVectorization` applied "
+        "to the data, or use `keras_lrne.tasks.LanguageModeling` for language modelling. "
+        f"Received: {name}{index}={example!r}"
+    )
+
+
+def _loss_name(loss):
+    """How a compiled loss is named in error messages."""
+    if isinstance(loss, str):
+        return repr(loss)
+    return getattr(loss, "__name__", None) or type(loss).__name__
+
+
 def _sparse_loss_ignore_class(loss):
     """`(is_sparse_categorical_crossentropy, ignore_class)` for a compiled loss."""
     import keras
@@ -179,14 +207,35 @@ def _sparse_loss_ignore_class(loss):
     return loss is keras.losses.sparse_categorical_crossentropy, None
 
 
+def _check_whole_labels(values, name, loss):
+    """Fails when float class labels have a fractional part (they would be truncated)."""
+    if values.dtype.kind != "f":
+        return
+    fractional = np.isfinite(values) & (values != np.floor(values))
+    if not fractional.any():
+        return
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(fractional)), fractional.shape))
+    index = ", ".join(map(str, first))
+    part = "" if name == "y" else " (its targets)"
+    raise ValueError(
+        f"Received labels that are not whole numbers in `{name}`{part}: the loss {loss} "
+        f"takes integer class indices, but {int(fractional.sum())} labels have a fractional "
+        f"part, the first at index [{index}]; they would be truncated silently. Pass "
+        "integer labels, or for soft labels a loss such as `categorical_crossentropy` with "
+        f"one-hot or probability targets. Received: {name}[{index}]={values[first].item()!r}"
+    )
+
+
 def check_sparse_labels(model, sample, labels):
-    """Fails when sparse categorical labels fall outside the model's classes.
+    """Fails when sparse categorical labels are not whole numbers or fall outside the
+    model's classes.
 
     With a sparse categorical cross-entropy loss (`"sparse_categorical_crossentropy"` or
     `keras.losses.SparseCategoricalCrossentropy`), every label must be an integer in
     `[0, num_classes)`, `num_classes` being the last dimension of the model's output (or
     the loss's `ignore_class`); other labels give NaN or meaningless losses, silently.
-    Does nothing for other losses or models with several outputs.
+    Does nothing for other losses; the range is not checked for models with several
+    outputs.
 
     Args:
         model: the built, compiled model.
@@ -198,6 +247,9 @@ def check_sparse_labels(model, sample, labels):
     sparse, ignore_class = _sparse_loss_ignore_class(getattr(model, "loss", None))
     if not sparse:
         return
+    for name, values in labels.items():
+        if values is not None:
+            _check_whole_labels(np.asarray(values), name, _loss_name(model.loss))
     try:
         outputs = model.outputs
     except (AttributeError, ValueError):
@@ -215,6 +267,7 @@ def check_sparse_labels(model, sample, labels):
         if values is None:
             continue
         values = np.asarray(values)
+        part = "" if name == "y" else " (its targets)"
         bad = (values < 0) | (values >= num_classes)
         if ignore_class is not None:
             bad &= values != ignore_class
@@ -222,7 +275,6 @@ def check_sparse_labels(model, sample, labels):
             continue
         first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
         index = ", ".join(map(str, first))
-        part = "" if name == "y" else " (its targets)"
         raise ValueError(
             f"Received labels out of range in `{name}`{part}: a sparse categorical "
             f"cross-entropy loss needs labels in [0, {num_classes}), the model having "

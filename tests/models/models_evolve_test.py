@@ -494,6 +494,46 @@ def test_sparse_labels_out_of_range_fail_before_the_run():
         assert np.isfinite(history.history["loss"][0])
 
 
+def test_fractional_sparse_labels_fail_naming_y_the_loss_and_a_value():
+    x, _ = regression_data()
+    y = (np.arange(32) % 5).astype("float32")
+    with pytest.raises(ValueError, match=r"not whole numbers in `y`: the loss "
+                       r"SparseCategoricalCrossentropy .*2 labels.*index \[3\]; .*"
+                       r"Received: y\[3\]=0\.5"):
+        classifier().evolve(x, np.where(np.isin(np.arange(32), (3, 7)), 0.5, y),
+                            strategy=GA(4, 1), generations=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_data` \(its targets\): the loss "
+                       r"'sparse_categorical_crossentropy'.*validation_data\[0\]=0\.25"):
+        classifier(loss="sparse_categorical_crossentropy").evolve(
+            x, y, validation_data=(x, y + 0.25 * (np.arange(32) == 0)), strategy=GA(4, 1),
+            generations=1, verbose=0)
+    model = classifier()
+    with pytest.raises(ValueError, match="not whole numbers"):
+        model.evolve(x, y + 0.5, strategy=GA(4, 1), generations=1, verbose=0)
+    assert model.evolution_state is None  # refused before any generation
+    # Whole-number floats are class indices.
+    history = classifier().evolve(x, y, strategy=GA(4, 1), generations=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("make_args, match", [
+    (lambda x, y: ((np.array(["a text"] * 32), y), {}),
+     r"`x` of dtype <U6: .*numeric arrays.*TextVectorization.*Received: x\[0\]='a text'"),
+    (lambda x, y: ((x, y.astype(str)), {}), r"`y` of dtype <U"),
+    (lambda x, y: ((tf.data.Dataset.from_tensor_slices((["a"] * 32, y)).batch(8),), {}),
+     r"`x` \(its inputs\) of dtype object.*Received: x\[0\]=b'a'"),
+    (lambda x, y: ((x, y), {"validation_data": (np.array([None] * 32), y)}),
+     r"`validation_data` \(its inputs\) of dtype object"),
+])
+def test_non_numeric_data_fails_naming_the_argument_and_its_dtype(make_args, match):
+    x, y = regression_data()
+    args, kwargs = make_args(x, y)
+    model = small_model()
+    with pytest.raises(ValueError, match=match):
+        model.evolve(*args, strategy=GA(4, 1), generations=1, verbose=0, **kwargs)
+    assert model.evolution_state is None
+
+
 def test_language_modeling_labels_pass_the_label_check():
     task = keras_lrne.tasks.LanguageModeling(tokenizer="character", sequence_length=8,
                                              num_sequences=8)
