@@ -17,11 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 import keras_lrne
-from keras_lrne import population as pop
+from keras_lrne import genome
 
 
 def weight_bytes(model):
-    specs = pop.collect_variable_specs(model)
+    specs = genome.collect_variable_specs(model)
     return int(sum(np.prod(s.shape) * 4 for s in specs if s.evolvable))
 
 

@@ -190,7 +190,7 @@ class Lineage:
         ...                                           sequence_length=64)
         >>> weights = lineage.rebuild_member(model, generation=100, member=0)
         """
-        from keras_lrne import population as pop
+        from keras_lrne import genome
 
         if not getattr(model, "built", False) or not model.trainable_variables:
             raise ValueError(
@@ -199,7 +199,7 @@ class Lineage:
             )
         self._check_index(generation, member)
         strategy = self.strategy()
-        specs = pop.collect_variable_specs(
+        specs = genome.collect_variable_specs(
             model, freeze_normalization=self.settings.get("freeze_normalization", True)
         )
         evolvable = [s for s in specs if s.evolvable]

@@ -380,12 +380,13 @@ class _Worker:
     """A Ray actor: one model, its compiled population functions and the task."""
 
     def __init__(self, spec):
+        from keras_lrne import genome
         from keras_lrne import population as pop
 
         self.model, self.task = spec["model"], spec["task"]
         strategy_class, config = spec["strategy"]
         self.strategy = strategy_class.from_config(config)
-        specs = pop.collect_variable_specs(self.model, spec["freeze_normalization"])
+        specs = genome.collect_variable_specs(self.model, spec["freeze_normalization"])
         evolvable = [s for s in specs if s.evolvable]
         self.state = self.strategy.worker_init(evolvable, spec["seed"])
         self.synced = 0

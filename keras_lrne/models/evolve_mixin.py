@@ -7,7 +7,7 @@ import time
 import keras
 import numpy as np
 
-from keras_lrne import checkpoint
+from keras_lrne import checkpoint, genome
 from keras_lrne import population as pop
 from keras_lrne._validation import check_bool, check_int
 from keras_lrne.distribution import PopulationParallel, RayWorkers
@@ -97,7 +97,7 @@ class Run:
         self.lineage = None
         # Only a PopulationParallel splits this process's evaluation over devices.
         devices = distribution if isinstance(distribution, PopulationParallel) else None
-        self.specs = pop.collect_variable_specs(model, freeze_normalization)
+        self.specs = genome.collect_variable_specs(model, freeze_normalization)
         self.evolvable = [s for s in self.specs if s.evolvable]
         if not self.evolvable:
             raise ValueError(

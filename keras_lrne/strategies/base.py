@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from keras_lrne import population as pop
+from keras_lrne import genome
 from keras_lrne._validation import check_int, is_int
 from keras_lrne.strategies import operators
 
@@ -13,7 +13,7 @@ from keras_lrne.strategies import operators
 def as_specs(specs):
     """The evolvable `VariableSpec`s of `specs`, which may also be plain shapes.
 
-    A strategy works on a list of tensors described by `keras_lrne.population.VariableSpec`
+    A strategy works on a list of tensors described by `keras_lrne.genome.VariableSpec`
     (what `evolve()` passes: one per evolvable variable of the model). For use without a
     model, a shape (a tuple, or an int for a vector) stands for a float32 tensor drawn
     from `N(0, 1)` with init std 1.
@@ -24,11 +24,11 @@ def as_specs(specs):
     Returns:
         The list of evolvable `VariableSpec`s.
     """
-    if isinstance(specs, (pop.VariableSpec, tuple)) or is_int(specs):
+    if isinstance(specs, (genome.VariableSpec, tuple)) or is_int(specs):
         specs = [specs]
     result = []
     for i, spec in enumerate(specs):
-        if isinstance(spec, pop.VariableSpec):
+        if isinstance(spec, genome.VariableSpec):
             if spec.evolvable:
                 result.append(spec)
             continue
@@ -38,9 +38,10 @@ def as_specs(specs):
                 "Received an invalid value for `specs`, expected `VariableSpec`s or shapes "
                 f"(tuples of positive integers). Received: specs[{i}]={spec!r}"
             )
-        result.append(pop.VariableSpec(index=i, path=f"variable_{i}",
-                                       shape=tuple(int(d) for d in shape), dtype="float32",
-                                       init_std=1.0, factor=False, evolvable=True))
+        result.append(genome.VariableSpec(index=i, path=f"variable_{i}",
+                                          shape=tuple(int(d) for d in shape),
+                                          dtype="float32", init_std=1.0, factor=False,
+                                          evolvable=True))
     if not result:
         raise ValueError(f"Received no evolvable variables. Received: specs={specs!r}")
     return result
@@ -121,7 +122,7 @@ class Strategy:
         """The state of a new run.
 
         Args:
-            specs: the evolvable variables, as `keras_lrne.population.VariableSpec`s (what
+            specs: the evolvable variables, as `keras_lrne.genome.VariableSpec`s (what
                 `evolve()` passes) or shapes (see `as_specs`).
             seed: the run seed, a non-negative integer. Everything random in the run
                 derives from it.

@@ -8,7 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
-from keras_lrne import population as pop
+from keras_lrne import genome
 from keras_lrne._validation import check_int, check_number
 from keras_lrne.distribution import population_parallel as distribution_lib
 from keras_lrne.strategies import operators
@@ -268,7 +268,7 @@ class GA(Strategy):
     def worker_members(self, worker_state, payload):
         kind, source, row_seeds = payload
         if kind == "initial":
-            members = [pop.initial_member(worker_state["specs"], worker_state["seed"], int(m))
+            members = [genome.initial_member(worker_state["specs"], worker_state["seed"], int(m))
                        for m in source]
             return [ops.convert_to_tensor(np.stack([m[j] for m in members]))
                     for j in range(len(members[0]))]
@@ -279,7 +279,7 @@ class GA(Strategy):
         self._reproduce = self._compile(specs, sharded)
         size = self.population_size
         index = np.arange(size, dtype=np.int32)
-        population = pop.initial_population(specs, seed, size)
+        population = genome.initial_population(specs, seed, size)
         if sharded is not None:
             population = lrne_backend.get().shard(population, sharded.handle)
         return GAState(
@@ -328,7 +328,7 @@ class GA(Strategy):
         specs = as_specs(specs)
         root, chain = chain_of(records["parents"], records["seeds"], generation, member)
         reproduce = self._compile(specs)
-        values = [ops.convert_to_tensor(v[None]) for v in pop.initial_member(specs, seed, root)]
+        values = [ops.convert_to_tensor(v[None]) for v in genome.initial_member(specs, seed, root)]
         empty, zero = np.zeros((0,), np.int32), np.zeros((1,), np.int32)
         for child_seed in chain:
             values = reproduce(values, empty, zero, np.asarray([child_seed], np.int32))

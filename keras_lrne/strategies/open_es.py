@@ -9,7 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
-from keras_lrne import population as pop
+from keras_lrne import genome
 from keras_lrne._validation import check_bool, check_int, check_number
 from keras_lrne.strategies import operators
 from keras_lrne.strategies.base import Strategy, as_specs
@@ -248,7 +248,7 @@ class OpenES(Strategy):
         """Operators, and the initial mean and optimizer values, of a run."""
         optimizer, variables = self._make_optimizer(specs)
         operators_ = self._compile(specs, optimizer, variables)
-        mean = [ops.convert_to_tensor(v) for v in pop.initial_member(specs, seed, 0)]
+        mean = [ops.convert_to_tensor(v) for v in genome.initial_member(specs, seed, 0)]
         values = [ops.convert_to_tensor(v.value) for v in optimizer.variables]
         # The optimizer object stays referenced by the compiled `update`.
         return operators_, mean, values, optimizer

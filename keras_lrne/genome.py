@@ -1,0 +1,191 @@
+"""What a member is: the evolvable variables of a model, and members drawn from a seed.
+
+`collect_variable_specs(model)` describes every trainable variable of a built model as a
+`VariableSpec` (shape, dtype, the std of its initializer, whether it is a low-rank factor,
+whether it evolves). `initial_member(specs, seed, member)` draws one member's initial
+values from `(seed, member)` alone, so any member of any run can be re-created by itself:
+this is what strategies, Ray workers and lineage files rebuild members from.
+
+Strategies (built-in and your own) import this module; it imports neither the engine nor
+the compiled population functions (`keras_lrne.population`).
+
+Example:
+
+>>> import keras
+>>> from keras_lrne import genome
+>>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+>>> specs = genome.collect_variable_specs(model)
+>>> [(s.path, s.shape) for s in specs]
+[('sequential/dense/kernel', (3, 2)), ('sequential/dense/bias', (2,))]
+>>> [v.shape for v in genome.initial_member(specs, seed=0, member=5)]
+[(3, 2), (2,)]
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lrne.layers._init import initializer_std, kaiming_std
+
+NORMALIZATION_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "LayerNormalization",
+        "BatchNormalization",
+        "GroupNormalization",
+        "RMSNormalization",
+        "UnitNormalization",
+        "SpectralNormalization",
+    )
+    if hasattr(keras.layers, name)
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableSpec:
+    """How one trainable variable takes part in evolution.
+
+    Args:
+        index: position in `model.trainable_variables`.
+        path: the variable's path, e.g. `"block_0/attention/query/kernel_u"`.
+        shape: the variable's shape (without population axis).
+        dtype: the variable's dtype.
+        init_std: standard deviation of its initial distribution; mutation noise is
+            `mutation_rate * init_std` (`sqrt(mutation_rate)` for factors).
+        factor: whether the variable is a low-rank factor (U or V).
+        evolvable: False for frozen variables (normalization layers by default).
+        initializer: the Keras initializer that draws initial members, or None for
+            `N(0, init_std)`.
+    """
+
+    index: int
+    path: str
+    shape: tuple
+    dtype: str
+    init_std: float
+    factor: bool
+    evolvable: bool
+    initializer: object = None
+
+
+def _resolve_initializer(layer, name):
+    value = getattr(layer, f"{name}_initializer", None)
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return None
+    try:
+        return keras.initializers.get(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def _is_constant_initializer(initializer):
+    return isinstance(
+        initializer,
+        (keras.initializers.Zeros, keras.initializers.Ones, keras.initializers.Constant),
+    )
+
+
+def _reseed(initializer, seed):
+    """A copy of `initializer` drawing deterministically from the integer `seed`."""
+    if initializer is None or _is_constant_initializer(initializer):
+        return initializer
+    config = initializer.get_config()
+    if "seed" not in config:
+        return initializer
+    config["seed"] = int(seed)
+    return initializer.__class__.from_config(config)
+
+
+def _owners(model):
+    """Maps id(variable) -> (deepest layer owning it, its short name)."""
+    owners = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for variable in layer.trainable_weights:
+            owners[id(variable)] = layer
+    return owners
+
+
+def collect_variable_specs(model, freeze_normalization=True):
+    """Describes every trainable variable of a built model (see `VariableSpec`).
+
+    Layers may implement `evolution_info()` returning
+    `{variable_name: {"init_std": float, "factor": bool}}` for the variables they own;
+    other layers' variables get the std of their Keras initializer (the Kaiming std of
+    their shape when that initializer is constant, e.g. zero biases).
+    """
+    owners = _owners(model)
+    specs = []
+    for index, variable in enumerate(model.trainable_variables):
+        layer = owners.get(id(variable))
+        name = variable.name
+        shape = tuple(int(d) for d in variable.shape)
+        dtype = str(variable.dtype)
+        info = {}
+        if layer is not None and hasattr(layer, "evolution_info"):
+            info = layer.evolution_info().get(name, {})
+        initializer = _resolve_initializer(layer, name) if layer is not None else None
+        # Constant-initialised biases use the Kaiming std of their size, whatever their
+        # layout (MultiHeadAttention keeps (heads, key_dim) biases).
+        kaiming = kaiming_std((int(np.prod(shape)),) if "bias" in name else shape)
+        if "init_std" in info:
+            init_std = float(info["init_std"])
+        elif initializer is not None and not _is_constant_initializer(initializer):
+            init_std = initializer_std(initializer, shape)
+        else:
+            init_std = kaiming
+        if not init_std > 0 or not math.isfinite(init_std):
+            init_std = kaiming
+        frozen = freeze_normalization and isinstance(layer, NORMALIZATION_LAYERS)
+        specs.append(
+            VariableSpec(
+                index=index,
+                path=variable.path,
+                shape=shape,
+                dtype=dtype,
+                init_std=init_std,
+                factor=bool(info.get("factor", False)),
+                evolvable=not frozen,
+                initializer=initializer,
+            )
+        )
+    return specs
+
+
+def derive_seed(*entropy):
+    """A deterministic 31-bit seed from a sequence of non-negative integers."""
+    state = np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0]
+    return int(state & 0x7FFFFFFF)
+
+
+def initial_member(specs, seed, member):
+    """The initial values of member `member` of a run seeded with `seed` (numpy arrays).
+
+    Each evolvable variable is drawn by its own initializer, re-seeded from
+    `(seed, member, variable index)`, so members are independent initialisations and any
+    one can be re-created alone.
+    """
+    values = []
+    for spec in specs:
+        if not spec.evolvable:
+            continue
+        member_seed = derive_seed(seed, 0, member, spec.index)
+        if spec.initializer is None:
+            value = keras.random.normal(
+                spec.shape, stddev=spec.init_std, dtype=spec.dtype, seed=member_seed
+            )
+        else:
+            value = _reseed(spec.initializer, member_seed)(spec.shape, dtype=spec.dtype)
+        values.append(np.asarray(keras.ops.convert_to_numpy(value), dtype=spec.dtype))
+    return values
+
+
+def initial_population(specs, seed, population_size):
+    """Stacks `population_size` independent initial members into population tensors."""
+    members = [initial_member(specs, seed, i) for i in range(population_size)]
+    return [
+        ops.convert_to_tensor(np.stack([m[j] for m in members]))
+        for j in range(len(members[0]))
+    ]
