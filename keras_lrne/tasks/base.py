@@ -144,6 +144,12 @@ def as_arrays(x, y, argument):
     return _check_finite(x, y, argument, separate_targets=argument == "x")
 
 
+def _first_true(mask):
+    """The index of the first True of `mask`: as a tuple, and written `i, j` for messages."""
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
+    return first, ", ".join(map(str, first))
+
+
 def _check_finite(x, y, argument, separate_targets=False):
     """Fails when floating-point inputs or targets hold NaN or inf (every loss would be).
 
@@ -159,8 +165,7 @@ def _check_finite(x, y, argument, separate_targets=False):
             continue
         bad = ~np.isfinite(values)
         if bad.any():
-            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
-            index = ", ".join(map(str, first))
+            first, index = _first_true(bad)
             raise ValueError(
                 f"Received non-finite values (NaN or inf) in `{name}`{part}: {int(bad.sum())} "
                 f"of {bad.size} values are not finite, the first at index [{index}]. Every "
@@ -214,8 +219,7 @@ def _check_whole_labels(values, name, loss):
     fractional = np.isfinite(values) & (values != np.floor(values))
     if not fractional.any():
         return
-    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(fractional)), fractional.shape))
-    index = ", ".join(map(str, first))
+    first, index = _first_true(fractional)
     part = "" if name == "y" else " (its targets)"
     raise ValueError(
         f"Received labels that are not whole numbers in `{name}`{part}: the loss {loss} "
@@ -273,8 +277,7 @@ def check_sparse_labels(model, sample, labels):
             bad &= values != ignore_class
         if not bad.any():
             continue
-        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
-        index = ", ".join(map(str, first))
+        first, index = _first_true(bad)
         raise ValueError(
             f"Received labels out of range in `{name}`{part}: a sparse categorical "
             f"cross-entropy loss needs labels in [0, {num_classes}), the model having "
