@@ -18,6 +18,8 @@ __all__ = [
     "Model",
     "Sequential",
     "distribution",
+    "evaluators",
+    "evolve",
     "export_policy",
     "layers",
     "presets",
@@ -102,17 +104,19 @@ def _import_public_api():
 
     _quiet_backend_start_up()
     # Not `from keras_lrne import ...`: that would look the names up here first.
-    distribution, layers, presets, strategies, tasks = (
+    distribution, evaluators, layers, presets, strategies, tasks = (
         importlib.import_module(f"keras_lrne.{name}")
-        for name in ("distribution", "layers", "presets", "strategies", "tasks"))
+        for name in ("distribution", "evaluators", "layers", "presets", "strategies",
+                     "tasks"))
+    from keras_lrne.engine import evolve
     from keras_lrne.export import export_policy
     from keras_lrne.lineage import Lineage
     from keras_lrne.models import EvolveMixin, Model, Sequential
 
     globals().update(
-        distribution=distribution, layers=layers, presets=presets, strategies=strategies,
-        tasks=tasks, export_policy=export_policy, Lineage=Lineage, EvolveMixin=EvolveMixin,
-        Model=Model, Sequential=Sequential,
+        distribution=distribution, evaluators=evaluators, evolve=evolve, layers=layers,
+        presets=presets, strategies=strategies, tasks=tasks, export_policy=export_policy,
+        Lineage=Lineage, EvolveMixin=EvolveMixin, Model=Model, Sequential=Sequential,
     )
 
 
@@ -120,7 +124,8 @@ if not _started_by_the_command_line():
     # Written out (not `_import_public_api()`) so that static readers of the package,
     # such as the API reference's, see the public names.
     _quiet_backend_start_up()
-    from keras_lrne import distribution, layers, presets, strategies, tasks
+    from keras_lrne import distribution, evaluators, layers, presets, strategies, tasks
+    from keras_lrne.engine import evolve
     from keras_lrne.export import export_policy
     from keras_lrne.lineage import Lineage
     from keras_lrne.models import EvolveMixin, Model, Sequential

@@ -1,22 +1,30 @@
-"""Evaluators: what a task's population is scored on, generation by generation.
+"""Evaluators: what a population is scored on, generation by generation.
 
-`model.evolve()` asks its task for an evaluator (`task.evaluator(run)`) and, every
-generation, calls `evaluate(population, generation, progress)` -> `(losses, logs)` on
-what the strategy asked, then `validate(weights)` on the weights the model holds.
-Supervised tasks (arrays, language modelling) use `SupervisedEvaluator`; environment
-tasks use `EnvironmentEvaluator`, which plays episodes with the rollout engine
-(`keras_lrne.rollout`) and runs the optional two-stage re-evaluation.
+The engine (`keras_lrne.engine`) picks one evaluator per run from the task and the
+distribution, builds it from explicit arguments (the compiled population functions, the
+progress groups, the member count) and, every generation, calls
+`evaluate(population, generation, progress)` -> `(losses, logs)` on what the strategy
+asked, `complete(logs)` once the strategy has logged, then `validate(weights)` on the
+weights the model holds. Lower losses are better; NaN or inf losses rank last.
+
+- `SupervisedEvaluator`: the compiled loss on `(x, y)` data (arrays, language
+  modelling), or a compiled `keras_lrne.tasks.Fitness` on data.
+- `PythonFitnessEvaluator`: a Python `Fitness` (`per_member=True`), one call per member.
+- `EnvironmentEvaluator`: episodes played by the rollout engine (`keras_lrne.rollout`),
+  with the optional two-stage re-evaluation.
+
+`Evaluator` is the base class of all of them, and of evaluators of your own.
 """
 
 import math
 import time
+import warnings
 
 import keras
 import numpy as np
 
 from keras_lrne import backend as lrne_backend
 from keras_lrne import population as pop
-from keras_lrne.rollout import RolloutEvaluator
 
 #: At most this many progress-bar steps per generation for supervised tasks: the
 #: population is evaluated in this many compiled calls (or fewer), each a whole number of
@@ -99,56 +107,132 @@ def plan_groups(num_members, chunk_size, max_steps=None):
     return size, groups
 
 
-class SupervisedEvaluator:
-    """Scores a population on a supervised task's `(x, y)` data with the compiled loss.
+class Evaluator:
+    """Base class of evaluators: scores a population, one generation at a time.
+
+    An evaluator turns the population the strategy asked for into one loss per member
+    (lower is better; NaN and inf rank last) and the generation's logs. The engine calls,
+    every generation: `evaluate`, then (after `strategy.tell`) `complete`, then
+    `validate` on the weights the model then holds; `close` once at the end of the run.
 
     Args:
-        run: the run (`evolve()`'s `Run`: functions, batch size, validation data).
-        task: a task with `train_data(generation)`.
+        num_members: members per generation.
+        steps: progress steps per generation (the progress bar's target; batch-level
+            callbacks run once per step).
+
+    Example:
+
+    >>> class Zero(keras_lrne.evaluators.Evaluator):
+    ...     def evaluate(self, population, generation, progress=None):
+    ...         losses = np.zeros(self.num_members)
+    ...         return losses, {"loss": 0.0}
     """
 
-    def __init__(self, run, task):
-        self.run, self.task = run, task
-        self.functions = run.functions
-        self.groups = run.groups
-        self.steps = len(self.groups)
-        self.tokens_per_sample = getattr(task, "tokens_per_sample", None) or getattr(
-            task, "sequence_length", None
-        )
+    def __init__(self, num_members, steps=1):
+        self.num_members = int(num_members)
+        self.steps = int(steps)
+
+    def evaluate(self, population, generation, progress=None):
+        """Scores `population` (one tensor per evolvable variable, members first).
+
+        Args:
+            population: list of tensors of shape `(num_members, *variable.shape)`.
+            generation: the generation's index.
+            progress: a `Progress` to report steps to, or None.
+
+        Returns:
+            `(losses, logs)`: a numpy array of `num_members` losses and a dict of logs
+            (at least `loss`, the best finite loss).
+        """
+        raise NotImplementedError
+
+    def complete(self, logs):
+        """Finishes a generation's logs once the strategy has added its own (it may
+        have set `loss` to that of the weights the model will hold)."""
+
+    def validate(self, weights):
+        """Logs of `weights` (one tensor per evolvable variable) on held-out data, e.g.
+        `{"val_loss": ...}`; `{}` by default.
+
+        Returns:
+            A dict of logs.
+        """
+        return {}
+
+    def close(self):
+        """Releases what the evaluator holds (environments, workers)."""
+
+
+def fitness_logs(losses, maximize):
+    """`mean_fitness` and `median_fitness` of the finite member losses of a fitness task."""
+    sign = 1.0 if maximize else -1.0
+    mean, median, _ = finite_stats(np.asarray(losses, dtype="float64"))
+    return {"mean_fitness": -sign * mean, "median_fitness": -sign * median}
+
+
+class SupervisedEvaluator(Evaluator):
+    """Scores a population on `(x, y)` data with compiled, vectorised calls.
+
+    The objective is the one `functions` was compiled with: the model's compiled loss,
+    or minus a compiled `keras_lrne.tasks.Fitness` (pass `maximize`, which then logs
+    `fitness`, `mean_fitness` and `median_fitness` besides `loss`).
+
+    Args:
+        functions: the run's `keras_lrne.population.PopulationFunctions`.
+        groups: `(start, skip)` pairs (`plan_groups`): one compiled call and one progress
+            step each.
+        num_members: members per generation.
+        batch_size: samples per member per compiled batch (divides the sample count).
+        data: `generation -> (x, y)`; `x` and `y` are arrays or dicts/lists of arrays
+            (`y` None for a fitness without targets).
+        validation: `(x_val, y_val)` or None; logged as `val_loss`.
+        validation_batch_size: samples per batch of the validation call.
+        tokens_per_sample: tokens per sample, for `member_tokens_per_second`, or None.
+        maximize: None for a loss; True or False for a fitness (see above).
+    """
+
+    def __init__(self, functions, groups, num_members, batch_size, data, validation=None,
+                 validation_batch_size=None, tokens_per_sample=None, maximize=None):
+        super().__init__(num_members, len(groups))
+        self.functions = functions
+        self.groups = groups
+        self.batch_size = int(batch_size)
+        self.data = data
+        self.tokens_per_sample = tokens_per_sample
+        self.maximize = maximize
         self.val = None
-        if run.validation is not None:
-            x_val, y_val = run.validation
-            _, val_batch = pop.plan_chunks(1, len(x_val), run.bytes_per_sample,
-                                           population_batch_size=1)
-            self.val = (pop.batch_data(x_val, val_batch), pop.batch_data(y_val, val_batch))
+        if validation is not None:
+            x_val, y_val = validation
+            size = validation_batch_size or pop.num_samples(x_val)
+            self.val = (pop.to_tensors(pop.batch_data(x_val, size)),
+                        pop.to_tensors(pop.batch_data(y_val, size)))
         self._cached = (None, None, None)
 
     def evaluate(self, population, generation, progress=None):
         """Returns `(losses, logs)`: one mean loss per member, and the generation's logs."""
-        x, y = self.task.train_data(generation)
+        x, y = self.data(generation)
         lrne_backend.get().block(population)  # the strategy may still run asynchronously
         start = time.perf_counter()
         losses = self._losses(population, generation, x, y, progress)
         seconds = max(time.perf_counter() - start, 1e-9)
         mean, median, _ = finite_stats(losses)
-        logs = {
-            "loss": _best_finite(losses),
-            "mean_loss": mean,
-            "median_loss": median,
-            "member_evals_per_second": len(losses) / seconds,
-        }
+        logs = {"loss": _best_finite(losses)}
+        if self.maximize is None:
+            logs.update(mean_loss=mean, median_loss=median)
+        else:
+            logs.update(fitness_logs(losses, self.maximize))
+        logs["member_evals_per_second"] = len(losses) / seconds
         if self.tokens_per_sample:
             logs["member_tokens_per_second"] = (
-                len(losses) * len(x) * self.tokens_per_sample / seconds
+                len(losses) * pop.num_samples(x) * self.tokens_per_sample / seconds
             )
         return losses, logs
 
     def _losses(self, population, generation, x, y, progress):
         """One loss per member on `(x, y)`, group by group (one progress step each)."""
         if self._cached[0] is not x:
-            self._cached = (x,
-                            keras.ops.convert_to_tensor(pop.batch_data(x, self.run.batch_size)),
-                            keras.ops.convert_to_tensor(pop.batch_data(y, self.run.batch_size)))
+            self._cached = (x, pop.to_tensors(pop.batch_data(x, self.batch_size)),
+                            pop.to_tensors(pop.batch_data(y, self.batch_size)))
         functions = self.functions
         bk = lrne_backend.get()
         data = (functions.frozen_values(), functions.non_trainable_values(),
@@ -165,27 +249,135 @@ class SupervisedEvaluator:
             best = _best_finite(part.ravel(), best)
             if progress is not None:
                 progress.end({"loss": best} if math.isfinite(best) else {})
-        return np.concatenate(parts, axis=1).reshape(-1)[: self.run.strategy.num_members]
+        return np.concatenate(parts, axis=1).reshape(-1)[: self.num_members]
 
     def complete(self, logs):
-        """Finishes a generation's logs once the strategy has set `loss`."""
+        """Adds `fitness` (of the weights the model holds) for a fitness task."""
+        if self.maximize is not None:
+            logs["fitness"] = -float(logs["loss"]) if self.maximize else float(logs["loss"])
 
     def validate(self, weights):
         """`{"val_loss": ...}` of `weights` (one tensor per evolvable variable) on the
-        validation data, or `{}` without validation data."""
+        validation data (and `val_fitness` for a fitness task), or `{}` without
+        validation data."""
         if self.val is None:
             return {}
         functions = self.functions
         member = [keras.ops.expand_dims(v, 0) for v in weights]
         loss = functions.evaluate(member, functions.frozen_values(),
                                   functions.non_trainable_values(), self.val[0], self.val[1])
-        return {"val_loss": float(lrne_backend.get().to_numpy(loss)[0])}
+        loss = float(lrne_backend.get().to_numpy(loss)[0])
+        logs = {"val_loss": loss}
+        if self.maximize is not None:
+            logs["val_fitness"] = -loss if self.maximize else loss
+        return logs
 
-    def close(self):
-        pass
+
+class PythonFitnessEvaluator(Evaluator):
+    """Scores a population with a Python fitness function, one call per member.
+
+    For every member, the model's evolvable variables are loaded with the member's
+    weights and `fn(model)` is called; it returns a float. NaN, inf and a raised
+    exception count as the worst fitness; failures are counted in `failed_members` and
+    named in one warning per generation. When every member fails, the run stops with an
+    error that carries the first exception.
+
+    Args:
+        model: the model (its variables are overwritten member by member).
+        evolvable: the `VariableSpec`s of the evolved variables (`Run.evolvable`).
+        fn: `model -> float`.
+        num_members: members per generation.
+        maximize: whether higher fitness is better.
+    """
+
+    def __init__(self, model, evolvable, fn, num_members, maximize=True):
+        super().__init__(num_members, num_members)
+        self.model, self.evolvable, self.fn = model, evolvable, fn
+        self.maximize = bool(maximize)
+
+    def evaluate(self, population, generation, progress=None):
+        start = time.perf_counter()
+        fitness, errors = self._fitness(population, generation, progress)
+        seconds = max(time.perf_counter() - start, 1e-9)
+        return self._finish(fitness, errors, generation, seconds)
+
+    def _fitness(self, population, generation, progress):
+        """`(fitness, errors)`: one float per member (NaN when it failed), and
+        `[(member, exception)]`."""
+        arrays = [lrne_backend.get().to_numpy(v) for v in population]
+        best = [-math.inf if self.maximize else math.inf]
+
+        def reported(member, value):
+            if progress is None:
+                return
+            if math.isfinite(value):
+                best[0] = max(best[0], value) if self.maximize else min(best[0], value)
+            progress.end({"fitness": best[0]} if math.isfinite(best[0]) else {})
+
+        return member_fitness(self.model, self.evolvable, self.fn, arrays,
+                              range(self.num_members), on_member=reported)
+
+    def _finish(self, fitness, errors, generation, seconds):
+        fitness = np.asarray(fitness, dtype="float64")
+        if errors and len(errors) == len(fitness):
+            member, error = errors[0]
+            raise RuntimeError(
+                f"Every member's fitness raised an exception in generation {generation}; "
+                f"the first, of member {member}: {type(error).__name__}: {error}"
+            ) from error
+        if errors:
+            member, error = errors[0]
+            warnings.warn(
+                f"Generation {generation}: the fitness function raised for "
+                f"{len(errors)} of {len(fitness)} members (they rank last); the first, of "
+                f"member {member}: {type(error).__name__}: {error}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        losses = -fitness if self.maximize else fitness.copy()
+        losses[~np.isfinite(losses)] = np.inf
+        logs = {"loss": _best_finite(losses), **fitness_logs(losses, self.maximize),
+                "failed_members": len(errors),
+                "member_evals_per_second": len(losses) / seconds}
+        return losses, logs
+
+    def complete(self, logs):
+        """Adds `fitness` (of the weights the model holds)."""
+        logs["fitness"] = -float(logs["loss"]) if self.maximize else float(logs["loss"])
 
 
-class EnvironmentEvaluator:
+def member_fitness(model, evolvable, fn, arrays, members, on_member=None):
+    """Calls `fn(model)` for each of `members` with the model holding that member.
+
+    Args:
+        model: the model; its evolvable variables are overwritten.
+        evolvable: the evolved `VariableSpec`s.
+        fn: `model -> float`.
+        arrays: numpy population arrays, one per evolvable variable (members first).
+        members: row indices into `arrays`.
+        on_member: `(member, fitness)` called after each member, or None.
+
+    Returns:
+        `(fitness, errors)`: floats (NaN for a member whose call raised or returned a
+        non-number), and `[(member, exception)]`.
+    """
+    variables = model.trainable_variables
+    fitness, errors = [], []
+    for row, member in enumerate(members):
+        for spec, values in zip(evolvable, arrays):
+            variables[spec.index].assign(values[row])
+        try:
+            value = float(fn(model))
+        except Exception as error:  # the member fails; the run goes on
+            errors.append((int(member), error))
+            value = math.nan
+        fitness.append(value)
+        if on_member is not None:
+            on_member(int(member), value)
+    return fitness, errors
+
+
+class EnvironmentEvaluator(Evaluator):
     """Scores a population by playing episodes (loss = -mean episode return).
 
     With the task's `reevaluate_top` / `reevaluate_episodes` (two-stage selection, the
@@ -196,15 +388,15 @@ class EnvironmentEvaluator:
     +inf, so only they can be selected.
 
     Args:
-        run: the run (`evolve()`'s `Run`).
         task: a `keras_lrne.tasks.Environment`.
-        rollout: what plays the episodes (default: a `keras_lrne.rollout.RolloutEvaluator`
-            on this process's environments).
+        strategy: the run's strategy (two-stage selection needs truncation selection).
+        rollout: what plays the episodes: a `keras_lrne.rollout.RolloutEvaluator` on this
+            process's environments, or one on Ray workers.
     """
 
-    def __init__(self, run, task, rollout=None):
+    def __init__(self, task, strategy, rollout):
         self.task = task
-        members = run.strategy.num_members
+        members = strategy.num_members
         self.top = getattr(task, "reevaluate_top", None)
         self.second_episodes = getattr(task, "reevaluate_episodes", None)
         if self.top is not None:
@@ -213,14 +405,14 @@ class EnvironmentEvaluator:
                     "Received an invalid value for `reevaluate_top`, expected at most the "
                     f"strategy's {members} members. Received: reevaluate_top={self.top}"
                 )
-            parents = getattr(run.strategy, "num_parents", None)
+            parents = getattr(strategy, "num_parents", None)
             if parents is None:
                 raise ValueError(
                     "Two-stage selection (`reevaluate_top`) needs a strategy that selects "
                     "parents by truncation, such as `GA`: it gives every member outside the "
                     "re-evaluated top the worst loss, which would corrupt the update of "
-                    f"{type(run.strategy).__name__}. Received: reevaluate_top={self.top} "
-                    f"with strategy={run.strategy!r}"
+                    f"{type(strategy).__name__}. Received: reevaluate_top={self.top} "
+                    f"with strategy={strategy!r}"
                 )
             if self.top < parents:
                 raise ValueError(
@@ -228,10 +420,10 @@ class EnvironmentEvaluator:
                     f"strategy's num_parents={parents} (only re-evaluated members can "
                     f"become parents). Received: reevaluate_top={self.top}"
                 )
-        self.rollout = rollout or RolloutEvaluator(run.model, run.functions, task, members,
-                                                   run.seed)
+        self.rollout = rollout
         self.first_steps = members * task.episodes
-        self.steps = self.first_steps + (self.top or 0) * (self.second_episodes or 0)
+        super().__init__(members, self.first_steps
+                         + (self.top or 0) * (self.second_episodes or 0))
 
     def evaluate(self, population, generation, progress=None):
         """Returns `(losses, logs)`: minus the mean return per member, and the logs."""

@@ -106,12 +106,14 @@ class Lineage:
         order (GA lineages)."""
         from keras_lrne.strategies.ga import chain_of
 
-        self._check_index(generation, member)
+        self.check_index(generation, member)
         if "parents" not in self.records and self._count:
             raise ValueError("`chain()` needs a GA lineage (parents and seeds).")
         return chain_of(self.parents, self.seeds, generation, member)
 
-    def _check_index(self, generation, member):
+    def check_index(self, generation, member):
+        """Fails, naming the value, unless `generation` is a recorded population and
+        `member` (or None) one of its members."""
         if not 0 <= generation < self.num_generations:
             raise ValueError(
                 "Received an invalid value for `generation`, expected 0 <= generation < "
@@ -197,7 +199,7 @@ class Lineage:
                 "Received an invalid value for `model`, expected a built model with "
                 f"trainable variables. Received: model={getattr(model, 'name', model)!r}"
             )
-        self._check_index(generation, member)
+        self.check_index(generation, member)
         strategy = self.strategy()
         specs = genome.collect_variable_specs(
             model, freeze_normalization=self.settings.get("freeze_normalization", True)

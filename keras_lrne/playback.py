@@ -137,7 +137,7 @@ def make_play_env(marker, env_id=None, max_episode_steps=None, render=False):
             return np.asarray(last["obs"])[0, -1]
 
         return _Adapter(env, reset, step, render), task.observation_space, cap
-    gymnasium = tasks.environment._require_gymnasium()
+    gymnasium = tasks.environment.require_gymnasium()
     tasks.environment.check_env_id(env_id, "--env")
     kwargs = dict(marker.get("env_kwargs") or {})
     if render and kind == "carracing":  # gymnasium ids replay in a separate process

@@ -77,20 +77,50 @@ def plan_chunks(population_size, num_samples, bytes_per_member_sample,
 
 
 def batch_data(array, batch_size):
-    """Reshapes `(N, ...)` to `(N // batch_size, batch_size, ...)`."""
+    """Reshapes `(N, ...)` to `(N // batch_size, batch_size, ...)`; a dict or list of
+    arrays (several inputs or outputs) keeps its structure, every array reshaped."""
+    if array is None:
+        return None
+    if isinstance(array, dict):
+        return {key: batch_data(value, batch_size) for key, value in array.items()}
+    if isinstance(array, (list, tuple)) and array and _is_array_list(array):
+        return [batch_data(value, batch_size) for value in array]
     array = np.asarray(array)
     return array.reshape((array.shape[0] // batch_size, batch_size) + array.shape[1:])
 
 
-def mean_loss_fn(loss):
-    """A function `(y_true, y_pred) -> scalar mean loss` from what `compile()` received.
+def _is_array_list(values):
+    return all(isinstance(v, (dict, list, tuple)) or hasattr(v, "shape") for v in values)
 
-    None when no loss was given (environment tasks compute their own losses).
-    """
-    if loss is None:
+
+def to_tensors(value):
+    """Converts an array, or a dict/list of arrays, to backend tensors (None stays)."""
+    if value is None:
         return None
-    fn = keras.losses.get(loss) if isinstance(loss, (str, dict)) else loss
+    return keras.tree.map_structure(ops.convert_to_tensor, value)
 
+
+def batch(value, k):
+    """Batch `k` of batched data (`batch_data`), whatever its structure."""
+    if value is None:
+        return None
+    return keras.tree.map_structure(lambda t: t[k], value)
+
+
+def num_samples(value):
+    """The leading dimension of an array, or of the first array of a dict/list."""
+    return int(np.shape(keras.tree.flatten(value)[0])[0])
+
+
+def objective_for(model, task):
+    """The per-member objective `(y, outputs) -> scalar` a task brings (a
+    `keras_lrne.tasks.Fitness`'s), or None: the model's compiled loss is used."""
+    objective = getattr(task, "objective", None)
+    return objective() if callable(objective) else None
+
+
+def _single_loss(loss):
+    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
     bk = lrne_backend.get()
 
     def mean_loss(y_true, y_pred):
@@ -98,6 +128,88 @@ def mean_loss_fn(loss):
         return bk.unscale_replica_loss(value, fn)
 
     return mean_loss
+
+
+def _output_names(model):
+    try:
+        return list(model.output_names)
+    except (AttributeError, ValueError):
+        return []
+
+
+def loss_weights(model):
+    """The `loss_weights` given to `compile()`, or None."""
+    config = getattr(model, "_compile_config", None)
+    config = getattr(config, "config", None) or {}
+    return config.get("loss_weights")
+
+
+def mean_loss_fn(loss, model=None):
+    """A function `(y_true, y_pred) -> scalar mean loss` from what `compile()` received.
+
+    For a model with several outputs, `loss` may be one loss (applied to every output),
+    a list (one per output, in order) or a dict keyed by output name (as `compile()`
+    takes it; None skips an output); the targets are then a list or a dict of arrays, and
+    the loss is the sum over outputs, weighted by `compile(loss_weights=...)`.
+
+    None when no loss was given (environment tasks compute their own losses).
+    """
+    if loss is None:
+        return None
+    names = _output_names(model) if model is not None else []
+    weights = loss_weights(model) if model is not None else None
+    if not isinstance(loss, (dict, list, tuple)) and not weights:
+        return _single_loss(loss)
+
+    def per_output(value, kind):
+        """A list aligned with the flat outputs, from a single value, list or dict."""
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"Received `{kind}` keys that are not outputs of the model: {unknown}. "
+                    f"The model's outputs are {names}. Received: {kind}={value!r}"
+                )
+            return [value.get(name) for name in names]
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        return None
+
+    losses = per_output(loss, "loss")
+    weight_list = per_output(weights, "loss_weights") if weights is not None else None
+
+    def structured(y_true, y_pred):
+        if isinstance(y_pred, dict):
+            keys = names if set(names) == set(y_pred) else list(y_pred)
+            predictions = [y_pred[k] for k in keys]
+        else:
+            predictions = list(y_pred) if isinstance(y_pred, (list, tuple)) else [y_pred]
+        count = len(predictions)
+        if isinstance(y_true, dict):
+            keys = names if set(names) <= set(y_true) and names else list(y_true)
+            targets = [y_true[k] for k in keys]
+        else:
+            targets = list(y_true) if isinstance(y_true, (list, tuple)) else [y_true]
+        fns = losses if losses is not None else [loss] * count
+        ws = weight_list if weight_list is not None else [None] * count
+        if len(fns) != count or len(targets) != count or len(ws) != count:
+            raise ValueError(
+                f"The model has {count} outputs, but received {len(fns)} losses, "
+                f"{len(targets)} targets and {len(ws)} loss weights: give one of each per "
+                "output (a list in output order, or a dict keyed by output name). "
+                f"Received: loss={loss!r}, loss_weights={weights!r}"
+            )
+        total = None
+        for fn, w, target, prediction in zip(fns, ws, targets, predictions):
+            if fn is None:
+                continue
+            value = _single_loss(fn)(target, prediction)
+            if w is not None:
+                value = value * float(w)
+            total = value if total is None else total + value
+        return total
+
+    return structured
 
 
 class PopulationFunctions:
@@ -115,6 +227,9 @@ class PopulationFunctions:
             device).
         population_size: members per generation (needed with `distribution`: the
             population is padded to a multiple of the device count).
+        objective: `(y, outputs) -> scalar` to minimise per member and batch, in place of
+            the loss (e.g. minus a `keras_lrne.tasks.Fitness`'s function); `y` is None
+            for data without targets.
 
     Attributes:
         evaluate: `(population, frozen, non_trainable, x, y) -> (P,)` losses, on the
@@ -126,14 +241,14 @@ class PopulationFunctions:
     """
 
     def __init__(self, model, specs, loss, chunk_size, group_size=None, distribution=None,
-                 population_size=None):
+                 population_size=None, objective=None):
         self.model = model
         self.specs = specs
         self.chunk_size = int(chunk_size)
         self.group_size = None if group_size is None else int(group_size)
         self.distribution = distribution
         self.num_devices = 1 if distribution is None else distribution.num_devices
-        self._loss_fn = mean_loss_fn(loss)
+        self._loss_fn = objective if objective is not None else mean_loss_fn(loss, model)
         self._evolvable = [s.index for s in specs if s.evolvable]
         self._frozen = [s.index for s in specs if not s.evolvable]
         self.trace_counts = {"evaluate": 0}
@@ -172,7 +287,9 @@ class PopulationFunctions:
     def non_trainable_values(self):
         return [v.value for v in self.model.non_trainable_variables]
 
-    def _assemble(self, member, frozen):
+    def assemble(self, member, frozen):
+        """All trainable values in `model.trainable_variables` order: `member`'s evolved
+        ones (one per evolvable variable) and the shared `frozen` ones."""
         values = [None] * len(self.specs)
         for i, v in zip(self._evolvable, member):
             values[i] = v
@@ -192,13 +309,13 @@ class PopulationFunctions:
             population = [
                 ops.concatenate([v, v[: padded - size]], axis=0) for v in population
             ]
-        num_batches = x.shape[0]
+        num_batches = keras.tree.flatten(x)[0].shape[0]
         # `stateless_call` forwards keyword arguments to `call()` as they are.
         kwargs = {"training": False} if getattr(self.model, "_call_has_training_arg", True) else {}
 
         def batch_losses(members, xb, yb):
             def member_loss(member):
-                trainable = self._assemble(member, frozen)
+                trainable = self.assemble(member, frozen)
                 y_pred, _ = self.model.stateless_call(trainable, non_trainable, xb, **kwargs)
                 return self._loss_fn(yb, y_pred)
 
@@ -207,10 +324,10 @@ class PopulationFunctions:
 
         def chunk_losses(members):
             if num_batches == 1:
-                return batch_losses(members, x[0], y[0])
+                return batch_losses(members, batch(x, 0), batch(y, 0))
 
             def body(k, total):
-                return total + batch_losses(members, x[k], y[k])
+                return total + batch_losses(members, batch(x, k), batch(y, k))
 
             total = ops.fori_loop(0, num_batches, body, ops.zeros((chunk,), "float32"))
             return total / num_batches
@@ -229,7 +346,8 @@ def estimate_bytes_per_member_sample(model, x_sample):
     The output (e.g. logits) dominates for language models; it is counted four times
     (logits, softmax, log-softmax and a temporary), inputs and a margin once more.
     """
-    y = model(x_sample[:1], training=False)
+    first = keras.tree.map_structure(lambda a: a[:1], x_sample)
+    y = model(first, training=False)
     out = sum(int(np.prod(t.shape[1:])) for t in keras.tree.flatten(y))
-    inp = int(np.prod(np.shape(x_sample)[1:]))
+    inp = sum(int(np.prod(np.shape(a)[1:])) for a in keras.tree.flatten(x_sample))
     return 4 * (4 * out + 64 * inp) + 4096

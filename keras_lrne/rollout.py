@@ -128,7 +128,7 @@ class RolloutEvaluator:
             member, x = args
             x = self.task.device_input(x)
             out, _ = self.model.stateless_call(
-                self.functions._assemble(member, frozen), non_trainable, x[None],
+                self.functions.assemble(member, frozen), non_trainable, x[None],
                 **self._kwargs,
             )
             return ops.reshape(ops.cast(out, "float32"), (-1,))

@@ -27,9 +27,9 @@ def add_parser(commands, formatter_class):
 
 def has_box_actions(env_id):
     """Whether the gymnasium environment `env_id` has a continuous (Box) action space."""
-    from keras_lrne.tasks.environment import _require_gymnasium, check_env_id
+    from keras_lrne.tasks.environment import check_env_id, require_gymnasium
 
-    gymnasium = _require_gymnasium()
+    gymnasium = require_gymnasium()
     check_env_id(env_id, "--env")
     env = gymnasium.make(env_id)
     try:

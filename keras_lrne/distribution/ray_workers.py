@@ -12,7 +12,12 @@ import numpy as np
 
 from keras_lrne import _optional
 from keras_lrne._validation import check_int, is_int
-from keras_lrne.evaluators import MAX_PROGRESS_STEPS, EnvironmentEvaluator, SupervisedEvaluator
+from keras_lrne.evaluators import (
+    MAX_PROGRESS_STEPS,
+    EnvironmentEvaluator,
+    PythonFitnessEvaluator,
+    SupervisedEvaluator,
+)
 
 #: A chunk whose worker died is handed out again at most this many times.
 MAX_CHUNK_ATTEMPTS = 3
@@ -144,16 +149,29 @@ class RayWorkers:
         return ray
 
     def evaluator(self, run, task):
-        """Starts the workers and returns `run`'s evaluator (what `evolve()` calls)."""
+        """Starts the workers and returns the evaluator of `run` (a
+        `keras_lrne.engine.Run`) on `task`, whose members the workers evaluate."""
+        from keras_lrne import engine
+
+        members = run.strategy.num_members
+        if getattr(task, "per_member", False):  # a Python Fitness: chunks of members
+            group = min(members, -(-members // MAX_PROGRESS_STEPS))
+            self.start(run, task, group)
+            return _PythonFitness(self, run, task, group)
         if task.supervised:
             self.start(run, task, run.group_size)
-            return _Supervised(self, run, task)
+            return _Supervised(
+                self, run, run.functions, run.groups, members, run.batch_size,
+                task.train_data, validation=run.validation,
+                validation_batch_size=engine.validation_batch_size(run),
+                tokens_per_sample=engine.tokens_per_sample(task),
+                maximize=getattr(task, "maximize", None))
         # Chunks of at least 8 members (or all), whatever the worker count: each worker
         # plays a chunk on its own vector environment.
-        members = run.strategy.num_members
         group = min(members, max(-(-members // MAX_PROGRESS_STEPS), MIN_ENV_CHUNK))
         self.start(run, task, group)
-        return EnvironmentEvaluator(run, task, rollout=_Rollout(self, run, task, group))
+        return EnvironmentEvaluator(task, run.strategy,
+                                    rollout=_Rollout(self, run, task, group))
 
     def _check_reachable(self):
         """Fails within `CONNECT_TIMEOUT_SECONDS` when the cluster's address does not
@@ -301,9 +319,9 @@ class RayWorkers:
 class _Supervised(SupervisedEvaluator):
     """`SupervisedEvaluator` whose groups are evaluated by the workers."""
 
-    def __init__(self, workers, run, task):
-        super().__init__(run, task)
-        self.workers = workers
+    def __init__(self, workers, run, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.workers, self.run = workers, run
 
     def _losses(self, population, generation, x, y, progress):
         size = self.run.group_size
@@ -321,6 +339,36 @@ class _Supervised(SupervisedEvaluator):
                                    chunks, {}, reported)
         return np.concatenate([reply["losses"][skip:]
                                for reply, (_, skip) in zip(replies, self.groups)])
+
+    def close(self):
+        self.workers.close()
+
+
+class _PythonFitness(PythonFitnessEvaluator):
+    """`PythonFitnessEvaluator` whose members are scored in the workers."""
+
+    def __init__(self, workers, run, task, group_size):
+        super().__init__(run.model, run.evolvable, task.fn, run.strategy.num_members,
+                         task.maximize)
+        self.workers, self.run, self.group_size = workers, run, group_size
+
+    def _fitness(self, population, generation, progress):
+        members = np.arange(self.num_members)
+        chunks = [members[i: i + self.group_size]
+                  for i in range(0, self.num_members, self.group_size)]
+        finished = [0]
+
+        def reported(done, reply):
+            finished[0] += len(reply["fitness"])
+            if progress is not None:
+                progress.advance_to(finished[0])
+
+        replies = self.workers.map(self.run.strategy, self.run.lineage.records, generation,
+                                   chunks, {}, reported)
+        fitness = np.concatenate([np.asarray(r["fitness"], "float64") for r in replies])
+        errors = [(int(chunk[row]), error) for chunk, r in zip(chunks, replies)
+                  for row, error in r["errors"]]
+        return fitness, errors
 
     def close(self):
         self.workers.close()
@@ -376,6 +424,14 @@ class _Rollout:
         self.workers.close()
 
 
+def _picklable(error):
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
 class _Worker:
     """A Ray actor: one model, its compiled population functions and the task."""
 
@@ -391,12 +447,16 @@ class _Worker:
         self.state = self.strategy.worker_init(evolvable, spec["seed"])
         self.synced = 0
         self.supervised = bool(getattr(self.task, "supervised", True))
+        self.per_member = bool(getattr(self.task, "per_member", False))
+        self.evolvable = evolvable
         loss = getattr(self.model, "loss", None) if self.supervised else None
-        self.functions = pop.PopulationFunctions(self.model, specs, loss, spec["chunk_size"])
+        objective = pop.objective_for(self.model, self.task) if self.supervised else None
+        self.functions = pop.PopulationFunctions(self.model, specs, loss, spec["chunk_size"],
+                                                 objective=objective)
         self.batch_size = spec["batch_size"]
         self._data = (None, None, None)
         self.rollout = None
-        if not self.supervised:
+        if not self.supervised and not self.per_member:
             from keras_lrne.rollout import RolloutEvaluator
 
             self.rollout = RolloutEvaluator(self.model, self.functions, self.task,
@@ -424,13 +484,19 @@ class _Worker:
         members = self.strategy.worker_members(self.state, payload)
         bk = lrne_backend.get()
         functions = self.functions
-        if self.supervised:
-            import keras
+        if self.per_member:
+            from keras_lrne.evaluators import member_fitness
 
+            arrays = [bk.to_numpy(v) for v in members]
+            fitness, errors = member_fitness(self.model, self.evolvable, self.task.fn,
+                                             arrays, range(len(arrays[0])))
+            # Rows of the chunk; exceptions travel as their repr if they cannot be pickled.
+            return {"fitness": fitness, "errors": [(m, _picklable(e)) for m, e in errors]}
+        if self.supervised:
             x, y = self.task.train_data(generation)
             if self._data[0] is not x:
-                self._data = (x, keras.ops.convert_to_tensor(pop.batch_data(x, self.batch_size)),
-                              keras.ops.convert_to_tensor(pop.batch_data(y, self.batch_size)))
+                self._data = (x, pop.to_tensors(pop.batch_data(x, self.batch_size)),
+                              pop.to_tensors(pop.batch_data(y, self.batch_size)))
             losses = functions.evaluate(members, functions.frozen_values(),
                                         functions.non_trainable_values(), *self._data[1:])
             return {"losses": bk.to_numpy(losses)}

@@ -5,6 +5,7 @@ from keras_lrne.tasks.base import ArrayTask, Task
 from keras_lrne.tasks.car_racing import CarRacing
 from keras_lrne.tasks.control import Control
 from keras_lrne.tasks.environment import Environment
+from keras_lrne.tasks.fitness import Fitness
 from keras_lrne.tasks.language_modeling import LanguageModeling
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "CarRacing",
     "Control",
     "Environment",
+    "Fitness",
     "LanguageModeling",
     "Task",
 ]

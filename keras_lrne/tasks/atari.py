@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_lrne._validation import check_int
 from keras_lrne.tasks._ale_vector import AleVectorEnv, _require_ale
-from keras_lrne.tasks.environment import Environment, _require_gymnasium
+from keras_lrne.tasks.environment import Environment, require_gymnasium
 
 VERSIONS = ("v4", "v5")
 _FRAME_STACK = 4
@@ -122,7 +122,7 @@ class Atari(Environment):
     def __init__(self, game, *, episodes=1, max_episode_steps=2500, noop_max=30, version="v4",
                  full_action_space=False, num_envs=None, num_threads=None,
                  reevaluate_top=None, reevaluate_episodes=None):
-        _require_gymnasium()
+        require_gymnasium()
         self._set_reevaluation(reevaluate_top, reevaluate_episodes)
         check_int("episodes", episodes)
         check_int("max_episode_steps", max_episode_steps)

@@ -22,15 +22,9 @@ class Task:
         """Returns `(x, y)` numpy arrays, or None."""
         return None
 
-    #: Whether the task is scored on `(x, y)` data with the model's compiled loss.
+    #: Whether the task is scored on `(x, y)` data (with the model's compiled loss, or
+    #: a compiled `Fitness`); the engine (`keras_lrne.engine`) picks the evaluator.
     supervised = True
-
-    def evaluator(self, run):
-        """The evaluator `evolve()` uses for this task (see `keras_lrne.evaluators`):
-        by default the compiled loss on `train_data(generation)`."""
-        from keras_lrne.evaluators import SupervisedEvaluator
-
-        return SupervisedEvaluator(run, self)
 
     def fingerprint(self):
         """What determines this task's losses, as a JSON-able dict.
@@ -54,8 +48,43 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
+def is_structure(value):
+    """Whether `value` holds several arrays: a dict, or a list/tuple of arrays (as Keras
+    takes for models with several inputs or outputs)."""
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, (list, tuple)) and bool(value) and all(
+        isinstance(v, (dict, list, tuple)) or len(np.shape(v)) >= 1 for v in value)
+
+
+def leaves(value, argument):
+    """`[(name, array)]` for every array of `value` (an array, or a dict/list of arrays),
+    named as in messages: `x`, `x['token_ids']`, `x[1]`."""
+    if isinstance(value, dict):
+        return [item for key in value for item in leaves(value[key], f"{argument}[{key!r}]")]
+    if is_structure(value):
+        return [item for i, v in enumerate(value) for item in leaves(v, f"{argument}[{i}]")]
+    return [(argument, value)]
+
+
+def map_arrays(fn, value):
+    """Applies `fn` to every array of `value`, keeping its dict/list structure."""
+    if isinstance(value, dict):
+        return {key: map_arrays(fn, v) for key, v in value.items()}
+    if is_structure(value):
+        return type(value)(map_arrays(fn, v) for v in value) if isinstance(value, tuple) \
+            else [map_arrays(fn, v) for v in value]
+    return fn(value)
+
+
+def num_samples(value):
+    """The number of samples (leading dimension) of an array or a structure of them."""
+    return int(np.shape(leaves(value, "x")[0][1])[0])
+
+
 def dataset_to_arrays(dataset, argument):
-    """Materialises a finite `tf.data.Dataset` of `(x, y)` batches into two arrays."""
+    """Materialises a finite `tf.data.Dataset` of `(x, y)` batches into arrays (or dicts
+    or lists of arrays, as the dataset yields them)."""
     from keras_lrne._tf import import_tensorflow
 
     tf = import_tensorflow("A tf.data.Dataset input")
@@ -71,22 +100,34 @@ def dataset_to_arrays(dataset, argument):
                 f"Expected `{argument}` to yield `(x, y)` batches, as for `fit()`. "
                 f"Received an element of type {type(element).__name__}"
             )
-        xs.append(np.asarray(element[0]))
-        ys.append(np.asarray(element[1]))
+        xs.append(element[0])
+        ys.append(element[1])
     if not xs:
         raise ValueError(
             f"Received an empty dataset for `{argument}`. Received: {argument}={dataset}"
         )
+
+    def concatenate(batches):
+        first = batches[0]
+        if isinstance(first, dict):
+            return {k: concatenate([b[k] for b in batches]) for k in first}
+        if isinstance(first, (list, tuple)):
+            return [concatenate([b[i] for b in batches]) for i in range(len(first))]
+        return np.concatenate([np.asarray(b) for b in batches])
+
     # Like `fit()`, dataset elements are batches.
-    return _check_finite(np.concatenate(xs), np.concatenate(ys), argument)
+    return _check_finite(concatenate(xs), concatenate(ys), argument)
 
 
 class ArrayTask(Task):
     """Evaluates every member on the same arrays every generation.
 
     Args:
-        x: inputs, numpy array or tensor, or a finite `tf.data.Dataset` of `(x, y)`.
-        y: targets (None when `x` is a dataset).
+        x: inputs: a numpy array or tensor, a dict or list of them for a model with
+            several inputs (as `fit()` takes them), or a finite `tf.data.Dataset` of
+            `(x, y)`.
+        y: targets (None when `x` is a dataset): an array, or a dict or list of arrays
+            for a model with several outputs.
         validation_data: `(x_val, y_val)`, a `tf.data.Dataset` of them, or None.
     """
 
@@ -96,12 +137,9 @@ class ArrayTask(Task):
         self.targets_argument = "x" if y is None else "y"
         self._validation = None
         if validation_data is not None:
-            if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
-                self._validation = as_arrays(validation_data[0], validation_data[1],
-                                             "validation_data")
-            else:
-                self._validation = as_arrays(validation_data, None, "validation_data")
-        if self.x.ndim == 2 and np.issubdtype(self.x.dtype, np.integer):
+            self._validation = as_validation(validation_data)
+        if (not is_structure(self.x) and self.x.ndim == 2
+                and np.issubdtype(self.x.dtype, np.integer)):
             self.tokens_per_sample = int(self.x.shape[1])
 
     def train_data(self, generation):
@@ -112,15 +150,35 @@ class ArrayTask(Task):
 
     def fingerprint(self):
         """The class and a SHA-256 of every byte, dtype and shape of the data."""
-        from keras_lrne.checkpoint import streaming_digest
-
         validation = self._validation or (None, None)
-        return {"class": type(self).__name__, "x": streaming_digest(self.x),
-                "y": streaming_digest(self.y), "validation": streaming_digest(*validation)}
+        return {"class": type(self).__name__, "x": data_digest(self.x),
+                "y": data_digest(self.y), "validation": data_digest(*validation)}
 
 
-def as_arrays(x, y, argument):
-    """Normalises `x, y` (arrays, tensors or a dataset) to a pair of numpy arrays."""
+def data_digest(*values):
+    """SHA-256 of arrays (or dicts/lists of arrays): every byte, dtype, shape and key."""
+    from keras_lrne.checkpoint import streaming_digest
+
+    arrays = []
+    for value in values:
+        if value is not None and is_structure(value):
+            for name, array in leaves(value, ""):
+                arrays += [np.asarray(name), array]
+        else:
+            arrays.append(value)
+    return streaming_digest(*arrays)
+
+
+def as_validation(validation_data):
+    """Normalises `validation_data` (`(x_val, y_val)` or a dataset) to arrays."""
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+        return as_arrays(validation_data[0], validation_data[1], "validation_data")
+    return as_arrays(validation_data, None, "validation_data")
+
+
+def as_arrays(x, y, argument, require_targets=True):
+    """Normalises `x, y` (arrays, tensors, dicts/lists of them, or a dataset) to numpy
+    arrays of the same structure; checks counts, dtypes and finiteness."""
     if hasattr(x, "element_spec"):
         if y is not None:
             raise ValueError(
@@ -128,20 +186,35 @@ def as_arrays(x, y, argument):
                 f"Received: y of type {type(y).__name__}"
             )
         return dataset_to_arrays(x, argument)
-    if y is None:
+    if y is None and require_targets:
         raise ValueError(
             f"Received no targets for `{argument}`: pass `y`, a tf.data.Dataset of `(x, y)`, "
             f"or a task such as `keras_lrne.tasks.LanguageModeling`. Received: y=None"
         )
-    x, y = _to_numpy(x), _to_numpy(y)
-    if x.shape[0] == 0:
-        raise ValueError(f"Received an empty array for `{argument}`. Received: shape={x.shape}")
-    if x.shape[0] != y.shape[0]:
+    x = map_arrays(_to_numpy, x)
+    y = None if y is None else map_arrays(_to_numpy, y)
+    separate = argument == "x"
+    x_leaves = leaves(x, argument)
+    y_leaves = [] if y is None else leaves(y, "y" if separate else argument)
+    for name, array in x_leaves + y_leaves:
+        if array.ndim == 0 or array.shape[0] == 0:
+            raise ValueError(
+                f"Received an empty array for `{name}`: it needs a leading sample axis with "
+                f"at least one sample. Received: shape={array.shape}"
+            )
+    counts = {name: array.shape[0] for name, array in x_leaves + y_leaves}
+    if len(set(counts.values())) > 1:
+        if len(counts) == 2 and y is not None and not is_structure(x) and not is_structure(y):
+            raise ValueError(
+                f"`{argument}` and its targets have different numbers of samples. "
+                f"Received: x.shape={x.shape}, y.shape={y.shape}"
+            )
+        listed = ", ".join(f"{name}: {n}" for name, n in counts.items())
         raise ValueError(
-            f"`{argument}` and its targets have different numbers of samples. "
-            f"Received: x.shape={x.shape}, y.shape={y.shape}"
+            f"The arrays of `{argument}` have different numbers of samples (the leading "
+            f"dimension must agree). Received: {listed}"
         )
-    return _check_finite(x, y, argument, separate_targets=argument == "x")
+    return _check_finite(x, y, argument, separate_targets=separate)
 
 
 def _first_true(mask):
@@ -155,9 +228,11 @@ def _check_finite(x, y, argument, separate_targets=False):
 
     `separate_targets`: the targets were passed as `y` (arrays), not inside `argument`.
     """
-    checks = ((x, argument, "" if separate_targets else " (its inputs)"),
-              (y, "y" if separate_targets else argument, "" if separate_targets
-               else " (its targets)"))
+    checks = [(values, name, "" if separate_targets else " (its inputs)")
+              for name, values in leaves(x, argument)]
+    if y is not None:
+        checks += [(values, name, "" if separate_targets else " (its targets)")
+                   for name, values in leaves(y, "y" if separate_targets else argument)]
     for values, name, part in checks:
         _check_numeric(values, name, part)
     for values, name, part in checks:
@@ -251,6 +326,9 @@ def check_sparse_labels(model, sample, labels):
     sparse, ignore_class = _sparse_loss_ignore_class(getattr(model, "loss", None))
     if not sparse:
         return
+    # Several outputs' targets (dicts or lists of arrays) are not checked here.
+    labels = {name: values for name, values in labels.items()
+              if values is not None and not is_structure(values)}
     for name, values in labels.items():
         if values is not None:
             _check_whole_labels(np.asarray(values), name, _loss_name(model.loss))

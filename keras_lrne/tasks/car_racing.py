@@ -3,7 +3,7 @@
 import numpy as np
 
 from keras_lrne._optional import require
-from keras_lrne.tasks.environment import Environment, _require_gymnasium
+from keras_lrne.tasks.environment import Environment, require_gymnasium
 
 _FRAME_STACK = 4
 _SIZE = 64
@@ -94,7 +94,7 @@ class CarRacing(Environment):
     def __init__(self, *, episodes=2, max_episode_steps=1000, early_termination=True,
                  action_transform="identity", num_envs=None, reevaluate_top=None,
                  reevaluate_episodes=None):
-        _require_gymnasium()
+        require_gymnasium()
         _require_box2d()
         if not isinstance(early_termination, bool):
             raise ValueError(
@@ -119,7 +119,7 @@ class CarRacing(Environment):
 
     def make_env(self):
         """One `CarRacing-v3` with a step cap and a 4-frame stack: `(4, 96, 96, 3)` uint8."""
-        gymnasium = _require_gymnasium()
+        gymnasium = require_gymnasium()
         env = super().make_env()
         return gymnasium.wrappers.FrameStackObservation(env, _FRAME_STACK)
 

@@ -1,6 +1,6 @@
 """`Control`: evolve policies on continuous-control gymnasium environments (MuJoCo, ...)."""
 
-from keras_lrne.tasks.environment import Environment, _require_gymnasium, check_env_id
+from keras_lrne.tasks.environment import Environment, check_env_id, require_gymnasium
 
 CONTROL_TRANSFORMS = ("tanh", "clip", "identity")
 
@@ -57,7 +57,7 @@ class Control(Environment):
     def __init__(self, env_id, *, episodes=1, max_episode_steps=None, normalize_observations=True,
                  action_transform="tanh", num_envs=None, env_kwargs=None, reevaluate_top=None,
                  reevaluate_episodes=None):
-        _require_gymnasium()
+        require_gymnasium()
         if not isinstance(env_id, str):
             raise ValueError(
                 "Received an invalid value for `env_id`, expected a gymnasium id such as "
@@ -81,7 +81,7 @@ class Control(Environment):
                          reevaluate_episodes=reevaluate_episodes)
 
     def _check_spaces(self):
-        spaces = _require_gymnasium().spaces
+        spaces = require_gymnasium().spaces
         obs, action = self.observation_space, self.action_space
         if not isinstance(obs, spaces.Box) or len(obs.shape) != 1:
             raise ValueError(

@@ -12,13 +12,13 @@ from keras_lrne.tasks.base import Task
 ACTION_TRANSFORMS = ("auto", "argmax", "identity", "clip", "tanh")
 
 
-def _require_gymnasium():
+def require_gymnasium():
     return require("gymnasium", "Environment tasks", "rl")
 
 
 def check_env_id(env_id, argument="env_id"):
     """Raises a clear error (with close matches) for an unregistered gymnasium id."""
-    gymnasium = _require_gymnasium()
+    gymnasium = require_gymnasium()
     registry = gymnasium.envs.registry
     if env_id in registry:
         return
@@ -44,7 +44,7 @@ def check_env_id(env_id, argument="env_id"):
 
 def _check_is_env(env, argument_value, argument="env"):
     """Raises a clear error when an environment factory returned something else."""
-    gymnasium = _require_gymnasium()
+    gymnasium = require_gymnasium()
     if isinstance(env, gymnasium.Env) or all(
         hasattr(env, name) for name in ("reset", "step", "observation_space", "action_space")
     ):
@@ -196,16 +196,9 @@ class Environment(Task):
         self.reevaluate_episodes = check_int("reevaluate_episodes", reevaluate_episodes,
                                              allow_none=True)
 
-    def evaluator(self, run):
-        """The evaluator `evolve()` uses for this task: episodes played by the rollout
-        engine (`keras_lrne.evaluators.EnvironmentEvaluator`)."""
-        from keras_lrne.evaluators import EnvironmentEvaluator
-
-        return EnvironmentEvaluator(run, self)
-
     # -- spaces ----------------------------------------------------------------------
     def _check_spaces(self):
-        gymnasium = _require_gymnasium()
+        gymnasium = require_gymnasium()
         spaces = gymnasium.spaces
         if not isinstance(self.observation_space, spaces.Box):
             raise ValueError(
@@ -219,7 +212,7 @@ class Environment(Task):
             )
 
     def _resolve_transform(self, transform):
-        gymnasium = _require_gymnasium()
+        gymnasium = require_gymnasium()
         discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
         if transform == "auto":
             return "argmax" if discrete else "clip"
@@ -246,7 +239,7 @@ class Environment(Task):
     # -- hooks for subclasses ---------------------------------------------------------
     def make_env(self):
         """Creates one environment with all wrappers (called once per env slot)."""
-        gymnasium = _require_gymnasium()
+        gymnasium = require_gymnasium()
         if isinstance(self.env, str):
             kwargs = dict(self.env_kwargs)
             if self.max_episode_steps:

@@ -312,58 +312,6 @@ def _never_evaluated(monkeypatch):
     monkeypatch.setattr(population, "PopulationFunctions", fail)
 
 
-def test_several_inputs_or_outputs_fail_before_any_work(monkeypatch):
-    _never_evaluated(monkeypatch)
-    x, y = regression_data(n=8)
-    a, b = keras.Input((6,), name="a"), keras.Input((6,), name="b")
-    joined = keras.layers.Concatenate()([a, b])
-    two_inputs = keras_lrne.Model([a, b], keras.layers.Dense(1)(joined))
-    dict_inputs = keras_lrne.Model({"a": a, "b": b}, keras.layers.Dense(1)(joined))
-    hidden = keras.layers.Dense(4)(a)
-    two_outputs = keras_lrne.Model(a, [keras.layers.Dense(1)(hidden),
-                                       keras.layers.Dense(1)(hidden)])
-    dict_output = keras_lrne.Model(a, {"out": keras.layers.Dense(1)(hidden)})
-    cases = [
-        (two_inputs, [x, x], y, r"2 inputs, of shapes \[\(None, 6\), \(None, 6\)\]"),
-        (dict_inputs, {"a": x, "b": x}, y, r"inputs are a dict with keys \['a', 'b'\]"),
-        (two_outputs, x, [y, y], r"2 outputs"),
-        (dict_output, x, {"out": y}, r"outputs are a dict with keys \['out'\]"),
-        # A model without declared inputs (subclassed-like) given several arrays.
-        (small_model(), [x, x[:, :4]], y, r"x as a list of 2 arrays.*\(8, 6\), \(8, 4\)"),
-        (small_model(), x, {"out": y}, r"y as a dict with keys \['out'\]"),
-    ]
-    for model, xs, ys, match in cases:
-        model.compile(loss="mse")
-        with pytest.raises(ValueError, match=r"single input and a single output.*" + match):
-            model.evolve(xs, ys, strategy=GA(4, 1), generations=1, verbose=0)
-    model = small_model()
-    with pytest.raises(ValueError, match=r"validation_data\[0\] as a dict with keys \['a'\]"):
-        model.evolve(x, y, validation_data=({"a": x}, y), strategy=GA(4, 1), verbose=0)
-    dataset = tf.data.Dataset.from_tensor_slices(({"a": x}, y)).batch(4)
-    with pytest.raises(ValueError, match=r"x as a dataset whose inputs are a dict"):
-        model.evolve(dataset, strategy=GA(4, 1), verbose=0)
-
-
-@pytest.mark.parametrize(
-    "callbacks, match",
-    [
-        (keras.callbacks.History(), r"wrap a single callback in a list.*Received: callbacks="),
-        ([keras.callbacks.History(), "csv"], r"element 1 is a str.*callbacks\[1\]='csv'"),
-        (print, r"Received: callbacks=<built-in function print>"),
-    ],
-)
-def test_callbacks_must_be_a_list_of_callbacks(monkeypatch, callbacks, match):
-    _never_evaluated(monkeypatch)
-    x, y = regression_data(n=8)
-    with pytest.raises(ValueError, match=r"`callbacks`.*" + match):
-        small_model().evolve(x, y, strategy=GA(4, 1), callbacks=callbacks, verbose=0)
-    # A tuple of callbacks is a list of callbacks.
-    monkeypatch.undo()
-    history = small_model().evolve(x, y, strategy=GA(4, 1), verbose=0,
-                                   callbacks=(keras.callbacks.History(),))
-    assert len(history.history["loss"]) == 1
-
-
 def test_validation_data_of_the_wrong_shape_fails_before_the_run(monkeypatch):
     _never_evaluated(monkeypatch)
     x, y = regression_data(n=8)
