@@ -167,6 +167,37 @@ class BrokenReset(Drifting):
         raise OSError("simulator lost its licence")
 
 
+def fitting_fitness(model):
+    """A Python fitness (defined here: Ray ships it by value); members whose first kernel
+    entry is positive raise, so failures are named from the workers too."""
+    kernel = np.asarray(model.trainable_variables[0])
+    if kernel[0, 0] > 0.5:
+        raise ValueError(f"kernel[0, 0]={kernel[0, 0]:.3f}")
+    x = np.linspace(-1, 1, 24, dtype="float32").reshape(6, 4)
+    return float(-np.mean((model.predict(x, verbose=0)[:, 0] - x[:, 0]) ** 2))
+
+
+def test_a_python_fitness_gives_the_same_run_on_two_workers(local_ray):
+    runs = []
+    for distribution in (None, RayWorkers(num_workers=2)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = keras_lrne.evolve(
+                model, keras_lrne.tasks.Fitness(fitting_fitness, per_member=True),
+                strategy=GA(12, 3, mutation_rate=0.5), generations=3, seed=5, verbose=0,
+                distribution=distribution)
+        warned = [str(w.message) for w in caught if "fitness function raised" in str(w.message)]
+        runs.append((history.history, warned, [np.asarray(v) for v in model.trainable_variables]))
+    (one, one_warned, one_weights), (two, two_warned, two_weights) = runs
+    for key in ("fitness", "mean_fitness", "median_fitness", "failed_members", "loss"):
+        assert one[key] == two[key], key
+    assert sum(one["failed_members"]) > 0 and one_warned == two_warned
+    for a, b in zip(one_weights, two_weights):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_worker_that_raises_fails_the_run_with_its_error(local_ray):
     task = keras_lrne.tasks.Environment(BrokenReset)
     model = keras_lrne.Sequential([keras.Input(task.input_shape),

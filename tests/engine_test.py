@@ -1,0 +1,197 @@
+"""`keras_lrne.evolve(model, ...)`: any built Keras model (Sequential, functional with
+several inputs and outputs, subclassed, plain Keras layers), through the engine."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lrne
+from keras_lrne import engine, genome
+from keras_lrne.strategies import GA, OpenES
+
+
+def classification_data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    y = ((x[:, 0] > 0).astype("int32") + (x[:, 1] > 0).astype("int32"))
+    return x, y
+
+
+def sequential(seed=1):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def two_inputs(dict_inputs, seed=1):
+    keras.utils.set_random_seed(seed)
+    a, b = keras.Input((4,), name="a"), keras.Input((2,), name="b")
+    hidden = keras.layers.Dense(8, activation="relu")(a)
+    out = keras.layers.Dense(3)(keras.layers.Concatenate()([hidden, b]))
+    model = keras.Model({"a": a, "b": b} if dict_inputs else [a, b], out)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def weights(model):
+    return [np.asarray(v) for v in model.trainable_variables]
+
+
+def test_a_plain_sequential_improves_and_a_seed_repeats():
+    x, y = classification_data()
+    histories, finals = [], []
+    for _ in range(2):
+        model = sequential()
+        history = keras_lrne.evolve(model, x, y, strategy=GA(32, 4), generations=20, seed=3,
+                                    verbose=0)
+        assert isinstance(history, keras.callbacks.History)
+        histories.append(history.history["loss"])
+        finals.append(weights(model))
+    assert histories[0] == histories[1]
+    for a, b in zip(*finals):
+        np.testing.assert_array_equal(a, b)
+    assert histories[0][-1] < histories[0][0]
+    # The model holds the elite: its loss as Keras computes it is the logged one.
+    evaluated = model.evaluate(x, y, batch_size=len(x), verbose=0)
+    assert evaluated == pytest.approx(histories[0][-1], rel=1e-4)
+
+
+@pytest.mark.parametrize("dict_inputs", [False, True], ids=["list", "dict"])
+def test_a_two_input_functional_model_evolves(dict_inputs):
+    x, y = classification_data()
+    inputs = {"a": x, "b": x[:, :2]} if dict_inputs else [x, x[:, :2]]
+    losses = []
+    for _ in range(2):
+        model = two_inputs(dict_inputs)
+        history = keras_lrne.evolve(model, inputs, y, validation_data=(inputs, y),
+                                    strategy=GA(32, 4), generations=20, seed=5, verbose=0)
+        losses.append(history.history["loss"])
+    assert losses[0] == losses[1]
+    assert losses[0][-1] < losses[0][0]
+    assert history.history["val_loss"][-1] == pytest.approx(losses[0][-1], rel=1e-5)
+    assert model.evaluate(inputs, y, batch_size=len(y), verbose=0) == pytest.approx(
+        losses[0][-1], rel=1e-4)
+
+
+def test_losses_per_output_match_keras():
+    x, y = classification_data(n=64)
+    targets = {"cls": y, "reg": x[:, :1] * 2.0}
+    for loss, loss_weights, y_arg in [
+        ({"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "reg": "mse"},
+         {"cls": 1.0, "reg": 0.5}, targets),
+        ([keras.losses.SparseCategoricalCrossentropy(from_logits=True), "mse"], None,
+         [targets["cls"], targets["reg"]]),
+    ]:
+        keras.utils.set_random_seed(2)
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(8, activation="relu")(inputs)
+        model = keras.Model(inputs, [keras.layers.Dense(3, name="cls")(hidden),
+                                     keras.layers.Dense(1, name="reg")(hidden)])
+        model.compile(loss=loss, loss_weights=loss_weights)
+        history = keras_lrne.evolve(model, x, y_arg, strategy=GA(16, 4), generations=3,
+                                    seed=1, verbose=0)
+        # Keras' own weighted sum over the outputs, for the weights the model holds.
+        keras_loss = model.evaluate(x, y_arg, batch_size=len(x), verbose=0, return_dict=True)
+        assert keras_loss["loss"] == pytest.approx(history.history["loss"][-1], rel=1e-4)
+
+
+def test_plain_keras_layers_evolve_as_full_tensors():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((6,), dtype="int32")
+    embedded = keras.layers.Embedding(20, 8)(tokens)
+    attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(embedded, embedded)
+    normed = keras.layers.LayerNormalization()(attended + embedded)
+    mixed = keras.layers.EinsumDense("bsd,de->bse", output_shape=(6, 8))(normed)
+    image = keras.layers.Reshape((6, 8, 1))(mixed)
+    conv = keras.layers.Conv2D(2, 3, padding="same")(image)
+    logits = keras.layers.Dense(20, name="logits")(keras.layers.Reshape((6, 16))(conv))
+    model = keras.Model(tokens, logits)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    specs = genome.collect_variable_specs(model)
+    assert not any(s.factor for s in specs)
+    assert [s.evolvable for s in specs if "layer_normalization" in s.path] == [False, False]
+    embedding = next(s for s in specs if s.path.endswith("embeddings"))
+    # Estimated by sampling the initializer (uniform in ±0.05; Glorot uniform).
+    assert embedding.init_std == pytest.approx(0.05 / np.sqrt(3), rel=0.03)
+    dense = next(s for s in specs if s.path.endswith("logits/kernel"))
+    assert dense.init_std == pytest.approx(np.sqrt(2 / (16 + 20)), rel=0.03)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, size=(16, 6)).astype("int32")
+    before = weights(model)
+    history = keras_lrne.evolve(model, x, np.roll(x, -1, axis=1), strategy=GA(8, 2),
+                                generations=3, seed=0, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    changed = [not np.array_equal(a, b) for a, b in zip(before, weights(model))]
+    assert changed == [s.evolvable for s in specs]
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="tanh")
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_a_subclassed_model_is_built_on_the_data_and_evolves_with_open_es():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = x[:, :1] - x[:, 1:2]
+    model = Subclassed()
+    model.compile(loss="mse")
+    history = keras_lrne.evolve(model, x, y, strategy=OpenES(16, sigma=0.05,
+                                                             learning_rate=0.05),
+                                generations=15, seed=0, verbose=0)
+    assert model.built
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_members_rebuild_from_the_lineage_of_a_plain_model():
+    x, y = classification_data(n=32)
+    model = sequential()
+    keras_lrne.evolve(model, x, y, strategy=GA(8, 2), generations=2, seed=4, verbose=0)
+    run = model._evolution_run
+    elite = engine.rebuild_member(model, 2, 0)
+    for rebuilt, held in zip(elite, run.strategy.best(model._evolution_state)):
+        np.testing.assert_array_equal(rebuilt, np.asarray(held))
+
+
+def test_evolve_and_the_mixin_are_the_same_code():
+    x, y = classification_data(n=32)
+    histories = []
+    for evolve_with_function in (True, False):
+        keras.utils.set_random_seed(1)
+        model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        kwargs = dict(strategy=GA(8, 2), generations=3, seed=2, verbose=0)
+        history = (keras_lrne.evolve(model, x, y, **kwargs) if evolve_with_function
+                   else model.evolve(x, y, **kwargs))
+        histories.append(history.history["loss"])
+    assert histories[0] == histories[1]
+
+
+def test_what_stays_unsupported_is_named():
+    x, y = classification_data(n=8)
+    with pytest.raises(ValueError, match=r"`model`.*keras.Model.*Received: model="):
+        keras_lrne.evolve("not a model", x, y)
+    with pytest.raises(ValueError, match=r"2 inputs \(\['a', 'b'\]\).*one array for `x`"):
+        keras_lrne.evolve(two_inputs(True), x, y, strategy=GA(4, 1), verbose=0)
+    with pytest.raises(ValueError, match=r"input shape \(x\['b'\]\).*\(2,\).*\(4,\)"):
+        keras_lrne.evolve(two_inputs(True), {"a": x, "b": x}, y, strategy=GA(4, 1), verbose=0)
+    with pytest.raises(ValueError, match=r"x\['b'\].*dtype <U1.*x\['b'\]\[0, 0\]='s'"):
+        keras_lrne.evolve(two_inputs(True), {"a": x, "b": np.full((8, 2), "s")}, y,
+                          strategy=GA(4, 1), verbose=0)
+    with pytest.raises(ValueError, match=r"different numbers of samples.*x\['a'\]: 8.*: 4"):
+        keras_lrne.evolve(two_inputs(True), {"a": x, "b": x[:4, :2]}, y, verbose=0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(1)(inputs)])
+    model.compile(loss=["mse", "mse", "mse"])
+    with pytest.raises(ValueError, match=r"2 outputs, but received 3 losses"):
+        keras_lrne.evolve(model, x, [y, y], strategy=GA(4, 1), verbose=0)
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=r"no loss.*compile\(loss=.*Fitness"):
+        keras_lrne.evolve(plain, x, y, strategy=GA(4, 1), verbose=0)
