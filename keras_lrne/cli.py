@@ -2,7 +2,8 @@
 
 `keras-lrne lm` runs the paper's language-modelling experiment (offline on the embedded
 corpus by default); `keras-lrne lm --compare` runs its three variants side by side;
-`keras-lrne atari|carracing|control` evolve policies; `keras-lrne play` runs an exported
+`keras-lrne atari|carracing|control` evolve policies; `keras-lrne fitness` evolves your
+own model on your own fitness function; `keras-lrne play` runs an exported
 policy and `keras-lrne generate` samples from an evolved language model.
 
 Each command lives in its own module of `keras_lrne.commands`; this module registers
@@ -12,11 +13,11 @@ them, parses the command line and reports a bad value as a usage error (exit sta
 import argparse
 import sys
 
-from keras_lrne.commands import atari, carracing, control, generate, lm, play
+from keras_lrne.commands import atari, carracing, control, fitness, generate, lm, play
 from keras_lrne.commands.arguments import HelpFormatter
 
 #: The commands, in the order `keras-lrne --help` lists them.
-COMMANDS = (lm, atari, carracing, control, play, generate)
+COMMANDS = (lm, atari, carracing, control, fitness, play, generate)
 
 
 def _version():

@@ -207,14 +207,14 @@ def evolve_and_save(args, model, task, strategy, output, *, mode, plot, summary_
     """
     import keras
 
-    from keras_lrne import checkpoint
+    from keras_lrne import checkpoint, engine
     from keras_lrne.commands.builders import make_distribution
     from keras_lrne.plotting import plot_histories
 
     backup = os.path.join(output, "backup")
     start = time.perf_counter()
-    history = model.evolve(
-        task, strategy=strategy, generations=args.generations, seed=args.seed,
+    history = engine.evolve(
+        model, task, strategy=strategy, generations=args.generations, seed=args.seed,
         verbose=args.verbose,
         population_batch_size=getattr(args, "population_batch_size", None),
         distribution=make_distribution(args),

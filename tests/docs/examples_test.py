@@ -31,6 +31,16 @@ def test_custom_model_example():
 
 
 @pytest.mark.slow
+def test_custom_fitness_example():
+    compiled, python = load("custom_fitness").main(
+        ["--generations", "5", "--population", "16", "--parents", "4",
+         "--python-generations", "2", "--verbose", "0"])
+    fitness = compiled.history["fitness"]
+    assert len(fitness) == 5 and fitness[-1] > fitness[0]
+    assert python.history["failed_members"] == [0, 0]
+
+
+@pytest.mark.slow
 def test_atari_example():
     history = load("atari").main(["--game", "Pong", "--population", "3", "--parents", "1",
                                   "--generations", "2", "--max-episode-steps", "20",

@@ -1,0 +1,180 @@
+"""`keras-lrne fitness`: evolve your own model on your own fitness function.
+
+    keras-lrne fitness my_objective:accuracy --model my_objective:build_model \\
+        --data my_objective:load_data --generations 50
+
+`FUNCTION` is a `keras_lrne.tasks.Fitness` function: `fn(outputs[, y])` on batches of
+`--data` (compiled, `keras.ops` only), or with `--per-member` `fn(model)` in plain
+Python. `--model` names a function that returns the Keras model (built, or built on the
+data). `MODULE` is an importable module name or a path to a `.py` file.
+"""
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+from keras_lrne.commands import arguments, run_directory
+from keras_lrne.commands.arguments import positive_float, positive_int
+from keras_lrne.commands.builders import make_strategy
+
+NAME = "fitness"
+HELP = "evolve the model a function of yours builds on a fitness function of yours"
+
+
+def reference(text):
+    """`MODULE:NAME`, MODULE an importable module or a `.py` file."""
+    module, sep, name = text.rpartition(":")
+    if not sep or not module or not name.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"expected MODULE:NAME (a module or .py file, and a function in it), "
+            f"received {text!r}")
+    return text
+
+
+def add_parser(commands, formatter_class):
+    """Adds `fitness` to the `commands` subparsers."""
+    sub = commands.add_parser(NAME, help=HELP, description=__doc__.split("\n\n")[0] + ". "
+                              + HELP.capitalize() + ".", formatter_class=formatter_class)
+    sub.add_argument("function", type=reference, metavar="MODULE:FUNCTION",
+                     help="the fitness function: fn(outputs) or fn(outputs, y) on --data "
+                     "(compiled, keras.ops only), or fn(model) with --per-member")
+    sub.add_argument("--model", type=reference, required=True, metavar="MODULE:BUILDER",
+                     help="a function returning the Keras model to evolve")
+    sub.add_argument("--data", type=reference, default=None, metavar="MODULE:FUNCTION",
+                     help="a function returning x or (x, y): the batches the compiled "
+                     "fitness is evaluated on (not with --per-member). Default: none")
+    sub.add_argument("--per-member", action="store_true",
+                     help="call FUNCTION(model) in Python once per member (any code: "
+                     "model.predict, a simulator, a subprocess)")
+    sub.add_argument("--minimize", action="store_true",
+                     help="lower fitness is better (default: higher is better)")
+    sub.add_argument("--population", type=positive_int, default=32, help="population size")
+    sub.add_argument("--parents", type=positive_int, default=4,
+                     help="ga: truncation size, survivors per generation")
+    sub.add_argument("--generations", type=positive_int, default=20, help="generations")
+    sub.add_argument("--mutation-rate", type=positive_float, default=0.01,
+                     help="ga: relative mutation std of full tensors (factors use its "
+                     "square root)")
+    arguments.add_strategy_arguments(sub)
+    arguments.add_run_arguments(sub, NAME)
+    return sub
+
+
+def _load_module(name):
+    """Imports `name`: a module name, or a path to a `.py` file (imported as its stem)."""
+    if name.endswith(".py") or os.sep in name:
+        path = os.path.abspath(name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No such file: {name!r}")
+        module_name = os.path.splitext(os.path.basename(path))[0]
+        if module_name in sys.modules and getattr(sys.modules[module_name], "__file__",
+                                                  None) == path:
+            return sys.modules[module_name]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        module.__keras_lrne_loaded_from_file__ = True
+        return module
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would find it
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name != name.split(".")[0] and error.name != name:
+            raise
+        raise ValueError(
+            f"Could not import the module {name!r} (give an importable module name or a "
+            f"path to a .py file): {error}") from None
+
+
+def resolve(text, option):
+    """The function `MODULE:NAME` names; the error names `option` and the text."""
+    module_name, _, name = text.rpartition(":")
+    module = _load_module(module_name)
+    value = getattr(module, name, None)
+    if not callable(value):
+        raise ValueError(
+            f"Received an invalid value for `{option}`: {module_name!r} has no function "
+            f"{name!r}. Received: {option}={text!r}")
+    if getattr(module, "__keras_lrne_loaded_from_file__", False):
+        try:  # Ray workers cannot import a file loaded by path: send it by value
+            import ray
+
+            ray.cloudpickle.register_pickle_by_value(module)
+        except ImportError:
+            pass
+    return value
+
+
+def make_task_and_model(args):
+    """The `Fitness` task and the model the arguments name."""
+    import keras
+
+    from keras_lrne.tasks import Fitness
+
+    fn = resolve(args.function, "MODULE:FUNCTION")
+    builder = resolve(args.model, "--model")
+    if args.per_member and args.data is not None:
+        raise ValueError(
+            "--data is not used with --per-member: FUNCTION(model) reads what it needs "
+            f"itself. Received: --data={args.data!r}")
+    if not args.per_member and args.data is None:
+        raise ValueError(
+            "A compiled fitness (without --per-member) needs --data MODULE:FUNCTION, "
+            "returning x or (x, y). Received: no --data")
+    data = None
+    if args.data is not None:
+        data = resolve(args.data, "--data")()
+        if isinstance(data, list) and len(data) == 2:
+            data = tuple(data)
+    task = Fitness(fn, data=data, per_member=args.per_member, maximize=not args.minimize)
+    model = builder()
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"Received an invalid value for `--model`: {args.model!r} returned a "
+            f"{type(model).__name__}, not a Keras model. Received: --model={args.model!r}")
+    return task, model
+
+
+def run(args, argv):
+    """Runs `keras-lrne fitness`; returns the exit status."""
+    import keras
+
+    output = args.output
+    label = f"fitness {args.function}"
+    args.variant = "fitness"  # the run's curve label
+    run_directory.make_output_dir(output)
+    with run_directory.lock(output):
+        mode = run_directory.prepare_output(args, output)
+        if mode == "finished":
+            run_directory.load_finished(output, label, args)
+            return 0
+        keras.utils.set_random_seed(args.seed)
+        task, model = make_task_and_model(args)
+        strategy = make_strategy(args)
+        print(f"[keras-lrne] {label}: model {model.name!r}, {task!r}, {strategy}",
+              flush=True)
+
+        def summary_of(logs, generations, wall):
+            best = max if not args.minimize else min
+            summary = {
+                "command": NAME, "function": args.function, "model": args.model,
+                "parameters": int(model.count_params()), "generations": generations,
+                "first_fitness": logs["fitness"][0], "final_fitness": logs["fitness"][-1],
+                "best_fitness": best(logs["fitness"]), "wall_seconds": wall,
+                "evolution_seconds": float(sum(logs.get("generation_seconds", []))),
+            }
+            return summary, {"strategy": strategy.get_config()}
+
+        plot = ("fitness.png", f"keras-lrne fitness ({args.function})",
+                {"keys": ("fitness", "mean_fitness"), "ylabel": "fitness"})
+        summary, _ = run_directory.evolve_and_save(
+            args, model, task, strategy, output, mode=mode, plot=plot,
+            summary_of=summary_of)
+    print(f"[keras-lrne] {label}: fitness {summary['first_fitness']:.4g} -> "
+          f"{summary['final_fitness']:.4g} in {summary['generations']} generations "
+          f"({summary['wall_seconds']:.1f} s); wrote {output}", flush=True)
+    return 0

@@ -1,0 +1,100 @@
+"""`keras-lrne fitness MODULE:FUNCTION --model MODULE:BUILDER`: a fitness of your own from
+the command line (a module by name or by path), its outputs, resume and refusals."""
+
+import json
+import re
+import sys
+import textwrap
+
+import pytest
+
+from keras_lrne import cli
+
+OBJECTIVE = textwrap.dedent('''
+    import keras
+    import numpy as np
+
+
+    def build_model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                 keras.layers.Dense(3)])
+
+
+    def load_data():
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(48, 4)).astype("float32")
+        return x, (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0).astype("int32")
+
+
+    def accuracy(logits, labels):
+        predicted = keras.ops.cast(keras.ops.argmax(logits, axis=-1), "int32")
+        return keras.ops.mean(keras.ops.cast(keras.ops.equal(predicted, labels), "float32"))
+
+
+    def python_accuracy(model):
+        x, y = load_data()
+        return float(np.mean(np.argmax(model(x), axis=-1) == y))
+
+
+    not_a_function = 3
+''')
+
+
+@pytest.fixture()
+def objective(tmp_path, monkeypatch):
+    path = tmp_path / "my_objective.py"
+    path.write_text(OBJECTIVE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield path
+    sys.modules.pop("my_objective", None)
+
+
+def run(*argv):
+    return cli.main(["fitness", *argv, "--population", "8", "--parents", "2",
+                     "--verbose", "0"])
+
+
+def test_a_compiled_fitness_by_module_name_writes_a_finished_run(objective, tmp_path):
+    out = tmp_path / "out"
+    assert run("my_objective:accuracy", "--model", "my_objective:build_model", "--data",
+               "my_objective:load_data", "--generations", "3", "--output", str(out)) == 0
+    for name in ("history.csv", "fitness.png", "model.keras", "lineage.npz", "summary.json"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["generations"] == 3
+    assert 0 <= summary["first_fitness"] <= summary["best_fitness"] <= 1
+    # --resume of a finished run changes nothing.
+    before = (out / "history.csv").read_text()
+    assert run("my_objective:accuracy", "--model", "my_objective:build_model", "--data",
+               "my_objective:load_data", "--generations", "3", "--output", str(out),
+               "--resume") == 0
+    assert (out / "history.csv").read_text() == before
+
+
+def test_a_python_fitness_from_a_file_path(objective, tmp_path):
+    out = tmp_path / "out"
+    assert run(f"{objective}:python_accuracy", "--model", f"{objective}:build_model",
+               "--per-member", "--generations", "2", "--output", str(out)) == 0
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["function"].endswith("python_accuracy")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["my_objective:accuracy", "--model", "my_objective:build_model"],
+     "needs --data MODULE:FUNCTION"),
+    (["my_objective:python_accuracy", "--model", "my_objective:build_model", "--per-member",
+      "--data", "my_objective:load_data"], "--data is not used with --per-member"),
+    (["my_objective:missing", "--model", "my_objective:build_model", "--per-member"],
+     "'my_objective' has no function 'missing'"),
+    (["my_objective:accuracy", "--model", "my_objective:not_a_function", "--data",
+      "my_objective:load_data"], "--model.*no function 'not_a_function'"),
+    (["no_such_module_here:fn", "--model", "my_objective:build_model", "--per-member"],
+     "Could not import the module 'no_such_module_here'"),
+    (["accuracy", "--model", "my_objective:build_model"], "expected MODULE:NAME"),
+])
+def test_bad_references_are_named(objective, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run(*argv, "--output", str(tmp_path / "out"))
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
