@@ -14,7 +14,6 @@ this module. Tasks (`keras_lrne.tasks`) only describe data, environments or fitn
 the engine picks the evaluator.
 """
 
-import contextlib
 import json
 import time
 
@@ -423,13 +422,10 @@ def evolve(model, x=None, y=None, validation_data=None, strategy=None, generatio
     backup = checkpoint.RunBackup.find(callbacks)
     resume = backup.open() if backup is not None else None
     completed = False
-    scope = (distribution.scope() if isinstance(distribution, PopulationParallel)
-             else contextlib.nullcontext())
     try:
-        with scope:
-            history = _evolve(model, task, validation_data, validation, strategy,
-                              generations, callbacks, verbose, seed, population_batch_size,
-                              batch_size, freeze_normalization, distribution, backup, resume)
+        history = _evolve(model, task, validation_data, validation, strategy, generations,
+                          callbacks, verbose, seed, population_batch_size, batch_size,
+                          freeze_normalization, distribution, backup, resume)
         completed = True
         return history
     finally:
@@ -487,7 +483,8 @@ def _evolve(model, task, validation_data, validation, strategy, generations, cal
                 int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF))
     run = _prepare(model, task, strategy, seed, freeze_normalization, validation,
                    population_batch_size, batch_size, distribution)
-    state = strategy.init(run.evolvable, seed)
+    devices = distribution if isinstance(distribution, PopulationParallel) else None
+    state = strategy.init(run.evolvable, seed, distribution=devices)
     lineage = run.lineage = Lineage(seed, strategy.population_size, {
         "strategy": strategy.__class__.__name__, "config": strategy.get_config(),
         "freeze_normalization": freeze_normalization,

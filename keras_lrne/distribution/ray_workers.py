@@ -12,6 +12,7 @@ import numpy as np
 
 from keras_lrne import _optional
 from keras_lrne._validation import check_int, is_int
+from keras_lrne.distribution.worker_protocol import protocol_for
 from keras_lrne.evaluators import (
     MAX_PROGRESS_STEPS,
     EnvironmentEvaluator,
@@ -252,13 +253,14 @@ class RayWorkers:
         workers, handing each chunk to the next free worker; returns the replies in
         chunk order. `on_result(done_chunks, reply)` is called as chunks complete."""
         ray = _ray()
+        protocol = protocol_for(strategy)
         syncs = {}
 
         def syncs_for(worker):
             needed = range(self._synced[worker] + 1, generation + 1)
             for g in needed:
                 if g not in syncs:
-                    syncs[g] = strategy.sync_payload(records, g)
+                    syncs[g] = protocol.sync_payload(records, g)
             return [(g, syncs[g]) for g in needed]
 
         pending = collections.deque(range(len(chunks)))
@@ -273,7 +275,7 @@ class RayWorkers:
             while pending and idle:
                 worker, chunk = idle.pop(0), pending.popleft()
                 args = (syncs_for(worker), generation,
-                        strategy.member_payload(records, generation, chunks[chunk]), request)
+                        protocol.member_payload(records, generation, chunks[chunk]), request)
                 self.bytes_sent += len(pickle.dumps(args))
                 future = self._actors[worker].evaluate.remote(*args)
                 running[future] = (worker, chunk)
@@ -442,9 +444,10 @@ class _Worker:
         self.model, self.task = spec["model"], spec["task"]
         strategy_class, config = spec["strategy"]
         self.strategy = strategy_class.from_config(config)
+        self.protocol = protocol_for(self.strategy)
         specs = genome.collect_variable_specs(self.model, spec["freeze_normalization"])
         evolvable = [s for s in specs if s.evolvable]
-        self.state = self.strategy.worker_init(evolvable, spec["seed"])
+        self.state = self.protocol.worker_init(evolvable, spec["seed"])
         self.synced = 0
         self.supervised = bool(getattr(self.task, "supervised", True))
         self.per_member = bool(getattr(self.task, "per_member", False))
@@ -476,12 +479,12 @@ class _Worker:
             if g != self.synced + 1:
                 raise RuntimeError(f"worker at population {self.synced} received the "
                                    f"update to population {g}")
-            self.state = self.strategy.worker_sync(self.state, sync)
+            self.state = self.protocol.worker_sync(self.state, sync)
             self.synced = g
         if self.synced != generation:
             raise RuntimeError(f"worker at population {self.synced} asked for members of "
                                f"population {generation}")
-        members = self.strategy.worker_members(self.state, payload)
+        members = self.protocol.worker_members(self.state, payload)
         bk = lrne_backend.get()
         functions = self.functions
         if self.per_member:

@@ -118,7 +118,7 @@ class Strategy:
         return f"{self.__class__.__name__}({args})"
 
     # -- the contract --------------------------------------------------------------------
-    def init(self, specs, seed):
+    def init(self, specs, seed, distribution=None):
         """The state of a new run.
 
         Args:
@@ -126,10 +126,15 @@ class Strategy:
                 `evolve()` passes) or shapes (see `as_specs`).
             seed: the run seed, a non-negative integer. Everything random in the run
                 derives from it.
+            distribution: the `keras_lrne.distribution.PopulationParallel` the run
+                splits its population over, or None (one device). Kept as
+                `self.distribution`; a strategy may keep its population on those
+                devices (the GA does on JAX). Strategies never look it up globally.
 
         Returns:
             The strategy's state.
         """
+        self.distribution = distribution
         return self._init(as_specs(specs), check_int("seed", seed, minimum=0))
 
     def ask(self, state):
@@ -190,41 +195,6 @@ class Strategy:
         raise NotImplementedError(
             f"{self.__class__.__name__} keeps no compact genome to rebuild members from."
         )
-
-    # -- members rebuilt in remote workers (`keras_lrne.distribution.RayWorkers`) -------------
-    # A worker keeps a small state of its own (e.g. the GA's current survivors) that it
-    # advances from per-generation payloads, and builds the members it evaluates from
-    # per-member payloads: only these (seeds and indices) travel, never weights. The
-    # payloads are computed on the coordinator from the lineage `records`
-    # (`records[name][g]` describes population `g + 1`); members built in a worker must
-    # equal those of `ask` bit for bit.
-
-    def worker_init(self, specs, seed):
-        """A worker's state before population 0 (see `worker_sync`)."""
-        raise NotImplementedError(
-            f"{self.__class__.__name__} cannot evaluate in remote workers (RayWorkers): it "
-            "implements no worker protocol (`worker_init`, `sync_payload`, `worker_sync`, "
-            "`member_payload`, `worker_members`)."
-        )
-
-    def sync_payload(self, records, generation):
-        """What a worker that can build population `generation - 1` needs to build
-        population `generation` (`generation >= 1`): a small picklable object."""
-        raise NotImplementedError
-
-    def worker_sync(self, worker_state, payload):
-        """Applies a `sync_payload`; returns the worker's next state."""
-        raise NotImplementedError
-
-    def member_payload(self, records, generation, members):
-        """What a worker needs to build members `members` (indices) of population
-        `generation`."""
-        raise NotImplementedError
-
-    def worker_members(self, worker_state, payload):
-        """The members a `member_payload` describes: one `(len(members), *shape)`
-        tensor per spec."""
-        raise NotImplementedError
 
     # -- to implement ----------------------------------------------------------------------
     def _init(self, specs, seed):

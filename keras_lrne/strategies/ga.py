@@ -10,7 +10,6 @@ from keras import ops
 from keras_lrne import backend as lrne_backend
 from keras_lrne import genome
 from keras_lrne._validation import check_int, check_number
-from keras_lrne.distribution import population_parallel as distribution_lib
 from keras_lrne.strategies import operators
 from keras_lrne.strategies.base import Strategy, as_specs
 
@@ -129,9 +128,10 @@ class GA(Strategy):
         ]
 
     def _sharded(self):
-        """The active `PopulationParallel` when the population stays split over its
-        devices (JAX, a population that divides by the device count), else None."""
-        active = distribution_lib.distribution()
+        """The run's `PopulationParallel` (passed to `init`) when the population stays
+        split over its devices (JAX, a population that divides by the device count),
+        else None."""
+        active = getattr(self, "distribution", None)
         if (active is not None and active.keeps_population_sharded
                 and active.shards_evenly(self.population_size)):
             return active
@@ -146,34 +146,27 @@ class GA(Strategy):
         bk = lrne_backend.get()
         if sharded is not None:
             return self._compile_sharded(stds, sharded)
+        members = self._member_builder(stds)
 
         def reproduce(population, elite_idx, parent_idx, seeds):
             self.trace_counts["reproduce"] += 1
-            # One seeded draw of all of a child's parameters at once: row `i` of the noise
-            # depends only on `seeds[i]`, so any child can be re-created alone.
-            shapes = [tuple(v.shape[1:]) for v in population]
-            sizes = [int(np.prod(shape)) for shape in shapes]
-            # Bit-exact rebuilds: barriers keep the compiler from contracting the noise
-            # generation, the scaling and the add into fused multiply-adds, which it does
-            # differently for different population sizes.
-            noise = bk.barrier(bk.seeded_normal(seeds, 0, (sum(sizes),), "float32"))
-            noise = bk.barrier(noise * stds)
-            new, offset = [], 0
-            for values, shape, size in zip(population, shapes, sizes):
-                piece = ops.reshape(noise[:, offset: offset + size], (-1, *shape))
-                offset += size
-                elites = ops.take(values, elite_idx, axis=0)
-                parents = ops.take(values, parent_idx, axis=0)
-                new.append(ops.concatenate([elites, parents + ops.cast(piece, values.dtype)],
-                                           0))
-            return new
+            # The elites unchanged, then each child: its parent plus the noise of its seed
+            # (the rows `members` builds, as Ray workers and rebuilds do).
+            elites = int(elite_idx.shape[0])
+            source = ops.concatenate([ops.cast(elite_idx, "int32"),
+                                      ops.cast(parent_idx, "int32")], 0)
+            row_seeds = ops.concatenate([ops.full((elites,), -1, "int32"),
+                                         ops.cast(seeds, "int32")], 0)
+            return members(population, source, row_seeds)
 
         return bk.compile_random(reproduce)
 
     def _member_builder(self, stds):
         """`members(survivors, source, row_seeds)`: row `i` is `survivors[source[i]]`,
-        plus the noise of `row_seeds[i]` unless it is negative. Bit-identical to
-        `reproduce`'s rows: the same noise rows and the same add."""
+        plus the noise of `row_seeds[i]` unless it is negative. The one implementation of
+        a GA row: `reproduce` (one device or sharded), Ray workers' members and
+        `rebuild` all build rows with it. Row `i`'s noise depends only on
+        `row_seeds[i]`, so any member can be re-created alone."""
         bk = lrne_backend.get()
 
         def members(survivors, source, row_seeds):
@@ -222,16 +215,18 @@ class GA(Strategy):
 
         return bk.compile_random(reproduce)
 
-    # -- members rebuilt in remote workers -------------------------------------------------
-    # A worker holds the survivors of the current population (its first `num_parents`
-    # members) and builds any member from them: a survivor as it is, a child as its
-    # parent plus the noise of its seed. Payloads are `(kind, source, seeds)`: kind
-    # "initial" for members of the initial population (source: member ids), else
-    # "survivors" (source: positions among the survivors).
+    # -- rows, for Ray workers (`keras_lrne.distribution.worker_protocol`) ------------------
+    def row_builder(self, specs):
+        """The (uncompiled) GA row operator of `specs`: `members(survivors, source,
+        row_seeds)` (see `_member_builder`), what `reproduce` builds rows with."""
+        specs = as_specs(specs)
+        stds = np.concatenate([np.full((int(np.prod(s.shape)),), std, "float32")
+                               for s, std in zip(specs, self.noise_stds(specs))])
+        return self._member_builder(stds)
 
-    def _sources(self, parents, seeds, rows):
+    def row_sources(self, parents, seeds, rows):
         """`(positions among the survivors, seeds)` of `rows` of the population that
-        `parents` / `seeds` (one record) describe."""
+        `parents` / `seeds` (one lineage record) describe: survivors have seed -1."""
         parents, seeds = np.asarray(parents), np.asarray(seeds)
         rows = np.asarray(rows, np.int64)
         survivor_parents = parents[: self.num_parents]
@@ -239,40 +234,6 @@ class GA(Strategy):
         source = np.where(rows < self.num_parents, rows, position).astype(np.int32)
         row_seeds = np.where(rows < self.num_parents, -1, seeds[rows]).astype(np.int32)
         return source, row_seeds
-
-    def _payload(self, records, generation, rows):
-        if generation == 0:
-            return ("initial", np.asarray(rows, np.int32), None)
-        g = generation - 1
-        return ("survivors", *self._sources(records["parents"][g], records["seeds"][g], rows))
-
-    def worker_init(self, specs, seed):
-        specs = as_specs(specs)
-        stds = np.concatenate([np.full((int(np.prod(s.shape)),), std, "float32")
-                               for s, std in zip(specs, self.noise_stds(specs))])
-        builder = lrne_backend.get().compile_random(self._member_builder(stds))
-        return {"specs": specs, "seed": int(seed), "build": builder, "survivors": None}
-
-    def sync_payload(self, records, generation):
-        # The survivors of population `generation` are rows of population
-        # `generation - 1`, built from its own survivors.
-        rows = np.asarray(records["parents"][generation - 1][: self.num_parents])
-        return self._payload(records, generation - 1, rows)
-
-    def worker_sync(self, worker_state, payload):
-        return dict(worker_state, survivors=self.worker_members(worker_state, payload))
-
-    def member_payload(self, records, generation, members):
-        return self._payload(records, generation, members)
-
-    def worker_members(self, worker_state, payload):
-        kind, source, row_seeds = payload
-        if kind == "initial":
-            members = [genome.initial_member(worker_state["specs"], worker_state["seed"], int(m))
-                       for m in source]
-            return [ops.convert_to_tensor(np.stack([m[j] for m in members]))
-                    for j in range(len(members[0]))]
-        return list(worker_state["build"](worker_state["survivors"], source, row_seeds))
 
     def _init(self, specs, seed):
         sharded = self._sharded()

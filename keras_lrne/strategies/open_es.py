@@ -196,9 +196,13 @@ class OpenES(Strategy):
         scale = 1.0 / (self.population_size * self.config.sigma)
         antithetic, decay = self.config.antithetic, self.config.weight_decay
 
+        def member_noise(seeds):
+            """The one implementation of OpenES noise: row `i`, a standard normal over
+            every evolved number, depends only on `seeds[i]` (members rebuild alone)."""
+            return bk.seeded_normal(seeds, _NOISE_SALT, (sum(sizes),), "float32")
+
         def perturb(mean, seeds, signs):
-            # Row `i` depends only on `seeds[i]` (and its sign): members rebuild alone.
-            noise = bk.barrier(bk.seeded_normal(seeds, _NOISE_SALT, (sum(sizes),), "float32"))
+            noise = bk.barrier(member_noise(seeds))
             noise = bk.barrier(noise * noise_std * ops.cast(signs, "float32")[:, None])
             members, offset = [], 0
             for m, shape, size in zip(mean, shapes, sizes):
@@ -216,7 +220,7 @@ class OpenES(Strategy):
         def update(mean, optimizer_values, seeds, weights):
             # The gradient of the expected loss in units of each tensor's init std,
             # estimated from the regenerated noise, then one optimizer step there.
-            eps = bk.seeded_normal(seeds, _NOISE_SALT, (sum(sizes),), "float32")
+            eps = member_noise(seeds)
             if antithetic:
                 weights = weights[0::2] - weights[1::2]
             flat = ops.matmul(weights[None, :], eps)[0] * scale
@@ -233,19 +237,25 @@ class OpenES(Strategy):
         return (bk.compile_random(sample), bk.compile_random(perturb),
                 bk.compile_random(update))
 
-    def _member_seeds(self, noise_seeds):
+    def member_seeds(self, noise_seeds):
         """Per member: its noise seed and sign (+1, or -1 for the mirrored twin)."""
         if self.config.antithetic:
             return (np.repeat(noise_seeds, 2).astype(np.int32),
                     np.tile(np.asarray([1, -1], np.int32), len(noise_seeds)))
         return noise_seeds.astype(np.int32), np.ones(len(noise_seeds), np.int32)
 
-    def _noise_seeds(self, seed, generation):
+    def noise_seeds(self, seed, generation):
+        """The generation's noise seeds (one per antithetic pair), from the run seed."""
         rng = operators.generation_rng(seed, generation, stream=2)
         return operators.child_seeds(rng, self.num_noise)
 
-    def _start(self, specs, seed):
-        """Operators, and the initial mean and optimizer values, of a run."""
+    def operators(self, specs, seed):
+        """The compiled operators of a run and its starting point (also what Ray workers
+        replay the run with).
+
+        Returns:
+            `((sample, perturb, update), mean, optimizer_values, optimizer)`.
+        """
         optimizer, variables = self._make_optimizer(specs)
         operators_ = self._compile(specs, optimizer, variables)
         mean = [ops.convert_to_tensor(v) for v in genome.initial_member(specs, seed, 0)]
@@ -255,7 +265,7 @@ class OpenES(Strategy):
 
     # -- the contract ------------------------------------------------------------------------
     def _init(self, specs, seed):
-        self._ops, mean, values, self._optimizer = self._start(specs, seed)
+        self._ops, mean, values, self._optimizer = self.operators(specs, seed)
         return OpenESState(
             mean=mean,
             optimizer_variables=values,
@@ -268,8 +278,8 @@ class OpenES(Strategy):
     def _ask(self, state):
         if self._ops is None:
             raise RuntimeError("Call `init()` before `ask()`: OpenES is not initialised.")
-        noise_seeds = self._noise_seeds(state.seed, state.generation)
-        population = self._ops[0](state.mean, *self._member_seeds(noise_seeds))
+        noise_seeds = self.noise_seeds(state.seed, state.generation)
+        population = self._ops[0](state.mean, *self.member_seeds(noise_seeds))
         return population, state._replace(noise_seeds=noise_seeds)
 
     def _tell(self, state, losses):
@@ -283,7 +293,7 @@ class OpenES(Strategy):
             logs["loss"] = float(losses[size])
         else:
             best = int(np.argmin(members))
-            seeds, signs = self._member_seeds(state.noise_seeds)
+            seeds, signs = self.member_seeds(state.noise_seeds)
             elite = [v[0] for v in perturb(state.mean, seeds[best:best + 1],
                                            signs[best:best + 1])]
             logs["loss"] = float(members[best])
@@ -295,37 +305,6 @@ class OpenES(Strategy):
     def _best(self, state):
         return state.elite
 
-    # -- members rebuilt in remote workers -------------------------------------------------
-    # A worker holds the mean and the optimizer's values, and replays each generation's
-    # update from its noise seeds and shaped fitness; members are regenerated from the
-    # noise seeds of their generation (derived from the run seed).
-
-    def worker_init(self, specs, seed):
-        operators_, mean, values, optimizer = self._start(as_specs(specs), seed)
-        return {"ops": operators_, "optimizer": optimizer, "mean": mean, "values": values,
-                "seed": int(seed)}
-
-    def sync_payload(self, records, generation):
-        g = generation - 1
-        return (np.asarray(records["noise_seeds"][g]), np.asarray(records["weights"][g]))
-
-    def worker_sync(self, worker_state, payload):
-        noise_seeds, weights = payload
-        mean, values = worker_state["ops"][2](worker_state["mean"], worker_state["values"],
-                                              noise_seeds, weights)
-        return dict(worker_state, mean=list(mean), values=list(values))
-
-    def member_payload(self, records, generation, members):
-        return (int(generation), np.asarray(members, np.int32))
-
-    def worker_members(self, worker_state, payload):
-        generation, members = payload
-        seeds, signs = self._member_seeds(self._noise_seeds(worker_state["seed"], generation))
-        # The mean (member `population_size` with `mean_evaluation`) is sign 0: no noise.
-        inside = np.minimum(members, self.population_size - 1)
-        signs = np.where(members < self.population_size, signs[inside], 0).astype(np.int32)
-        return list(worker_state["ops"][1](worker_state["mean"], seeds[inside], signs))
-
     def record(self, state):
         return {"noise_seeds": state.noise_seeds, "weights": state.weights}
 
@@ -334,13 +313,13 @@ class OpenES(Strategy):
         from the initial mean (the run's first initial member) and the recorded seeds and
         weights; or, with an integer `member < population_size`, that member of it."""
         specs = as_specs(specs)
-        (_, perturb, update), mean, values, _optimizer = self._start(specs, seed)
+        (_, perturb, update), mean, values, _optimizer = self.operators(specs, seed)
         for g in range(generation):
             mean, values = update(mean, values,
                                   np.asarray(records["noise_seeds"][g], np.int32),
                                   np.asarray(records["weights"][g], np.float32))
         if member is not None and member < self.population_size:
-            seeds, signs = self._member_seeds(self._noise_seeds(seed, generation))
+            seeds, signs = self.member_seeds(self.noise_seeds(seed, generation))
             mean = [v[0] for v in perturb(mean, seeds[member:member + 1],
                                           signs[member:member + 1])]
         bk = lrne_backend.get()

@@ -6,6 +6,7 @@ import pytest
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
+from keras_lrne.distribution.worker_protocol import protocol_for
 from keras_lrne.strategies import GA, OpenES
 
 
@@ -19,16 +20,17 @@ def _numpy(values):
 def test_a_worker_builds_the_members_ask_returns(strategy):
     specs = [(3, 2), 4]
     state = strategy.init(specs, seed=11)
-    worker = strategy.worker_init(specs, 11)
+    protocol = protocol_for(strategy)
+    worker = protocol.worker_init(specs, 11)
     records = {}
     rng = np.random.default_rng(0)
     for generation in range(4):
         if generation:
-            worker = strategy.worker_sync(worker, strategy.sync_payload(records, generation))
+            worker = protocol.worker_sync(worker, protocol.sync_payload(records, generation))
         population, state = strategy.ask(state)
         members = np.array([strategy.num_members - 1, 0, 2, 2], np.int32)
-        built = strategy.worker_members(
-            worker, strategy.member_payload(records, generation, members))
+        built = protocol.worker_members(
+            worker, protocol.member_payload(records, generation, members))
         for want, got in zip(_numpy(population), _numpy(built)):
             np.testing.assert_array_equal(got, want[members])
         losses = rng.normal(size=strategy.num_members)
@@ -41,5 +43,5 @@ def test_a_worker_builds_the_members_ask_returns(strategy):
 def test_strategies_without_the_protocol_say_so():
     from keras_lrne.strategies import Strategy
 
-    with pytest.raises(NotImplementedError, match="cannot evaluate in remote workers"):
-        Strategy(config=None).worker_init([(2,)], 0)
+    with pytest.raises(NotImplementedError, match="Strategy cannot evaluate in remote workers"):
+        protocol_for(Strategy(config=None))
