@@ -157,22 +157,25 @@ class GA(Strategy):
                                       ops.cast(parent_idx, "int32")], 0)
             row_seeds = ops.concatenate([ops.full((elites,), -1, "int32"),
                                          ops.cast(seeds, "int32")], 0)
-            return members(population, source, row_seeds)
+            return members(population, source, row_seeds, copies=elites)
 
         return bk.compile_random(reproduce)
 
     def _member_builder(self, stds):
-        """`members(survivors, source, row_seeds)`: row `i` is `survivors[source[i]]`,
-        plus the noise of `row_seeds[i]` unless it is negative. The one implementation of
-        a GA row: `reproduce` (one device or sharded), Ray workers' members and
-        `rebuild` all build rows with it. Row `i`'s noise depends only on
-        `row_seeds[i]`, so any member can be re-created alone."""
+        """`members(survivors, source, row_seeds, copies=None)`: row `i` is
+        `survivors[source[i]]`, plus the noise of `row_seeds[i]` unless it is negative.
+        The one implementation of a GA row: `reproduce` (one device or sharded), Ray
+        workers' members and `rebuild` all build rows with it. Row `i`'s noise depends
+        only on `row_seeds[i]`, so any member can be re-created alone. With `copies` (a
+        Python int), the first `copies` rows are known to be copies (the survivors of
+        `reproduce`): no noise is drawn for them."""
         bk = lrne_backend.get()
 
-        def members(survivors, source, row_seeds):
+        def members(survivors, source, row_seeds, copies=None):
             shapes = [tuple(v.shape[1:]) for v in survivors]
             sizes = [int(np.prod(shape)) for shape in shapes]
-            noise = bk.barrier(bk.seeded_normal(ops.maximum(row_seeds, 0), 0,
+            drawn = row_seeds if copies is None else row_seeds[copies:]
+            noise = bk.barrier(bk.seeded_normal(ops.maximum(drawn, 0), 0,
                                                 (sum(sizes),), "float32"))
             noise = bk.barrier(noise * stds)
             unchanged = row_seeds < 0
@@ -180,11 +183,16 @@ class GA(Strategy):
             for values, shape, size in zip(survivors, shapes, sizes):
                 piece = ops.reshape(noise[:, offset: offset + size], (-1, *shape))
                 offset += size
-                base = ops.take(values, source, axis=0)
-                keep = ops.reshape(unchanged, (-1,) + (1,) * len(shape))
-                new.append(ops.where(keep, base, base + ops.cast(piece, values.dtype)))
+                if copies is None:
+                    base = ops.take(values, source, axis=0)
+                    keep = ops.reshape(unchanged, (-1,) + (1,) * len(shape))
+                    new.append(ops.where(keep, base, base + ops.cast(piece, values.dtype)))
+                else:
+                    kept = ops.take(values, source[:copies], axis=0)
+                    base = ops.take(values, source[copies:], axis=0)
+                    new.append(ops.concatenate(
+                        [kept, base + ops.cast(piece, values.dtype)], 0))
             return new
-
         return members
 
     def _compile_sharded(self, stds, distribution):
