@@ -511,6 +511,16 @@ class RunBackup:
             self.lock.release()
             raise
 
+    def restore(self, checkpoint, settings, template, lineage, task):
+        """Restores the run `open()` returned (see `restore_run`): `(state, history,
+        stopped)`; fails naming every setting that differs from `settings`."""
+        return restore_run(checkpoint, self.path, settings, template, lineage, task)
+
+    def resume_csv_loggers(self, callbacks, history, generations):
+        """Rewrites the `CSVLogger` files among `callbacks` to the restored History's
+        first `generations` rows (see `rewrite_csv_loggers`); returns those loggers."""
+        return rewrite_csv_loggers(callbacks, history, generations)
+
     def save(self, state, lineage, history, task, settings, generation):
         """Saves after `generation` when `save_freq` says so."""
         if self.every and (generation + 1) % self.every == 0:

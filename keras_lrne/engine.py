@@ -39,6 +39,7 @@ from keras_lrne.tasks.base import (
     Task,
     as_validation,
     check_sparse_labels,
+    data_digest,
     is_structure,
     leaves,
 )
@@ -108,7 +109,7 @@ def _run_settings(seed, strategy, run, task, model, validation_data, validation,
         "loss": _loss_signature(getattr(model, "loss", None)),
         "loss_weights": _loss_signature(pop.loss_weights(model)),
         "validation_data": (None if validation_data is None or validation is None
-                            else checkpoint.streaming_digest(*validation)),
+                            else data_digest(*validation)),
     }
     return json.loads(json.dumps(settings, default=str))
 
@@ -499,8 +500,7 @@ def _evolve(model, task, validation_data, validation, strategy, generations, cal
         settings["distribution"] = None if distribution is None else distribution.get_config()
     start, history, stopped = 0, {}, False
     if resume:
-        state, history, stopped = checkpoint.restore_run(resume, backup.path, settings,
-                                                         state, lineage, task)
+        state, history, stopped = backup.restore(resume, settings, state, lineage, task)
         start = state.generation
         model._evolution_state = state
     try:
@@ -516,8 +516,8 @@ def _run_generations(model, task, run, state, settings, history, start, stopped,
     evaluator, strategy, lineage = run.evaluator, run.strategy, run.lineage
     # The BackupAndRestore callback is handled here (see `checkpoint.RunBackup`).
     others = [c for c in callbacks or [] if backup is None or c is not backup.callback]
-    appending = (checkpoint.rewrite_csv_loggers(others, history, start)
-                 if start or history else [])
+    appending = (backup.resume_csv_loggers(others, history, start)
+                 if backup is not None and (start or history) else [])
     saved_append = [logger.append for logger in appending]
     for logger in appending:
         logger.append = True

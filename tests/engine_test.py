@@ -195,3 +195,33 @@ def test_what_stays_unsupported_is_named():
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match=r"no loss.*compile\(loss=.*Fitness"):
         keras_lrne.evolve(plain, x, y, strategy=GA(4, 1), verbose=0)
+
+
+def test_a_two_input_run_resumes_to_the_uninterrupted_one(tmp_path):
+    x, y = classification_data(n=32)
+    inputs = {"a": x, "b": x[:, :2]}
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    def run(callbacks):
+        return keras_lrne.evolve(two_inputs(True), inputs, y, validation_data=(inputs, y),
+                                 strategy=GA(8, 2), generations=4, seed=6,
+                                 callbacks=callbacks, verbose=0)
+
+    straight = run([]).history
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(KeyboardInterrupt):
+        run([backup, Interrupt()])
+    resumed = run([backup]).history
+    for key in ("loss", "val_loss"):
+        assert resumed[key] == straight[key]
+    other = {"a": x + 1.0, "b": x[:, :2]}
+    with pytest.raises(KeyboardInterrupt):
+        run([keras.callbacks.BackupAndRestore(str(tmp_path / "b2")), Interrupt()])
+    with pytest.raises(ValueError, match="task"):
+        keras_lrne.evolve(two_inputs(True), other, y, strategy=GA(8, 2), generations=4,
+                          seed=6, verbose=0,
+                          callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "b2"))])
