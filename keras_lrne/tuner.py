@@ -15,6 +15,7 @@ except ImportError as error:  # pragma: no cover - depends on the install
         'optional. Install them with: pip install "keras-lrne[tuner]"'
     ) from error
 
+from keras_lrne import engine
 from keras_lrne._validation import is_int
 from keras_lrne.strategies import GA
 from keras_lrne.tasks.base import Task
@@ -107,7 +108,7 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
     `keras_tuner.Hyperband`). `build(hp)` declares the hyperparameters `"rank"`,
     `"mutation_rate"`, `"population_size"` and `"num_parents"` and calls `build_model`;
     `fit(hp, model, ...)` builds a `keras_lrne.strategies.GA` from them and returns the
-    `keras.callbacks.History` of `model.evolve(...)`, whose generations are the epochs
+    `keras.callbacks.History` of `keras_lrne.evolve(model, ...)`, whose generations are the epochs
     keras-tuner's callbacks see. Everything given to `tuner.search(...)` reaches
     `evolve()` (`x`, `y`, `validation_data`, `generations`, `callbacks`, `verbose`,
     `seed`, `population_batch_size`, `batch_size`).
@@ -142,10 +143,11 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
     before a tuner exists, so no saved project is touched.
 
     Args:
-        build_model: Callable building one compiled keras-lrne model
-            (`keras_lrne.Model`, `keras_lrne.Sequential` or any model with
-            `EvolveMixin`): `build_model(hp, rank)`, or `build_model(hp)` when
-            `rank=None`. It may declare its own hyperparameters on `hp`.
+        build_model: Callable building one compiled Keras model (any `keras.Model`:
+            `keras_lrne.Model`, a plain `keras.Sequential`, a functional model, ...;
+            evolved with `keras_lrne.evolve`): `build_model(hp, rank)`, or
+            `build_model(hp)` when `rank=None`. It may declare its own
+            hyperparameters on `hp`.
         rank: The ranks to try, a list of distinct positive integers, a fixed
             positive integer, or `None` to not tune a rank. Defaults to
             `(1, 2, 4, 8)`.
@@ -263,16 +265,17 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
             hp: A `keras_tuner.HyperParameters` instance.
 
         Returns:
-            The keras-lrne model returned by `build_model`.
+            The Keras model returned by `build_model`.
         """
         values = self._hyperparameters(hp)
         args = (hp,) if self.rank is None else (hp, values["rank"])
         model = self.build_model(*args)
-        if not isinstance(model, keras.Model) or not callable(getattr(model, "evolve", None)):
+        if not isinstance(model, keras.Model):
             raise keras_tuner.errors.FatalTypeError(
-                "Received an invalid value from `build_model`, expected a keras-lrne model "
-                "(`keras_lrne.Model`, `keras_lrne.Sequential` or a model with "
-                f"`EvolveMixin`). Received: {model!r} of type {type(model).__name__}"
+                "Received an invalid value from `build_model`, expected a Keras model "
+                "(`keras.Model`, e.g. `keras_lrne.Sequential` or a plain "
+                f"`keras.Sequential`). Received: {model!r:.200} of type "
+                f"{type(model).__name__}"
             )
         return model
 
@@ -322,10 +325,10 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
                 `population_batch_size`, `batch_size`.
 
         Returns:
-            The `keras.callbacks.History` of `model.evolve(...)`.
+            The `keras.callbacks.History` of `keras_lrne.evolve(model, ...)`.
         """
         callbacks = list(callbacks or [])
-        accepted = inspect.signature(model.evolve).parameters
+        accepted = set(inspect.signature(engine.evolve).parameters) - {"model"}
         unknown = sorted(k for k in kwargs if k not in accepted)
         if "strategy" in kwargs:
             raise _fatal(
@@ -373,8 +376,8 @@ class EvolutionHyperModel(keras_tuner.HyperModel):
             # observation statistics), so trials are comparable and replays exact.
             state = copy.deepcopy(x.get_state())
         try:
-            return model.evolve(x, y, strategy=strategy, generations=generations,
-                                callbacks=callbacks, seed=seed + execution, **kwargs)
+            return engine.evolve(model, x, y, strategy=strategy, generations=generations,
+                                 callbacks=callbacks, seed=seed + execution, **kwargs)
         except keras_tuner.errors.FatalError:
             raise
         except ValueError as error:

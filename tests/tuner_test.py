@@ -296,15 +296,23 @@ def test_val_loss_objective_needs_validation_data(tmp_path):
     assert list(logs.rglob("events.out.tfevents.*"))  # TensorBoard works per generation
 
 
-def test_build_model_must_return_an_evolvable_model(tmp_path):
+def test_a_plain_keras_model_is_tuned_and_a_non_model_refused(tmp_path):
     def build_model(hp, rank):
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(rank)])
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(rank, "tanh"),
+                                  keras.layers.Dense(1)])
         model.compile(loss="mse")
         return model
 
-    with pytest.raises(keras_tuner.errors.FatalTypeError, match="keras-lrne model"):
-        keras_tuner.RandomSearch(EvolutionHyperModel(build_model), objective=VAL_LOSS,
-                                 max_trials=1, directory=tmp_path)
+    x, y = regression_data()
+    tuner = keras_tuner.RandomSearch(EvolutionHyperModel(build_model, rank=[2, 3]),
+                                     objective="loss", max_trials=1, directory=tmp_path,
+                                     project_name="plain")
+    tuner.search(x, y, generations=2, verbose=0)
+    assert len(completed(tuner)) == 1
+    with pytest.raises(keras_tuner.errors.FatalTypeError, match="expected a Keras model"):
+        keras_tuner.RandomSearch(EvolutionHyperModel(lambda hp, rank: "not a model"),
+                                 objective=VAL_LOSS, max_trials=1, directory=tmp_path,
+                                 project_name="refused")
 
 
 def test_search_space_declaration():
