@@ -30,6 +30,7 @@ from keras_lrne.evaluators import (
     PythonFitnessEvaluator,
     SupervisedEvaluator,
     plan_groups,
+    tokens_per_sample,
 )
 from keras_lrne.lineage import Lineage
 from keras_lrne.rollout import RolloutEvaluator
@@ -150,7 +151,8 @@ class Run:
         group_size, groups: members per device and progress step, and the steps'
             `(start, skip)` within each device's share.
         bytes_per_sample: the planner's memory estimate per member and sample.
-        validation: `(x_val, y_val)` or None.
+        validation: `(x_val, y_val)` or None; `validation_batch_size`: samples per
+            call of its evaluation.
         lineage: the run's `Lineage`.
         evaluator: the evaluator the engine picked (`make_evaluator`).
     """
@@ -188,6 +190,10 @@ class Run:
         )
         self.bytes_per_sample = bytes_per_sample
         self.validation = validation
+        self.validation_batch_size = None
+        if validation is not None:  # one member per call
+            _, self.validation_batch_size = pop.plan_chunks(
+                1, pop.num_samples(validation[0]), bytes_per_sample, population_batch_size=1)
         self.evaluator = None
 
     def step(self, state, generation, progress=None):
@@ -227,25 +233,11 @@ def make_evaluator(run, task):
     if task.supervised:
         return SupervisedEvaluator(
             run.functions, run.groups, members, run.batch_size, task.train_data,
-            validation=run.validation, validation_batch_size=validation_batch_size(run),
+            validation=run.validation, validation_batch_size=run.validation_batch_size,
             tokens_per_sample=tokens_per_sample(task),
             maximize=task.maximize if _is_fitness(task) else None)
     rollout = RolloutEvaluator(run.model, run.functions, task, members, run.seed)
     return EnvironmentEvaluator(task, run.strategy, rollout)
-
-
-def tokens_per_sample(task):
-    """Tokens per sample of a token task (for `member_tokens_per_second`), or None."""
-    return getattr(task, "tokens_per_sample", None) or getattr(task, "sequence_length", None)
-
-
-def validation_batch_size(run):
-    """Samples per call of the validation evaluation (one member), or None."""
-    if run.validation is None:
-        return None
-    _, size = pop.plan_chunks(1, pop.num_samples(run.validation[0]), run.bytes_per_sample,
-                              population_batch_size=1)
-    return size
 
 
 def assign(model, evolvable, weights):

@@ -71,6 +71,11 @@ class Progress:
             self.end(logs)
 
 
+def tokens_per_sample(task):
+    """Tokens per sample of a token task (for `member_tokens_per_second`), or None."""
+    return getattr(task, "tokens_per_sample", None) or getattr(task, "sequence_length", None)
+
+
 def finite_stats(values):
     """Mean, median and max of the finite entries of `values` (NaN if there are none)."""
     finite = values[np.isfinite(values)]

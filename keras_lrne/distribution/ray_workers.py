@@ -18,6 +18,7 @@ from keras_lrne.evaluators import (
     EnvironmentEvaluator,
     PythonFitnessEvaluator,
     SupervisedEvaluator,
+    tokens_per_sample,
 )
 
 #: A chunk whose worker died is handed out again at most this many times.
@@ -152,8 +153,6 @@ class RayWorkers:
     def evaluator(self, run, task):
         """Starts the workers and returns the evaluator of `run` (a
         `keras_lrne.engine.Run`) on `task`, whose members the workers evaluate."""
-        from keras_lrne import engine
-
         members = run.strategy.num_members
         if getattr(task, "per_member", False):  # a Python Fitness: chunks of members
             group = min(members, -(-members // MAX_PROGRESS_STEPS))
@@ -164,8 +163,8 @@ class RayWorkers:
             return _Supervised(
                 self, run, run.functions, run.groups, members, run.batch_size,
                 task.train_data, validation=run.validation,
-                validation_batch_size=engine.validation_batch_size(run),
-                tokens_per_sample=engine.tokens_per_sample(task),
+                validation_batch_size=run.validation_batch_size,
+                tokens_per_sample=tokens_per_sample(task),
                 maximize=getattr(task, "maximize", None))
         # Chunks of at least 8 members (or all), whatever the worker count: each worker
         # plays a chunk on its own vector environment.
