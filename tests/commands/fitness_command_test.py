@@ -10,6 +10,10 @@ import pytest
 
 from keras_lrne import cli
 
+# The command's own logic (references, files, refusals) does not depend on the backend;
+# evolving on a Fitness is tested on both backends in tests/tasks/fitness_test.py.
+pytestmark = pytest.mark.backend_independent
+
 OBJECTIVE = textwrap.dedent('''
     import keras
     import numpy as np
