@@ -1,5 +1,5 @@
-"""Random SIGKILLs against `keras-lrne lm`, each followed by `--resume`: how many runs end
-identical to an uninterrupted run?
+"""Random SIGKILLs against `keras-lrne lm` (or `keras-lrne fitness`), each followed by
+`--resume`: how many runs end identical to an uninterrupted run?
 
 Each trial starts a fresh run, kills it with SIGKILL at a moment drawn uniformly over an
 uninterrupted run's duration (start-up, generations, backup writes, the final output
@@ -8,8 +8,12 @@ as identical when `history.csv` (timing columns aside), `lineage.npz` and `summa
 (timings and the output path aside) equal the uninterrupted run's, and no temporary file
 or backup is left behind.
 
+`--command fitness` runs `keras-lrne fitness` on a compiled accuracy fitness of a plain
+`keras.Sequential` (a module written to the temporary directory).
+
 Usage:
     python benchmarks/kill_resume.py --trials 30 [--generations 6] [--seed 0]
+                                     [--command lm|fitness]
 """
 
 import argparse
@@ -29,10 +33,36 @@ TIMING = {"generation_seconds", "member_evals_per_second", "member_tokens_per_se
           "wall_seconds", "evolution_seconds", "first_stage_seconds"}
 
 
-def _command(output, generations, resume=False):
-    return [sys.executable, "-m", "keras_lrne.cli", "lm", "--population", "8", "--parents",
-            "2", "--generations", str(generations), "--sequence-length", "16",
-            "--num-sequences", "8", "--vocab-size", "128", "--verbose", "0", "--output",
+OBJECTIVE = """
+import keras
+import numpy as np
+
+
+def build_model():
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                             keras.layers.Dense(3)])
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    return x, (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0).astype("int32")
+
+
+def accuracy(logits, labels):
+    predicted = keras.ops.cast(keras.ops.argmax(logits, axis=-1), "int32")
+    return keras.ops.mean(keras.ops.cast(keras.ops.equal(predicted, labels), "float32"))
+"""
+
+
+def _command(output, generations, resume=False, command="lm", objective=None):
+    if command == "fitness":
+        run = ["fitness", f"{objective}:accuracy", "--model", f"{objective}:build_model",
+               "--data", f"{objective}:load_data"]
+    else:
+        run = ["lm", "--sequence-length", "16", "--num-sequences", "8", "--vocab-size", "128"]
+    return [sys.executable, "-m", "keras_lrne.cli", *run, "--population", "8", "--parents",
+            "2", "--generations", str(generations), "--verbose", "0", "--output",
             output, *(["--resume"] if resume else [])]
 
 
@@ -65,12 +95,20 @@ def main():
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--generations", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--command", choices=("lm", "fitness"), default="lm")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     root = tempfile.mkdtemp(prefix="lrne_kill_")
+    objective = os.path.join(root, "objective.py")
+    with open(objective, "w") as f:
+        f.write(OBJECTIVE)
+
+    def command(output, resume=False):
+        return _command(output, args.generations, resume, args.command, objective)
+
     straight = os.path.join(root, "straight")
     start = time.perf_counter()
-    code, err = _run(_command(straight, args.generations))
+    code, err = _run(command(straight))
     seconds = time.perf_counter() - start
     if code != 0:
         sys.exit(f"the uninterrupted run failed:\n{err[-3000:]}")
@@ -80,10 +118,10 @@ def main():
     for trial in range(args.trials):
         output = os.path.join(root, f"trial{trial}")
         delay = float(rng.uniform(0.0, seconds))
-        code, err = _run(_command(output, args.generations), delay=delay)
+        code, err = _run(command(output), delay=delay)
         was_killed = code == -signal.SIGKILL
         killed += was_killed
-        code, err = _run(_command(output, args.generations, resume=True))
+        code, err = _run(command(output, resume=True))
         ok = code == 0
         if ok:
             leftovers = [n for n in os.listdir(output)

@@ -452,12 +452,12 @@ def _prepare(model, task, strategy, seed, freeze_normalization, validation,
         )
     x0, y0 = task.train_data(0)
     _check_input_shape(model, x0)
+    first = keras.tree.map_structure(lambda a: a[:1], x0)
     if not model.built or not model.trainable_variables:
-        model(keras.tree.map_structure(lambda a: a[:1], x0), training=False)
+        model(first, training=False)
     if objective is None:
-        check_sparse_labels(model, x0[:1] if not is_structure(x0) else x0,
-                            {getattr(task, "targets_argument", "x"): y0,
-                             "validation_data": validation and validation[1]})
+        check_sparse_labels(model, first, {getattr(task, "targets_argument", "x"): y0,
+                                           "validation_data": validation and validation[1]})
     return Run(model, strategy, seed, freeze_normalization, pop.num_samples(x0),
                pop.estimate_bytes_per_member_sample(model, x0), validation,
                population_batch_size, batch_size, distribution, objective=objective)

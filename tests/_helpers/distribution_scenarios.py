@@ -64,6 +64,35 @@ def open_es(distribution):
             "weights": [w.reshape(-1).tolist() for w in model.get_weights()]}
 
 
+def fitness(distribution):
+    """Compiled `Fitness` runs: accuracy with targets, and a reward of a two-input
+    model's outputs without targets."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def accuracy(logits, labels):
+        predicted = keras.ops.cast(keras.ops.argmax(logits, axis=-1), "int32")
+        return keras.ops.mean(keras.ops.cast(keras.ops.equal(predicted, labels), "float32"))
+
+    keras.utils.set_random_seed(0)
+    classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    a, b = keras.Input((4,), name="a"), keras.Input((2,), name="b")
+    joined = keras.layers.Concatenate()([a, b])
+    two_inputs = keras.Model({"a": a, "b": b}, keras.layers.Dense(1)(joined))
+    results = {}
+    for name, model, task in (
+        ("accuracy", classifier, keras_lrne.tasks.Fitness(accuracy, data=(x, y))),
+        ("reward", two_inputs, keras_lrne.tasks.Fitness(
+            lambda outputs: keras.ops.mean(outputs), data={"a": x, "b": x[:, :2]})),
+    ):
+        history = keras_lrne.evolve(model, task, strategy=keras_lrne.strategies.GA(8, 2),
+                                    generations=3, seed=1, verbose=0,
+                                    distribution=distribution)
+        results[name] = history.history["fitness"]
+    return results
+
+
 def cli_runs(directory):
     """`keras-lrne control` on CartPole with `--devices all` and `--devices 1`."""
     from keras_lrne import cli
@@ -86,6 +115,7 @@ def main(out):
         results[name] = reference_runs.run(name, distribution=PopulationParallel())
     results["resumed"] = interrupted_and_resumed(os.path.join(os.path.dirname(out), "b"))
     results["open_es"] = {"one": open_es(None), "four": open_es(PopulationParallel())}
+    results["fitness"] = {"one": fitness(None), "four": fitness(PopulationParallel())}
     # Where the GA's population lives between generations (JAX: on every device).
     keras.utils.set_random_seed(0)
     model = keras_lrne.Sequential([keras.Input((3,)), keras.layers.Dense(1)])

@@ -67,6 +67,13 @@ def test_open_es_does_not_depend_on_the_device_count(four_devices):
 
 
 @pytest.mark.slow
+def test_a_compiled_fitness_does_not_depend_on_the_device_count(four_devices):
+    one, four = four_devices["fitness"]["one"], four_devices["fitness"]["four"]
+    assert one["accuracy"] == four["accuracy"]
+    np.testing.assert_allclose(four["reward"], one["reward"], rtol=1e-6)
+
+
+@pytest.mark.slow
 def test_the_cli_splits_the_population_with_devices(four_devices):
     summaries = four_devices["cli"]
     assert summaries["all"]["final_episode_return"] == summaries["1"]["final_episode_return"]

@@ -72,7 +72,9 @@ def per_device(fn, handle, sharded, rows=None):
         for arg, split in zip(args, sharded):
             if not split:
                 # Read variables here: an XLA body cannot read another device's variable.
-                parts.append(tf.nest.map_structure(tf.convert_to_tensor, arg))
+                # (None stays None: e.g. the targets of a fitness without any.)
+                parts.append(None if arg is None
+                             else tf.nest.map_structure(tf.convert_to_tensor, arg))
                 continue
             flat = tf.nest.flatten(arg)
             if rows is not None:
