@@ -81,12 +81,16 @@ def batch_data(array, batch_size):
     arrays (several inputs or outputs) keeps its structure, every array reshaped."""
     if array is None:
         return None
+    if isinstance(array, dict):
+        return {key: batch_data(value, batch_size) for key, value in array.items()}
+    if isinstance(array, (list, tuple)) and array and _is_array_list(array):
+        return [batch_data(value, batch_size) for value in array]
+    array = np.asarray(array)
+    return array.reshape((array.shape[0] // batch_size, batch_size) + array.shape[1:])
 
-    def batched(values):
-        values = np.asarray(values)
-        return values.reshape((values.shape[0] // batch_size, batch_size) + values.shape[1:])
 
-    return keras.tree.map_structure(batched, array)
+def _is_array_list(values):
+    return all(isinstance(v, (dict, list, tuple)) or hasattr(v, "shape") for v in values)
 
 
 def to_tensors(value):

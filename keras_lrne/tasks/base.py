@@ -68,13 +68,18 @@ def leaves(value, argument):
 
 
 def map_arrays(fn, value):
-    """Applies `fn` to every array of `value`, keeping its dict/list structure (a tuple
-    of arrays becomes a list, as Keras reads several inputs)."""
+    """Applies `fn` to every array of `value`, keeping its dict/list structure."""
     if isinstance(value, dict):
         return {key: map_arrays(fn, v) for key, v in value.items()}
     if is_structure(value):
-        return [map_arrays(fn, v) for v in value]
+        return type(value)(map_arrays(fn, v) for v in value) if isinstance(value, tuple) \
+            else [map_arrays(fn, v) for v in value]
     return fn(value)
+
+
+def num_samples(value):
+    """The number of samples (leading dimension) of an array or a structure of them."""
+    return int(np.shape(leaves(value, "x")[0][1])[0])
 
 
 def dataset_to_arrays(dataset, argument):

@@ -1,8 +1,7 @@
 """`Fitness`: evolve a model on an objective of your own."""
 
 from keras_lrne._validation import check_bool
-from keras_lrne.population import num_samples
-from keras_lrne.tasks.base import Task, as_arrays, data_digest
+from keras_lrne.tasks.base import Task, as_arrays, data_digest, num_samples
 
 
 def _qualified_name(fn):
