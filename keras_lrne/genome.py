@@ -23,6 +23,7 @@ Example:
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -57,8 +58,12 @@ class VariableSpec:
             `mutation_rate * init_std` (`sqrt(mutation_rate)` for factors).
         factor: whether the variable is a low-rank factor (U or V).
         evolvable: False for frozen variables (normalization layers by default).
-        initializer: the Keras initializer that draws initial members, or None for
+            initializer: the Keras initializer that draws initial members, or None for
             `N(0, init_std)`.
+        lora: whether the variable is a factor of a Keras LoRA adapter
+            (`lora_kernel_a`, `lora_kernel_b`, `lora_embeddings_a`, ...). Every member
+            starts from the same adapter: its `_a` factor drawn from the run seed, its
+            `_b` factor zero, so every initial member computes the pretrained model.
     """
 
     index: int
@@ -69,6 +74,7 @@ class VariableSpec:
     factor: bool
     evolvable: bool
     initializer: object = None
+    lora: bool = False
 
 
 def _resolve_initializer(layer, name):
@@ -115,9 +121,14 @@ def collect_variable_specs(model, freeze_normalization=True):
     `{variable_name: {"init_std": float, "factor": bool}}` for the variables they own;
     other layers' variables get the std of their Keras initializer (the Kaiming std of
     their shape when that initializer is constant, e.g. zero biases).
+
+    A model with Keras LoRA adapters (`layer.enable_lora(rank)`, `backbone.enable_lora`)
+    evolves its adapters only: the LoRA factors are the evolvable variables, every other
+    trainable variable is frozen (shared by all members, never changed).
     """
     owners = _owners(model)
     specs = []
+    adapters = any(is_lora_variable(v) for v in model.trainable_variables)
     for index, variable in enumerate(model.trainable_variables):
         layer = owners.get(id(variable))
         name = variable.name
@@ -139,6 +150,9 @@ def collect_variable_specs(model, freeze_normalization=True):
         if not init_std > 0 or not math.isfinite(init_std):
             init_std = kaiming
         frozen = freeze_normalization and isinstance(layer, NORMALIZATION_LAYERS)
+        lora = is_lora_variable(variable)
+        if adapters and not lora:
+            frozen = True
         specs.append(
             VariableSpec(
                 index=index,
@@ -148,10 +162,17 @@ def collect_variable_specs(model, freeze_normalization=True):
                 init_std=init_std,
                 factor=bool(info.get("factor", False)),
                 evolvable=not frozen,
-                initializer=initializer,
+                initializer=None if lora else initializer,
+                lora=lora,
             )
         )
     return specs
+
+
+def is_lora_variable(variable):
+    """Whether `variable` is a factor of a Keras LoRA adapter (`lora_kernel_a`, ...)."""
+    name = variable.path.rsplit("/", 1)[-1] if hasattr(variable, "path") else variable.name
+    return name.startswith("lora_") and name[-2:] in ("_a", "_b")
 
 
 def derive_seed(*entropy):
@@ -165,12 +186,19 @@ def initial_member(specs, seed, member):
 
     Each evolvable variable is drawn by its own initializer, re-seeded from
     `(seed, member, variable index)`, so members are independent initialisations and any
-    one can be re-created alone.
+    one can be re-created alone. LoRA factors (`spec.lora`) are the same for every
+    member: the `_a` factor drawn from `(seed, 0, variable index)`, the `_b` factor zero,
+    so every member starts as the pretrained model (the adapter's product is zero).
     """
     values = []
     for spec in specs:
         if not spec.evolvable:
             continue
+        if spec.lora:
+            if spec.path.endswith("_b"):
+                values.append(np.zeros(spec.shape, dtype=spec.dtype))
+                continue
+            member = 0
         member_seed = derive_seed(seed, 0, member, spec.index)
         if spec.initializer is None:
             value = keras.random.normal(
@@ -189,3 +217,47 @@ def initial_population(specs, seed, population_size):
         ops.convert_to_tensor(np.stack([m[j] for m in members]))
         for j in range(len(members[0]))
     ]
+
+
+class LowRankMembers(NamedTuple):
+    """One variable of a population given as a shared mean plus a low-rank perturbation
+    per member, never materialised: member `i` is
+    `mean + reshape(left[i] @ transpose(right[i]), mean.shape)`.
+
+    For a variable of shape `(*lead, n)`, `left` is `(P, prod(lead), r)` and `right` is
+    `(P, n, r)`. The population engine computes a layer's product with the mean once for
+    all members and adds `(x @ left[i]) @ transpose(right[i])` per member (see
+    `OpenES(perturbation_rank=...)`); `materialize` builds the dense members where a
+    consumer needs them (Python fitness functions, environment rollouts, elites).
+
+    Attributes:
+        mean: the shared value, `(*shape)`.
+        left: `(P, m, r)` tensor (any scale and sign already applied).
+        right: `(P, n, r)` tensor.
+    """
+
+    mean: object
+    left: object
+    right: object
+
+    @property
+    def shape(self):
+        """`(P, *mean.shape)`, as a dense population tensor's."""
+        return (self.left.shape[0], *self.mean.shape)
+
+    @property
+    def dtype(self):
+        return self.mean.dtype
+
+
+def materialize(population):
+    """The dense population tensors `(P, *shape)` of a population whose entries may be
+    `LowRankMembers` (dense entries pass unchanged)."""
+    dense = []
+    for entry in population:
+        if isinstance(entry, LowRankMembers):
+            delta = ops.einsum("pmr,pnr->pmn", entry.left, entry.right)
+            delta = ops.reshape(delta, (-1, *entry.mean.shape))
+            entry = entry.mean[None] + ops.cast(delta, entry.mean.dtype)
+        dense.append(entry)
+    return dense

@@ -32,7 +32,8 @@ from keras_lrne.genome import (  # noqa: F401
     initial_member,
     initial_population,
 )
-from keras_lrne.layers import _vectorized
+from keras_lrne.genome import LowRankMembers, materialize  # noqa: F401
+from keras_lrne.layers import _low_rank, _vectorized
 
 # Bytes the evaluation of one chunk step may use on CPU: about a last-level cache (larger
 # steps are slower, smaller ones gain nothing: see benchmarks/README.md).
@@ -74,6 +75,23 @@ def plan_chunks(population_size, num_samples, bytes_per_member_sample,
         divisor = largest_divisor_at_most(population_size, cap)
         population_batch_size = divisor if divisor * 2 > cap else cap
     return int(min(population_batch_size, population_size)), int(batch_size)
+
+
+def split_population(population):
+    """`(members, means)`: what the compiled evaluation takes of a population.
+
+    `members` has one entry per variable with a leading member axis: the dense tensor, or
+    the `(left, right)` factors of a `LowRankMembers` entry; `means` lists the shared
+    means of the `LowRankMembers` entries, in order (empty for a dense population).
+    """
+    members, means = [], []
+    for entry in population:
+        if isinstance(entry, LowRankMembers):
+            members.append((entry.left, entry.right))
+            means.append(entry.mean)
+        else:
+            members.append(entry)
+    return members, means
 
 
 def batch_data(array, batch_size):
@@ -251,6 +269,7 @@ class PopulationFunctions:
         self._loss_fn = objective if objective is not None else mean_loss_fn(loss, model)
         self._evolvable = [s.index for s in specs if s.evolvable]
         self._frozen = [s.index for s in specs if not s.evolvable]
+        self._plan_low_rank(model)
         self.trace_counts = {"evaluate": 0}
         bk = lrne_backend.get()
         self._backend = bk
@@ -263,23 +282,73 @@ class PopulationFunctions:
         def evaluate(*args):
             return self._evaluate(*args)
 
-        def evaluate_group(population, start, *args):
-            group = [ops.slice(v, [start] + [0] * (len(v.shape) - 1),
-                               [self.group_size, *v.shape[1:]]) for v in population]
-            return self._evaluate(group, *args)
+        def evaluate_group(population, means, start, *args):
+            group = keras.tree.map_structure(
+                lambda v: ops.slice(v, [start] + [0] * (len(v.shape) - 1),
+                                    [self.group_size, *v.shape[1:]]), population)
+            return self._evaluate(group, means, *args)
 
-        self.evaluate = bk.compile(evaluate)
+        compiled = bk.compile(evaluate)
+        # A population may hold `LowRankMembers` entries: the compiled functions take
+        # their per-member factors (split along the member axis) and shared means apart.
+        self.evaluate = lambda population, *args: compiled(*split_population(population),
+                                                           *args)
         if self.group_size is None:
             return
         if distribution is None:
-            self.evaluate_group = bk.compile(evaluate_group)
+            compiled_group = bk.compile(evaluate_group)
         else:
             rows = self.num_devices * distribution.members_per_device(population_size)
-            self.evaluate_group = bk.per_device(
+            compiled_group = bk.per_device(
                 evaluate_group, distribution.handle,
-                (True, False, False, False, False, False), rows=rows)
+                (True, False, False, False, False, False, False), rows=rows)
+        self.evaluate_group = lambda population, *args: compiled_group(
+            *split_population(population), *args)
 
     # -- helpers -------------------------------------------------------------------
+    def _plan_low_rank(self, model):
+        """Which evolvable variables' low-rank perturbations the layers add without
+        materialising them, and which layers' LoRA adapters run unmerged."""
+        owners = {}  # the deepest layer owning each variable (parents come first)
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            for variable in layer.trainable_weights + layer.non_trainable_weights:
+                owners[id(variable)] = layer
+        variables = model.trainable_variables
+        self._variables = [variables[i] for i in self._evolvable]
+        self._owners = [owners.get(id(v)) for v in self._variables]
+        self._unmaterialized = [_low_rank.supports(layer, v)
+                                for layer, v in zip(self._owners, self._variables)]
+        layers = {id(layer): layer for layer in owners.values()}
+        self._lora_layers = [layer for layer in layers.values()
+                             if _low_rank.patches_lora(layer)]
+
+    def _member_values(self, member, means):
+        """The evolved values of one member (inside the vectorised map) and the
+        perturbations `{id(variable): (left, right)}` its layers add unmaterialised."""
+        values, deltas, means = [], {}, iter(means)
+        for entry, variable, direct in zip(member, self._variables, self._unmaterialized):
+            if not isinstance(entry, (tuple, list)):
+                values.append(entry)
+                continue
+            left, right = entry
+            mean = next(means)
+            if direct:
+                values.append(mean)
+                deltas[id(variable)] = (left, right)
+            else:  # a layer that cannot take it apart: this member's weights, materialised
+                delta = ops.reshape(ops.matmul(left, ops.transpose(right)), mean.shape)
+                values.append(mean + ops.cast(delta, mean.dtype))
+        return values, deltas
+
+    def _patched_layers(self, population):
+        """The Keras layers whose calls run unmerged and unmaterialised in this trace."""
+        layers = {id(layer): layer for layer in self._lora_layers}
+        for entry, layer, direct in zip(population, self._owners, self._unmaterialized):
+            if (isinstance(entry, (tuple, list)) and direct
+                    and not hasattr(layer, "_lrne_unmaterialized")):
+                layers[id(layer)] = layer
+        return list(layers.values())
+
     def frozen_values(self):
         variables = self.model.trainable_variables
         return [variables[i].value for i in self._frozen]
@@ -298,28 +367,32 @@ class PopulationFunctions:
         return values
 
     # -- compiled bodies -----------------------------------------------------------
-    def _evaluate(self, population, frozen, non_trainable, x, y):
+    def _evaluate(self, population, means, frozen, non_trainable, x, y):
         self.trace_counts["evaluate"] += 1
         population = list(population)
-        size = population[0].shape[0]
+        means = list(means)
+        size = keras.tree.flatten(population)[0].shape[0]
         chunk = min(self.chunk_size, size)
         num_chunks = -(-size // chunk)
         padded = num_chunks * chunk
         if padded != size:
-            population = [
-                ops.concatenate([v, v[: padded - size]], axis=0) for v in population
-            ]
+            population = keras.tree.map_structure(
+                lambda v: ops.concatenate([v, v[: padded - size]], axis=0), population)
+        patched = self._patched_layers(population)
         num_batches = keras.tree.flatten(x)[0].shape[0]
         # `stateless_call` forwards keyword arguments to `call()` as they are.
         kwargs = {"training": False} if getattr(self.model, "_call_has_training_arg", True) else {}
 
         def batch_losses(members, xb, yb):
             def member_loss(member):
-                trainable = self.assemble(member, frozen)
-                y_pred, _ = self.model.stateless_call(trainable, non_trainable, xb, **kwargs)
+                values, deltas = self._member_values(member, means)
+                trainable = self.assemble(values, frozen)
+                with _low_rank.deltas(deltas):
+                    y_pred, _ = self.model.stateless_call(trainable, non_trainable, xb,
+                                                          **kwargs)
                 return self._loss_fn(yb, y_pred)
 
-            with _vectorized.member_calls():
+            with _vectorized.member_calls(), _low_rank.patched_calls(patched):
                 return ops.vectorized_map(member_loss, members)
 
         def chunk_losses(members):
@@ -335,7 +408,8 @@ class PopulationFunctions:
         if num_chunks == 1:
             losses = chunk_losses(population)
         else:
-            stacked = [ops.reshape(v, (num_chunks, chunk) + tuple(v.shape[1:])) for v in population]
+            stacked = keras.tree.map_structure(
+                lambda v: ops.reshape(v, (num_chunks, chunk) + tuple(v.shape[1:])), population)
             losses = self._backend.map_chunks(chunk_losses, stacked, (chunk,))
         return ops.reshape(losses, (-1,))[:size]
 

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_lrne._validation import check_int
-from keras_lrne.layers import _init
+from keras_lrne.layers import _init, _low_rank
 
 
 @keras.saving.register_keras_serializable(package="keras_lrne")
@@ -120,8 +120,13 @@ class FactorizedDense(keras.layers.Layer):
             raise AttributeError("You must build the layer before accessing `kernel`.")
         return ops.matmul(self.kernel_u, self.kernel_v)
 
+    #: Factors whose member perturbations `call` adds unmaterialised.
+    _lrne_unmaterialized = ("kernel_u", "kernel_v")
+
     def call(self, inputs):
-        x = ops.matmul(ops.matmul(inputs, self.kernel_u), self.kernel_v)
+        # `_low_rank.matmul` adds a population member's low-rank perturbation of a
+        # factor (OpenES perturbation_rank) without materialising it; else a plain matmul.
+        x = _low_rank.matmul(_low_rank.matmul(inputs, self.kernel_u), self.kernel_v)
         if self.bias is not None:
             x = ops.add(x, self.bias)
         if self.activation is not None:

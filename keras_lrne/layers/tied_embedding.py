@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_lrne._validation import check_int
-from keras_lrne.layers import _init
+from keras_lrne.layers import _init, _low_rank
 from keras_lrne.layers._tied_head import TiedHeadMixin
 
 
@@ -94,12 +94,27 @@ class TiedEmbedding(TiedHeadMixin, keras.layers.Embedding):
                 names.append("output_bias")
         return spec
 
+    #: Variables whose member perturbations `call` adds unmaterialised.
+    _lrne_unmaterialized = ("embeddings",)
+
     def call(self, inputs, reverse=False):
-        if not reverse:
-            return super().call(inputs)
-        x = ops.cast(inputs, self.compute_dtype)
-        table = ops.cast(self.embeddings, self.compute_dtype)
-        logits = ops.matmul(x, ops.transpose(table))
+        if self.lora_enabled or self.quantization_mode:
+            # Keras' own merge (LoRA, quantization): no member perturbation to add.
+            if not reverse:
+                return super().call(inputs)
+            table = ops.cast(self.embeddings, self.compute_dtype)
+            logits = ops.matmul(ops.cast(inputs, self.compute_dtype), ops.transpose(table))
+        elif not reverse:
+            ids = inputs if inputs.dtype in ("int32", "int64") else ops.cast(inputs, "int32")
+            out = ops.take(self._embeddings, ids, axis=0)
+            delta = _low_rank.delta_for(self._embeddings)
+            if delta is not None:
+                left, right = delta
+                out = out + ops.matmul(ops.take(left, ids, axis=0), ops.transpose(right))
+            return ops.cast(out, self.compute_dtype)
+        else:
+            logits = _low_rank.transposed_matmul(ops.cast(inputs, self.compute_dtype),
+                                                 self._embeddings)
         if self.output_bias is not None:
             logits = ops.add(logits, ops.cast(self.output_bias, self.compute_dtype))
         return logits

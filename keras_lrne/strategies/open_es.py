@@ -28,6 +28,7 @@ class OpenESConfig:
     optimizer: object = "adam"
     weight_decay: float = 0.0
     mean_evaluation: bool = True
+    perturbation_rank: int = None
 
 
 class OpenESState(NamedTuple):
@@ -125,6 +126,19 @@ class OpenES(Strategy):
             instance (its own learning rate is used; each run uses a fresh copy).
         weight_decay: L2 coefficient on the mean (relative units). Defaults to 0.
         mean_evaluation: evaluate the mean every generation. Defaults to True.
+        perturbation_rank: None (default) for full-rank noise; an integer `r` for
+            low-rank noise (EGGROLL, Sarkar et al. 2025) on every variable with two or
+            more dimensions: `eps_i = A_i @ transpose(B_i) / sqrt(r)` with `A_i`
+            `(m, r)` and `B_i` `(n, r)` standard normal, regenerated from the member's
+            seed (a convolution kernel's leading dimensions are the rows `m`). Each
+            entry of `eps_i` has mean 0 and variance 1, and tends to a Gaussian as `r`
+            grows. Vectors (biases, norms) keep full-rank noise; the update is the usual
+            full-rank weighted sum. The population is never materialised: its members
+            are `keras_lrne.genome.LowRankMembers`, and `Dense`, `EinsumDense`,
+            `Embedding`, `Conv2D` and keras-lrne's `FactorizedDense` and
+            `TiedEmbedding` compute `x @ mean` once for all members plus
+            `(x @ A_i) @ transpose(B_i)` per member. Other layers get each member's
+            weights materialised (correct, without the saving).
 
     Example:
 
@@ -134,7 +148,7 @@ class OpenES(Strategy):
 
     def __init__(self, population_size, sigma=0.02, learning_rate=0.01, antithetic=True,
                  fitness_shaping="centered_rank", optimizer="adam", weight_decay=0.0,
-                 mean_evaluation=True):
+                 mean_evaluation=True, perturbation_rank=None):
         check_int("population_size", population_size, 2)
         sigma = check_number("sigma", sigma)
         learning_rate = check_number("learning_rate", learning_rate)
@@ -152,11 +166,13 @@ class OpenES(Strategy):
             )
         weight_decay = check_number("weight_decay", weight_decay, allow_zero=True)
         mean_evaluation = check_bool("mean_evaluation", mean_evaluation)
+        if perturbation_rank is not None:
+            perturbation_rank = check_int("perturbation_rank", perturbation_rank, 1)
         super().__init__(OpenESConfig(
             population_size=int(population_size), sigma=sigma, learning_rate=learning_rate,
             antithetic=antithetic, fitness_shaping=fitness_shaping,
             optimizer=_serialize_optimizer(optimizer), weight_decay=weight_decay,
-            mean_evaluation=mean_evaluation,
+            mean_evaluation=mean_evaluation, perturbation_rank=perturbation_rank,
         ))
         self._optimizer = None
         self._ops = None
@@ -185,37 +201,73 @@ class OpenES(Strategy):
         optimizer.build(variables)
         return optimizer, variables
 
+    def _noise_layout(self, specs):
+        """Per spec `(shape, rows m, columns n, rank r or None)`: low-rank noise (`r`)
+        for tensors of 2+ dimensions when `perturbation_rank` is set, else full."""
+        rank = self.config.perturbation_rank
+        layout = []
+        for s in specs:
+            shape = tuple(s.shape)
+            low = rank is not None and len(shape) >= 2
+            m = int(np.prod(shape[:-1])) if shape else 1
+            layout.append((shape, m, shape[-1] if shape else 1, rank if low else None))
+        return layout
+
     def _compile(self, specs, optimizer, variables):
         """The compiled `(sample, perturb, update)` operators of a run."""
         bk = lrne_backend.get()
         stds = [float(s.init_std) for s in specs]
-        sizes = [int(np.prod(s.shape)) for s in specs]
-        shapes = [tuple(s.shape) for s in specs]
-        noise_std = np.concatenate([np.full((n,), self.config.sigma * std, "float32")
-                                    for n, std in zip(sizes, stds)])
-        scale = 1.0 / (self.population_size * self.config.sigma)
+        layout = self._noise_layout(specs)
+        # Numbers drawn per member and tensor: A and B for low-rank noise, else the tensor.
+        sizes = [(m + n) * r if r else int(np.prod(shape)) for shape, m, n, r in layout]
+        sigma = self.config.sigma
+        noise_std = np.concatenate([np.full((n,), 1.0 if r else sigma * std, "float32")
+                                    for n, std, (*_, r) in zip(sizes, stds, layout)])
+        scale = 1.0 / (self.population_size * sigma)
         antithetic, decay = self.config.antithetic, self.config.weight_decay
 
         def member_noise(seeds):
             """The one implementation of OpenES noise: row `i`, a standard normal over
-            every evolved number, depends only on `seeds[i]` (members rebuild alone)."""
+            every evolved number (or every factor entry, with `perturbation_rank`),
+            depends only on `seeds[i]` (members rebuild alone)."""
             return bk.seeded_normal(seeds, _NOISE_SALT, (sum(sizes),), "float32")
+
+        def factors(piece, m, n, r):
+            return (ops.reshape(piece[:, : m * r], (-1, m, r)),
+                    ops.reshape(piece[:, m * r:], (-1, n, r)))
 
         def perturb(mean, seeds, signs):
             noise = bk.barrier(member_noise(seeds))
-            noise = bk.barrier(noise * noise_std * ops.cast(signs, "float32")[:, None])
+            noise = bk.barrier(noise * noise_std)
+            signs = ops.cast(signs, "float32")
             members, offset = [], 0
-            for m, shape, size in zip(mean, shapes, sizes):
-                piece = ops.reshape(noise[:, offset: offset + size], (-1, *shape))
+            for m_, (shape, m, n, r), size, std in zip(mean, layout, sizes, stds):
+                piece = noise[:, offset: offset + size]
                 offset += size
-                members.append(m[None] + ops.cast(piece, m.dtype))
+                if r:
+                    left, right = factors(piece, m, n, r)
+                    left = left * (signs * (sigma * std / math.sqrt(r)))[:, None, None]
+                    members.append(genome.LowRankMembers(
+                        m_, ops.cast(left, m_.dtype), ops.cast(right, m_.dtype)))
+                else:
+                    piece = ops.reshape(piece * signs[:, None], (-1, *shape))
+                    members.append(m_[None] + ops.cast(piece, m_.dtype))
             return members
 
         def sample(mean, seeds, signs):
             members = perturb(mean, seeds, signs)
-            if self.config.mean_evaluation:  # the mean is the last member
-                members = [ops.concatenate([p, m[None]], 0) for p, m in zip(members, mean)]
-            return members
+            if not self.config.mean_evaluation:
+                return members
+            out = []  # the mean is the last member
+            for p, m in zip(members, mean):
+                if isinstance(p, genome.LowRankMembers):
+                    zero = ops.zeros((1, *p.left.shape[1:]), p.left.dtype)
+                    out.append(genome.LowRankMembers(
+                        m, ops.concatenate([p.left, zero], 0),
+                        ops.concatenate([p.right, ops.zeros_like(p.right[:1])], 0)))
+                else:
+                    out.append(ops.concatenate([p, m[None]], 0))
+            return out
 
         def update(mean, optimizer_values, seeds, weights):
             # The gradient of the expected loss in units of each tensor's init std,
@@ -226,10 +278,16 @@ class OpenES(Strategy):
             flat = ops.matmul(weights[None, :], eps)[0] * scale
             z = [m / std for m, std in zip(mean, stds)]
             grads, offset = [], 0
-            for shape, size, zi in zip(shapes, sizes, z):
-                grad = ops.reshape(flat[offset: offset + size], shape)
-                grads.append(grad + decay * zi if decay else grad)
+            for (shape, m, n, r), size, zi in zip(layout, sizes, z):
+                piece = eps[:, offset: offset + size]
                 offset += size
+                if r:  # sum_i w_i A_i B_i^T / sqrt(r), full rank
+                    left, right = factors(piece, m, n, r)
+                    grad = ops.einsum("i,imr,inr->mn", weights, left, right)
+                    grad = ops.reshape(grad * (scale / math.sqrt(r)), shape)
+                else:
+                    grad = ops.reshape(flat[offset - size: offset], shape)
+                grads.append(grad + decay * zi if decay else grad)
             z, optimizer_values = bk.apply_optimizer(optimizer, variables, optimizer_values,
                                                      grads, z)
             return [zi * std for zi, std in zip(z, stds)], list(optimizer_values)
@@ -294,8 +352,8 @@ class OpenES(Strategy):
         else:
             best = int(np.argmin(members))
             seeds, signs = self.member_seeds(state.noise_seeds)
-            elite = [v[0] for v in perturb(state.mean, seeds[best:best + 1],
-                                           signs[best:best + 1])]
+            elite = [v[0] for v in genome.materialize(
+                perturb(state.mean, seeds[best:best + 1], signs[best:best + 1]))]
             logs["loss"] = float(members[best])
         mean, values = update(state.mean, state.optimizer_variables, state.noise_seeds,
                               weights)
@@ -320,8 +378,8 @@ class OpenES(Strategy):
                                   np.asarray(records["weights"][g], np.float32))
         if member is not None and member < self.population_size:
             seeds, signs = self.member_seeds(self.noise_seeds(seed, generation))
-            mean = [v[0] for v in perturb(mean, seeds[member:member + 1],
-                                          signs[member:member + 1])]
+            mean = [v[0] for v in genome.materialize(
+                perturb(mean, seeds[member:member + 1], signs[member:member + 1]))]
         bk = lrne_backend.get()
         return [bk.to_numpy(v) for v in mean]
 
