@@ -22,6 +22,7 @@ __all__ = [
     "evolve",
     "export_policy",
     "layers",
+    "merge_lora",
     "presets",
     "strategies",
     "tasks",
@@ -109,13 +110,14 @@ def _import_public_api():
         for name in ("distribution", "evaluators", "layers", "presets", "strategies",
                      "tasks"))
     from keras_lrne.engine import evolve
-    from keras_lrne.export import export_policy
+    from keras_lrne.export import export_policy, merge_lora
     from keras_lrne.lineage import Lineage
     from keras_lrne.models import EvolveMixin, Model, Sequential
 
     globals().update(
         distribution=distribution, evaluators=evaluators, evolve=evolve, layers=layers,
         presets=presets, strategies=strategies, tasks=tasks, export_policy=export_policy,
+        merge_lora=merge_lora,
         Lineage=Lineage, EvolveMixin=EvolveMixin, Model=Model, Sequential=Sequential,
     )
 
@@ -126,7 +128,7 @@ if not _started_by_the_command_line():
     _quiet_backend_start_up()
     from keras_lrne import distribution, evaluators, layers, presets, strategies, tasks
     from keras_lrne.engine import evolve
-    from keras_lrne.export import export_policy
+    from keras_lrne.export import export_policy, merge_lora
     from keras_lrne.lineage import Lineage
     from keras_lrne.models import EvolveMixin, Model, Sequential
 

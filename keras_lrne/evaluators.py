@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from keras_lrne import backend as lrne_backend
+from keras_lrne import genome
 from keras_lrne import population as pop
 
 #: At most this many progress-bar steps per generation for supervised tasks: the
@@ -309,7 +310,7 @@ class PythonFitnessEvaluator(Evaluator):
     def _fitness(self, population, generation, progress):
         """`(fitness, errors)`: one float per member (NaN when it failed), and
         `[(member, exception)]`."""
-        arrays = [lrne_backend.get().to_numpy(v) for v in population]
+        arrays = [lrne_backend.get().to_numpy(v) for v in genome.materialize(population)]
         best = [-math.inf if self.maximize else math.inf]
 
         def reported(member, value):

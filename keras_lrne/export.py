@@ -99,3 +99,66 @@ def _json_safe(kwargs):
             continue
         safe[key] = value
     return safe
+
+
+def _is_lora(variable):
+    return variable.path.rsplit("/", 1)[-1].startswith("lora_")
+
+
+def merge_lora(model):
+    """A copy of `model` with every Keras LoRA adapter merged into its kernel.
+
+    After evolving a model's LoRA adapters (`layer.enable_lora(rank)`; see
+    `keras_lrne.evolve`), `model.save()` keeps Keras' LoRA layout (base kernel plus
+    factors), which plain Keras loads. For export to code that knows nothing of LoRA, this
+    returns the same architecture without adapters, whose kernels are the merged
+    `W0 + (alpha / rank) * A @ B` (what the LoRA model computes). The model itself is not
+    changed.
+
+    Args:
+        model: a built Keras model with at least one LoRA-enabled layer.
+
+    Returns:
+        A new model (`keras.models.clone_model` without the adapters) with the merged
+        weights.
+
+    Example:
+
+    >>> model.layers[1].enable_lora(4)
+    >>> keras_lrne.evolve(model, x, y, strategy=keras_lrne.strategies.GA(64, 8))
+    >>> merged = keras_lrne.merge_lora(model)
+    >>> merged.save("merged.keras")
+    """
+    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    adapted = [layer for layer in layers if getattr(layer, "lora_enabled", False)]
+    if not adapted:
+        raise ValueError(
+            "Received a model without LoRA adapters: call `layer.enable_lora(rank)` on "
+            f"its layers first. Received: model={model.name!r}"
+        )
+    merged_values = {}
+    for layer in adapted:
+        if hasattr(layer, "_embeddings"):
+            merged_values[id(layer._embeddings)] = layer.embeddings
+        else:
+            merged_values[id(layer._kernel)] = layer.kernel
+
+    def without_lora(layer):
+        config = layer.get_config()
+        if getattr(layer, "lora_enabled", False):
+            config.pop("lora_rank", None)
+            config.pop("lora_alpha", None)
+        return layer.__class__.from_config(config)
+
+    merged = keras.models.clone_model(model, clone_function=without_lora)
+    source = [v for v in model.weights if not _is_lora(v)]
+    target = merged.weights
+    if len(source) != len(target) or any(_is_lora(v) for v in target):
+        raise ValueError(
+            f"Could not merge the LoRA adapters of model {model.name!r}: its copy without "
+            f"adapters has {len(target)} weights, expected {len(source)}."
+        )
+    for to, frm in zip(target, source):
+        # A copy: JAX's predict donates a model's buffers, which must not be shared.
+        to.assign(np.array(keras.ops.convert_to_numpy(merged_values.get(id(frm), frm))))
+    return merged

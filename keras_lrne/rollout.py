@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
+from keras_lrne import genome
 from keras_lrne.layers import _vectorized
 
 #: Two lanes need at least this many environments each.
@@ -160,6 +161,8 @@ class RolloutEvaluator:
         `progress_offset + finished member-episodes` as episodes end.
         """
         task = self.task
+        # Policies are small: low-rank members (OpenES perturbation_rank) play dense.
+        population = genome.materialize(population)
         size = int(population[0].shape[0])
         members = np.arange(size) if members is None else np.asarray(members)
         episodes = task.episodes if episodes is None else int(episodes)

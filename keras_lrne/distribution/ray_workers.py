@@ -489,7 +489,7 @@ class _Worker:
         if self.per_member:
             from keras_lrne.evaluators import member_fitness
 
-            arrays = [bk.to_numpy(v) for v in members]
+            arrays = [bk.to_numpy(v) for v in pop.materialize(members)]
             fitness, errors = member_fitness(self.model, self.evolvable, self.task.fn,
                                              arrays, range(len(arrays[0])))
             # Rows of the chunk; exceptions travel as their repr if they cannot be pickled.

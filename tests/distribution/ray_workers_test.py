@@ -110,19 +110,23 @@ def test_a_killed_worker_is_replaced_and_the_run_ends_the_same(local_ray, refere
     reference_runs.check(received, reference["arrays"])
 
 
-def _open_es(distribution):
+def _open_es(distribution, perturbation_rank=None):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 4)).astype("float32")
     keras.utils.set_random_seed(0)
-    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                   keras.layers.Dense(1)])
     model.compile(loss="mse")
-    history = model.evolve(x, x.sum(axis=1, keepdims=True), strategy=OpenES(6),
+    strategy = OpenES(6, perturbation_rank=perturbation_rank)
+    history = model.evolve(x, x.sum(axis=1, keepdims=True), strategy=strategy,
                            generations=3, seed=2, verbose=0, distribution=distribution)
     return history.history["loss"], model.get_weights()
 
 
-def test_open_es_in_workers_equals_one_process(local_ray):
-    (loss_a, weights_a), (loss_b, weights_b) = _open_es(None), _open_es(RayWorkers(2))
+@pytest.mark.parametrize("perturbation_rank", [None, 1])
+def test_open_es_in_workers_equals_one_process(local_ray, perturbation_rank):
+    (loss_a, weights_a), (loss_b, weights_b) = (
+        _open_es(None, perturbation_rank), _open_es(RayWorkers(2), perturbation_rank))
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
     for a, b in zip(weights_a, weights_b):
         np.testing.assert_array_equal(a, b)

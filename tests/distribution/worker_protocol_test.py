@@ -6,17 +6,19 @@ import pytest
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
+from keras_lrne import genome
 from keras_lrne.distribution.worker_protocol import protocol_for
 from keras_lrne.strategies import GA, OpenES
 
 
 def _numpy(values):
-    return [lrne_backend.get().to_numpy(v) for v in values]
+    return [lrne_backend.get().to_numpy(v) for v in genome.materialize(values)]
 
 
 @pytest.mark.parametrize("strategy", [GA(7, 2, mutation_rate=0.1), OpenES(6),
-                                      OpenES(4, mean_evaluation=False)],
-                         ids=["ga", "open_es", "open_es_no_mean"])
+                                      OpenES(4, mean_evaluation=False),
+                                      OpenES(6, perturbation_rank=1)],
+                         ids=["ga", "open_es", "open_es_no_mean", "open_es_low_rank"])
 def test_a_worker_builds_the_members_ask_returns(strategy):
     specs = [(3, 2), 4]
     state = strategy.init(specs, seed=11)
@@ -37,7 +39,7 @@ def test_a_worker_builds_the_members_ask_returns(strategy):
         state, _ = strategy.tell(state, losses)
         for name, value in strategy.record(state).items():
             records.setdefault(name, []).append(np.asarray(value))
-    assert ops.shape(built[0])[0] == len(members)
+    assert ops.shape(genome.materialize(built)[0])[0] == len(members)
 
 
 def test_strategies_without_the_protocol_say_so():

@@ -176,6 +176,7 @@ class Interrupt(keras.callbacks.Callback):
 @pytest.mark.parametrize("make", [
     lambda: OpenES(8, sigma=0.1),
     lambda: OpenES(6, antithetic=False, mean_evaluation=False, optimizer="sgd"),
+    lambda: OpenES(8, sigma=0.1, perturbation_rank=1),
 ])
 def test_open_es_resumes_bit_exactly(tmp_path, make):
     x, y = regression(32)
