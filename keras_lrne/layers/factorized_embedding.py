@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_lrne._validation import check_int
-from keras_lrne.layers import _init
+from keras_lrne.layers import _init, _low_rank
 from keras_lrne.layers._tied_head import TiedHeadMixin
 
 
@@ -117,19 +117,25 @@ class FactorizedEmbedding(TiedHeadMixin, keras.layers.Layer):
             raise AttributeError("You must build the layer before accessing `embeddings`.")
         return ops.matmul(self.embeddings_u, self.embeddings_v)
 
+    #: Factors whose member perturbations `call` adds unmaterialised (`_low_rank`).
+    _lrne_unmaterialized = ("embeddings_u", "embeddings_v")
+
     def call(self, inputs, reverse=False):
         if reverse:
             x = ops.cast(inputs, self.compute_dtype)
-            v = ops.cast(self.embeddings_v, self.compute_dtype)
-            u = ops.cast(self.embeddings_u, self.compute_dtype)
-            logits = ops.matmul(ops.matmul(x, ops.transpose(v)), ops.transpose(u))
+            logits = _low_rank.transposed_matmul(
+                _low_rank.transposed_matmul(x, self.embeddings_v), self.embeddings_u)
             if self.output_bias is not None:
                 logits = ops.add(logits, ops.cast(self.output_bias, self.compute_dtype))
             return logits
         if "int" not in keras.backend.standardize_dtype(inputs.dtype):
             inputs = ops.cast(inputs, "int32")
         rows = ops.take(self.embeddings_u, inputs, axis=0)
-        out = ops.matmul(rows, self.embeddings_v)
+        delta = _low_rank.delta_for(self.embeddings_u)
+        if delta is not None:  # a population member's perturbation of the U factor
+            left, right = delta
+            rows = rows + ops.matmul(ops.take(left, inputs, axis=0), ops.transpose(right))
+        out = _low_rank.matmul(rows, self.embeddings_v)
         return ops.cast(out, self.compute_dtype)
 
     def evolution_info(self):

@@ -50,7 +50,7 @@ def interrupted_and_resumed(backup):
                               callbacks=[keras.callbacks.BackupAndRestore(backup)])
 
 
-def open_es(distribution):
+def open_es(distribution, perturbation_rank=None):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 4)).astype("float32")
     y = x.sum(axis=1, keepdims=True)
@@ -58,7 +58,8 @@ def open_es(distribution):
     model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(3),
                                    keras.layers.Dense(1)])
     model.compile(loss="mse")
-    history = model.evolve(x, y, strategy=keras_lrne.strategies.OpenES(6), generations=3,
+    strategy = keras_lrne.strategies.OpenES(6, perturbation_rank=perturbation_rank)
+    history = model.evolve(x, y, strategy=strategy, generations=3,
                            seed=2, verbose=0, distribution=distribution)
     return {"loss": history.history["loss"],
             "weights": [w.reshape(-1).tolist() for w in model.get_weights()]}
@@ -115,6 +116,8 @@ def main(out):
         results[name] = reference_runs.run(name, distribution=PopulationParallel())
     results["resumed"] = interrupted_and_resumed(os.path.join(os.path.dirname(out), "b"))
     results["open_es"] = {"one": open_es(None), "four": open_es(PopulationParallel())}
+    results["open_es_low_rank"] = {"one": open_es(None, 1),
+                                   "four": open_es(PopulationParallel(), 1)}
     results["fitness"] = {"one": fitness(None), "four": fitness(PopulationParallel())}
     # Where the GA's population lives between generations (JAX: on every device).
     keras.utils.set_random_seed(0)

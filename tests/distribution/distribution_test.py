@@ -59,8 +59,9 @@ def test_a_run_resumes_on_another_device_count(four_devices, reference):
 
 
 @pytest.mark.slow
-def test_open_es_does_not_depend_on_the_device_count(four_devices):
-    one, four = four_devices["open_es"]["one"], four_devices["open_es"]["four"]
+@pytest.mark.parametrize("name", ["open_es", "open_es_low_rank"])
+def test_open_es_does_not_depend_on_the_device_count(four_devices, name):
+    one, four = four_devices[name]["one"], four_devices[name]["four"]
     np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-5, atol=1e-6)
     for a, b in zip(four["weights"], one["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -104,9 +104,9 @@ def _conv_model():
                              keras.layers.Flatten(), keras.layers.Dense(4)])
 
 
-def _own_layers_model():
+def _own_layers_model(factorized=False):
     inputs = keras.Input((5,), dtype="int32")
-    embedding = lrl.TiedEmbedding(10, 6)
+    embedding = lrl.FactorizedEmbedding(10, 6, rank=3) if factorized else lrl.TiedEmbedding(10, 6)
     h = lrl.FactorizedDense(6, rank=2, activation="tanh")(embedding(inputs))
     outputs = keras.layers.Flatten()(embedding(h, reverse=True))
     return keras.Model(inputs, keras.layers.Dense(4)(outputs))
@@ -115,7 +115,7 @@ def _own_layers_model():
 def _data(kind):
     rng = np.random.default_rng(1)
     y = rng.normal(size=(8, 4)).astype("float32")
-    if kind in ("embedding", "own"):
+    if kind in ("embedding", "own", "own_factorized"):
         return rng.integers(0, 10, (8, 5)).astype("int32"), y
     if kind == "conv":
         return rng.normal(size=(8, 9, 9, 2)).astype("float32"), y
@@ -123,7 +123,8 @@ def _data(kind):
 
 
 MODELS = {"dense": _dense_model, "einsum": _einsum_model, "embedding": _embedding_model,
-          "conv": _conv_model, "own": _own_layers_model}
+          "conv": _conv_model, "own": _own_layers_model,
+          "own_factorized": lambda: _own_layers_model(factorized=True)}
 
 
 def _evaluate_both_ways(model, x, y, strategy, seed=3):
