@@ -114,6 +114,146 @@ def significance(a, b):
     return result
 
 
+def detectable_difference(std, n, *, paired=True, n_b=None, std_b=None, alpha=0.05,
+                          power=0.8):
+    """The smallest true difference a two-sided t-test detects with probability `power`.
+
+    For the paired t-test, `std` is the standard deviation of the per-seed differences
+    and `n` the number of pairs (df `n - 1`, standard error `std / sqrt(n)`); for two
+    independent samples, `std`/`n` and `std_b`/`n_b` describe each side (standard error
+    `sqrt(std^2/n + std_b^2/n_b)`, df `n + n_b - 2`). Computed exactly from the
+    noncentral t distribution, taking the observed standard deviations as the true ones.
+    A "no significant difference" means only that the true difference is likely below
+    this size.
+
+    Args:
+        std: standard deviation of the differences (paired) or of the first sample.
+        n: number of pairs (paired) or size of the first sample.
+        paired: the paired test (default) or the two-sample test.
+        n_b: size of the second sample (two-sample test).
+        std_b: standard deviation of the second sample (two-sample test).
+        alpha: the test's significance level. Default: 0.05.
+        power: the probability of detecting the difference. Default: 0.8.
+
+    Returns:
+        The difference, in the units of the data (NaN when undefined: fewer than two
+        values per side).
+
+    Example:
+
+    >>> round(detectable_difference(1.0, 10), 2)  # 10 pairs, differences of std 1
+    1.0
+    """
+    stats = _scipy_stats()
+    if paired:
+        df, se = n - 1, (std / math.sqrt(n) if n > 0 else float("nan"))
+    else:
+        df = n + n_b - 2
+        se = math.sqrt(std**2 / n + std_b**2 / n_b) if n > 0 and n_b > 0 else float("nan")
+    if df < 1 or not math.isfinite(se):
+        return float("nan")
+    if se == 0:
+        return 0.0
+    critical = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(nc):
+        reached = stats.nct.sf(critical, df, nc) + stats.nct.cdf(-critical, df, nc)
+        return (1.0 if not math.isfinite(reached) else reached) - power
+
+    from scipy.optimize import brentq
+
+    high = 1.0
+    while shortfall(high) < 0:
+        high *= 2
+    return float(brentq(shortfall, 0.0, high) * se)
+
+
+def paired_significance(a, b):
+    """Two-sided paired tests of whether `a` and `b` differ, `a[i]` and `b[i]` coming from
+    the same seed (the same data and episode seeds): the paired t-test and the Wilcoxon
+    signed-rank test, from `scipy.stats`.
+
+    Pairs with a non-finite value on either side are left out.
+
+    Args:
+        a: Per-seed numbers of the first variant.
+        b: Per-seed numbers of the second variant, in the same seed order.
+
+    Returns:
+        A dict with `n` (pairs), `mean_difference` (of `a - b`), `std_difference`,
+        `paired_t`, `paired_p`, `wilcoxon_w`, `wilcoxon_p` (exact for small samples;
+        with 5 pairs the smallest possible two-sided p is 0.0625), and `detectable`:
+        `detectable_difference` of the paired t-test at 80% power and alpha 0.05. NaN
+        where a test is undefined (fewer than two pairs, or no variation).
+
+    Example:
+
+    >>> paired_significance([3.1, 3.2, 3.0, 3.3], [3.0, 3.1, 2.8, 3.2])["paired_p"] < 0.01
+    True
+    """
+    stats = _scipy_stats()
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError("Received samples of different sizes for a paired test, expected "
+                         f"one value per seed on each side. Received: len(a)={x.size}, "
+                         f"len(b)={y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    d = x[keep] - y[keep]
+    nan = float("nan")
+    n = int(d.size)
+    result = {"n": n, "mean_difference": float(d.mean()) if n else nan,
+              "std_difference": float(d.std(ddof=1)) if n > 1 else nan,
+              "paired_t": nan, "paired_p": nan, "wilcoxon_w": nan, "wilcoxon_p": nan,
+              "detectable": nan}
+    if n < 2:
+        return result
+    result["detectable"] = detectable_difference(result["std_difference"], n)
+    if not np.any(d != 0):
+        return result
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if np.ptp(d) > 0:
+            t = stats.ttest_rel(x[keep], y[keep])
+            result["paired_t"], result["paired_p"] = float(t.statistic), float(t.pvalue)
+        else:  # every pair differs by the same amount: t is infinite, p is 0
+            result["paired_t"] = math.copysign(math.inf, float(d[0]))
+            result["paired_p"] = 0.0
+        w = stats.wilcoxon(d, alternative="two-sided")
+    result["wilcoxon_w"], result["wilcoxon_p"] = float(w.statistic), float(w.pvalue)
+    return result
+
+
+def holm(p_values):
+    """Holm's step-down adjustment of p-values for multiple comparisons.
+
+    The `i`-th smallest of `m` p-values is multiplied by `m - i` (i from 0), then the
+    adjusted values are made non-decreasing in that order and capped at 1. Rejecting
+    where the adjusted p is below alpha controls the family-wise error rate at alpha.
+    NaN p-values (undefined tests) stay NaN and do not count in `m`.
+
+    Args:
+        p_values: a sequence of p-values.
+
+    Returns:
+        A list of adjusted p-values, in the input order.
+
+    Example:
+
+    >>> holm([0.01, 0.04, 0.03])
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=np.float64).reshape(-1)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    running = 0.0
+    for rank, index in enumerate(finite[np.argsort(p[finite], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return [float(v) for v in adjusted]
+
+
 def curve_band(curves, confidence=0.95):
     """The mean curve of several runs and its pointwise confidence band.
 
@@ -199,7 +339,13 @@ def markdown_report(runs, aggregates, *, title, metrics, extra_columns=(), tests
         title: A heading line.
         metrics: `[(column, heading)]` reported as mean ± 95% CI (the first is tested).
         extra_columns: `[(column, heading)]` reported as means.
-        tests: `[(label_a, label_b)]` pairs compared with `significance` on every metric.
+        tests: `[(label_a, label_b)]` pairs compared on every metric: with
+            `paired_significance` (paired t-test, Wilcoxon signed-rank) when both variants
+            ran the same seeds once each (seeds share data and episode seeds, so runs
+            pair), else with `significance` (Welch's t-test, Mann-Whitney U). All tests
+            are two-sided; each test's p-values are Holm-adjusted over every comparison of
+            the report, and each comparison gives the difference its t-test detects at
+            80% power.
         notes: Lines appended at the end (baselines, budgets).
 
     Returns:
@@ -236,26 +382,94 @@ def markdown_report(runs, aggregates, *, title, metrics, extra_columns=(), tests
         cells += [_format(run.get(c)) for c, _ in metrics]
         cells += [_format(run.get(c), 1) for c, _ in extra_columns]
         lines.append("| " + " | ".join(cells) + " |")
-    if tests:
-        lines += ["", "Significance (two-sided; Welch's t-test and Mann-Whitney U, "
-                  "scipy.stats):", ""]
-    for a, b in tests:
-        for column, heading in metrics:
-            values_a = [r.get(column) for r in runs if r["label"] == a]
-            values_b = [r.get(column) for r in runs if r["label"] == b]
-            if not values_a or not values_b or None in values_a + values_b:
-                continue
-            test = significance(values_a, values_b)
-            if test["n_a"] < 2 or test["n_b"] < 2:
-                lines.append(f"- {a} vs {b}, {heading}: needs at least 2 seeds per variant "
-                             f"(have {test['n_a']} and {test['n_b']}).")
-                continue
-            lines.append(
-                f"- {a} vs {b}, {heading}: Welch's t = {_format(test['welch_t'], 2)}, "
-                f"p = {_p_value(test['welch_p'])}; Mann-Whitney U = "
-                f"{_format(test['mann_whitney_u'], 1)}, p = "
-                f"{_p_value(test['mann_whitney_p'])} (n = {test['n_a']} vs {test['n_b']})."
-            )
+    lines += _significance_lines(runs, metrics, tests)
     if notes:
         lines += [""] + list(notes)
     return "\n".join(lines) + "\n"
+
+
+def _pairing(runs, a, b, column):
+    """`(values_a, values_b, paired)` of `column` for labels `a` and `b`, in seed order
+    when both ran the same seeds once each (paired), else in run order."""
+    runs_a = [r for r in runs if r["label"] == a]
+    runs_b = [r for r in runs if r["label"] == b]
+    seeds_a, seeds_b = [r["seed"] for r in runs_a], [r["seed"] for r in runs_b]
+    if (sorted(seeds_a) == sorted(seeds_b) and len(set(seeds_a)) == len(seeds_a)
+            and len(seeds_a) > 0):
+        by_seed = {r["seed"]: r for r in runs_b}
+        return ([r.get(column) for r in runs_a],
+                [by_seed[r["seed"]].get(column) for r in runs_a], True)
+    return [r.get(column) for r in runs_a], [r.get(column) for r in runs_b], False
+
+
+def _significance_lines(runs, metrics, tests):
+    """The significance section of `markdown_report`: raw and Holm-adjusted p-values."""
+    comparisons = []
+    for a, b in tests:
+        for column, heading in metrics:
+            values_a, values_b, paired = _pairing(runs, a, b, column)
+            if not values_a or not values_b or None in values_a + values_b:
+                continue
+            if paired:
+                test = paired_significance(values_a, values_b)
+                enough = test["n"] >= 2
+                p = (test["paired_p"], test["wilcoxon_p"])
+            else:
+                test = significance(values_a, values_b)
+                enough = test["n_a"] >= 2 and test["n_b"] >= 2
+                p = (test["welch_p"], test["mann_whitney_p"])
+            comparisons.append((a, b, heading, paired, test, enough, p, values_a, values_b))
+    if not comparisons:
+        return []
+    usable = [c for c in comparisons if c[5]]
+    first = holm([c[6][0] for c in usable])
+    second = holm([c[6][1] for c in usable])
+    adjusted = {id(c): (f, s) for c, f, s in zip(usable, first, second)}
+    any_paired = any(c[3] for c in comparisons)
+    any_unpaired = any(not c[3] for c in comparisons)
+    kinds = []
+    if any_paired:
+        kinds.append("paired by seed (both variants ran the same seeds, which share data "
+                     "and episode seeds): the paired t-test and the Wilcoxon signed-rank "
+                     "test")
+    if any_unpaired:
+        kinds.append("not paired (different seeds): Welch's t-test and the Mann-Whitney U "
+                     "test")
+    lines = ["", "Significance: two-sided tests (scipy.stats), " + "; ".join(kinds) + ". "
+             f"Holm-adjusted p-values (over the {len(usable)} comparisons of this report, "
+             "each test separately) are given after the raw ones as `Holm p`. "
+             "`detectable` is the smallest true difference the t-test finds with 80% "
+             "power at alpha = 0.05: a non-significant result only says the difference "
+             "is likely smaller than that.", ""]
+    for comparison in comparisons:
+        a, b, heading, paired, test, enough, _, values_a, values_b = comparison
+        if not enough:
+            have = test["n"] if paired else f"{test['n_a']} and {test['n_b']}"
+            lines.append(f"- {a} vs {b}, {heading}: needs at least 2 seeds per variant "
+                         f"(have {have}).")
+            continue
+        holm_first, holm_second = adjusted[id(comparison)]
+        if paired:
+            lines.append(
+                f"- {a} vs {b}, {heading} (paired, n = {test['n']}): mean difference "
+                f"{_format(test['mean_difference'])}; paired t = "
+                f"{_format(test['paired_t'], 2)}, p = {_p_value(test['paired_p'])}, Holm p "
+                f"= {_p_value(holm_first)}; Wilcoxon W = {_format(test['wilcoxon_w'], 1)}, "
+                f"p = {_p_value(test['wilcoxon_p'])}, Holm p = {_p_value(holm_second)}; "
+                f"detectable {_format(test['detectable'])}."
+            )
+        else:
+            x, y = _finite_values(values_a, "a"), _finite_values(values_b, "b")
+            detectable = detectable_difference(
+                float(x.std(ddof=1)), int(x.size), paired=False, n_b=int(y.size),
+                std_b=float(y.std(ddof=1)))
+            lines.append(
+                f"- {a} vs {b}, {heading} (not paired, n = {test['n_a']} vs "
+                f"{test['n_b']}): mean difference {_format(float(x.mean() - y.mean()))}; "
+                f"Welch's t = {_format(test['welch_t'], 2)}, p = "
+                f"{_p_value(test['welch_p'])}, Holm p = {_p_value(holm_first)}; "
+                f"Mann-Whitney U = {_format(test['mann_whitney_u'], 1)}, p = "
+                f"{_p_value(test['mann_whitney_p'])}, Holm p = {_p_value(holm_second)}; "
+                f"detectable {_format(detectable)}."
+            )
+    return lines

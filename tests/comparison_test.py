@@ -96,3 +96,70 @@ def test_significance_of_two_constant_samples():
     test = comparison.significance([3.0, 3.0, 3.0], [4.0, 4.0, 4.0])
     assert math.isnan(test["welch_t"]) and math.isnan(test["welch_p"])  # t would be -inf
     assert test["mann_whitney_u"] == 0.0 and test["mann_whitney_p"] == pytest.approx(0.1)
+
+
+@pytest.mark.backend_independent
+def test_paired_tests_match_scipy_and_see_what_unpaired_tests_miss():
+    rng = np.random.default_rng(0)
+    seeds = rng.normal(size=8) * 5.0  # a large per-seed effect shared by both variants
+    a, b = seeds + 1.0 + 0.1 * rng.normal(size=8), seeds + 0.1 * rng.normal(size=8)
+    test = comparison.paired_significance(a, b)
+    t = stats.ttest_rel(a, b)
+    assert test["paired_t"] == pytest.approx(t.statistic)
+    assert test["paired_p"] == pytest.approx(t.pvalue)
+    assert test["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a - b).pvalue)
+    assert test["n"] == 8 and test["mean_difference"] == pytest.approx(np.mean(a - b))
+    assert test["paired_p"] < 1e-6 and test["wilcoxon_p"] < 0.01
+    assert comparison.significance(a, b)["welch_p"] > 0.5  # seed variation hides it
+    # Five pairs: the Wilcoxon test cannot go below 2 / 2^5.
+    five = comparison.paired_significance(a[:5], b[:5])
+    assert five["wilcoxon_p"] == pytest.approx(0.0625)
+    with pytest.raises(ValueError, match="len\\(a\\)=3, len\\(b\\)=2"):
+        comparison.paired_significance([1, 2, 3], [1, 2])
+
+
+@pytest.mark.backend_independent
+def test_holm_adjustment_by_hand():
+    assert comparison.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert comparison.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    adjusted = comparison.holm([0.02, float("nan"), 0.9])
+    assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1])
+    assert adjusted[2] == pytest.approx(0.9)
+    assert comparison.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+
+
+@pytest.mark.backend_independent
+def test_detectable_difference_has_the_stated_power():
+    # Known answer: at the detectable difference the paired t-test rejects 80% of the
+    # time (simulation, fixed seed), and the normal approximation is close for large n.
+    n, std = 10, 2.0
+    delta = comparison.detectable_difference(std, n)
+    rng = np.random.default_rng(1)
+    d = rng.normal(delta, std, size=(4000, n))
+    t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / np.sqrt(n))
+    rejected = np.mean(np.abs(t) > stats.t.ppf(0.975, n - 1))
+    assert abs(rejected - 0.8) < 0.025
+    large = comparison.detectable_difference(1.0, 400)
+    assert large == pytest.approx((1.959964 + 0.841621) / 20, rel=0.01)
+    two = comparison.detectable_difference(1.0, 5, paired=False, n_b=5, std_b=1.0)
+    assert two > comparison.detectable_difference(1.0, 5)  # same spread, no pairing
+    assert math.isnan(comparison.detectable_difference(1.0, 1))
+
+
+@pytest.mark.backend_independent
+def test_report_pairs_runs_by_seed_and_adjusts_every_comparison():
+    runs = [{"label": label, "seed": seed, "loss": value}
+            for label, values in (("a", [1.0, 2.0, 3.0, 4.0, 5.0]),
+                                  ("b", [1.5, 2.4, 3.6, 4.4, 5.7]),
+                                  ("c", [9.0, 1.0, 4.0]))
+            for seed, value in zip((0, 1, 2, 3, 4) if label != "c" else (7, 8, 9), values)]
+    aggregates = comparison.write_table(runs, "/dev/null", ["loss"])
+    text = comparison.markdown_report(runs, aggregates, title="t", metrics=[("loss", "loss")],
+                                      tests=[("a", "b"), ("a", "c")])
+    paired = comparison.paired_significance([1, 2, 3, 4, 5], [1.5, 2.4, 3.6, 4.4, 5.7])
+    unpaired = comparison.significance([1, 2, 3, 4, 5], [9.0, 1.0, 4.0])
+    first = comparison.holm([paired["paired_p"], unpaired["welch_p"]])
+    assert "a vs b, loss (paired, n = 5)" in text
+    assert "a vs c, loss (not paired, n = 5 vs 3)" in text
+    assert f"Holm p = {comparison._p_value(first[0])}" in text
+    assert "over the 2 comparisons of this report" in text

@@ -124,9 +124,13 @@ def test_write_report_tables_tests_and_plot(tmp_path):
     means = {r["variant"]: float(r["final_loss"]) for r in rows if r["row"] == "mean"}
     assert means == pytest.approx({k: np.mean(v) for k, v in losses.items()})
     assert sum(r["row"] == "run" for r in rows) == 9
-    welch = stats.ttest_ind(losses["factorized"], losses["full"], equal_var=False)
-    assert f"- factorized vs full, final loss: Welch's t = {welch.statistic:.2f}" in text
-    assert "- factorized vs small, final loss:" in text
+    # Seeds pair the runs: the paired t-test, with its Holm-adjusted p-value.
+    paired = stats.ttest_rel(losses["factorized"], losses["full"])
+    assert (f"- factorized vs full, final loss (paired, n = 3): mean difference "
+            in text)
+    assert f"paired t = {paired.statistic:.2f}, p = " in text
+    assert "Holm p = " in text and "Wilcoxon W = " in text and "detectable" in text
+    assert "- factorized vs small, final loss (paired, n = 3):" in text
     assert "Command: `keras-lrne lm --compare --seeds 0,1,2`" in text
     assert "uniform ln V = 4.000, unigram = 3.500" in text
     assert "population 8, 2 parents, 2 generations, strategy ga" in text
