@@ -254,24 +254,48 @@ def holm(p_values):
     return [float(v) for v in adjusted]
 
 
-def curve_band(curves, confidence=0.95):
-    """The mean curve of several runs and its pointwise confidence band.
+def curve_band(curves, confidence=0.95, resamples=2000, seed=0):
+    """The mean curve of several runs and its pointwise bootstrap confidence band.
+
+    Curves of different lengths are not cut to the shortest: at every step the mean and
+    band are over the runs that reached it. The band is the bootstrap percentile
+    interval of the mean (`resamples` resamples of the runs, a fixed `seed`), so it
+    always lies within the values observed at that step (a return band never goes below
+    the lowest return, a loss band never below zero).
 
     Args:
-        curves: A list of 1-D sequences (one per seed); they are cut to the shortest.
+        curves: A list of 1-D sequences (one per seed).
         confidence: Confidence level of the band. Default: 0.95.
+        resamples: Bootstrap resamples per step. Default: 2000.
+        seed: Seed of the resampling. Default: 0.
 
     Returns:
-        `(mean, low, high)` numpy arrays; `low` and `high` equal `mean` for one curve.
+        `(mean, low, high)` numpy arrays as long as the longest curve; where one run
+        reached a step, `low` and `high` equal `mean` there.
+
+    Example:
+
+    >>> mean, low, high = curve_band([[1.0, 2.0, 9.0], [3.0, 4.0]])
+    >>> mean.tolist()
+    [2.0, 3.0, 9.0]
     """
-    length = min(len(c) for c in curves)
-    stack = np.asarray([np.asarray(c, dtype=np.float64)[:length] for c in curves])
-    mean = stack.mean(axis=0)
-    if len(stack) < 2:
-        return mean, mean, mean
-    half = (_scipy_stats().t.ppf((1 + confidence) / 2, len(stack) - 1)
-            * stack.std(axis=0, ddof=1) / math.sqrt(len(stack)))
-    return mean, mean - half, mean + half
+    length = max(len(c) for c in curves)
+    stack = np.full((len(curves), length), np.nan)
+    for i, c in enumerate(curves):
+        stack[i, : len(c)] = np.asarray(c, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # steps no run reached
+        mean = np.nanmean(stack, axis=0)
+    low, high = mean.copy(), mean.copy()
+    rng = np.random.default_rng(seed)
+    tail = (1 - confidence) / 2 * 100
+    for step in range(length):
+        values = stack[:, step][np.isfinite(stack[:, step])]
+        if values.size < 2:
+            continue
+        means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
+        low[step], high[step] = np.percentile(means, [tail, 100 - tail])
+    return mean, low, high
 
 
 def _format(value, digits=3):

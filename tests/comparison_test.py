@@ -64,12 +64,19 @@ def test_significance_is_nan_when_undefined():
     assert math.isnan(comparison.significance([1.0, 1.0], [1.0, 1.0])["mann_whitney_p"])
 
 
-def test_curve_band():
+def test_curve_band_keeps_every_step_and_stays_within_observed_values():
     mean, low, high = comparison.curve_band([[1.0, 2.0, 9.0], [3.0, 4.0]])
-    np.testing.assert_allclose(mean, [2.0, 3.0])  # cut to the shortest curve
-    half = 12.706205 * math.sqrt(2.0) / math.sqrt(2)  # t_{0.975,1}, std sqrt(2)
-    np.testing.assert_allclose(high - mean, [half, half], rtol=1e-6)
-    np.testing.assert_allclose(mean - low, [half, half], rtol=1e-6)
+    np.testing.assert_allclose(mean, [2.0, 3.0, 9.0])  # not cut to the shortest curve
+    # Two runs: the bootstrap means are 1, 2 or 3 (first step): the band is [1, 3].
+    np.testing.assert_allclose(low[:2], [1.0, 2.0])
+    np.testing.assert_allclose(high[:2], [3.0, 4.0])
+    assert low[2] == high[2] == 9.0  # one run reached the last step
+    # A band of returns that are all >= 0 never goes below 0 (a t-interval would).
+    returns = [[0.0, 0.0], [0.0, 10.0], [0.0, 0.0], [200.0, 0.0]]
+    mean, low, high = comparison.curve_band(returns)
+    assert (low >= 0).all() and (high <= 200).all() and (low <= mean).all()
+    t_low = mean - 3.182 * np.std(returns, axis=0, ddof=1) / 2
+    assert (t_low < 0).any()
     one = comparison.curve_band([[1.0, 2.0]])
     np.testing.assert_array_equal(one[1], one[0])
 

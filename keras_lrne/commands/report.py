@@ -28,9 +28,11 @@ def run_record(command, label, seed, output, summary):
 
     Returns:
         `(row, curve)`: the row of `comparison.csv` (a dict), and
-        `(values, x, evolved)` with the metric per generation (or per fit() stretch),
-        its x-axis (wall seconds for the LM, environment steps otherwise) and whether the
-        run was evolved (False for a fit() run).
+        `(values, x, evolved, val_values)` with the metric per generation (or per fit()
+        stretch), its x-axis (cumulative member-tokens for the LM, environment steps
+        otherwise: compute, not wall time on a shared machine), whether the run was
+        evolved (False for a fit() run) and the validation loss per step (LM runs with
+        validation data; else None).
     """
     history = read_history(os.path.join(output, "history.csv"))
     needed = ["loss", "generation_seconds"] if "elapsed_seconds" not in history else []
@@ -43,27 +45,31 @@ def run_record(command, label, seed, output, summary):
             f"({', '.join(missing) or 'no generation logged'}); it was made by an older "
             "keras-lrne or its history.csv was cut. Pass --overwrite to run it again.")
     row = {"label": label, "seed": seed, "parameters": summary["parameters"]}
+    val = history.get("val_loss")
+    best_val = float(np.nanmin(val)) if val else None
     if "elapsed_seconds" in history:  # trained by fit()
         row.update(final_loss=history["loss"][-1],
-                   final_val_loss=history.get("val_loss", [None])[-1],
+                   final_val_loss=val[-1] if val else None, best_val_loss=best_val,
                    wall_seconds=history["elapsed_seconds"][-1],
                    member_tokens=int(history["member_tokens"][-1]), generations=None)
-        return row, (history["loss"], history["elapsed_seconds"], False)
+        return row, (history["loss"], history["member_tokens"], False, val)
     generations = len(history["loss"])
     times = np.cumsum(history["generation_seconds"])
     row["generations"] = generations
     row["wall_seconds"] = float(times[-1]) if generations else 0.0
     if command == "lm":
+        per_generation = summary["member_tokens_per_generation"]
         row.update(final_loss=history["loss"][-1],
-                   final_val_loss=history.get("val_loss", [None])[-1],
-                   member_tokens=generations * summary["member_tokens_per_generation"])
-        return row, (history["loss"], times, True)
+                   final_val_loss=val[-1] if val else None, best_val_loss=best_val,
+                   member_tokens=generations * per_generation)
+        tokens = per_generation * np.arange(1, generations + 1)
+        return row, (history["loss"], tokens, True, val)
     steps = np.cumsum(history["env_steps"])
     row.update(final_episode_return=history["episode_return"][-1],
                env_steps=int(steps[-1]))
     if "first_stage_seconds" in history:
         row["first_stage_seconds"] = float(sum(history["first_stage_seconds"]))
-    return row, (history["episode_return"], steps, True)
+    return row, (history["episode_return"], steps, True, None)
 
 
 def tested_pairs(compare, labels):
@@ -126,6 +132,29 @@ def _finished_span(run_dirs):
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) for t in (min(times), max(times))))
 
 
+#: Per-game episode returns of a uniformly random policy and of the human tester, as
+#: published with DQN (Mnih et al. 2015, Nature; 30 no-op starts) and used by DQN Zoo and
+#: rliable.
+ATARI_REFERENCES = {"frostbite": (65.2, 4334.7), "kangaroo": (52.0, 3035.0)}
+
+#: The paper's CarRacing result, read from its figure (about 730 after stage 2).
+CARRACING_PAPER_RETURN = 730.0
+
+
+def reference_lines(args):
+    """The horizontal reference lines of a comparison's plot: random and human scores
+    for the Atari games listed in `ATARI_REFERENCES`, the paper's ~730 for CarRacing;
+    None for others (the LM's uniform and unigram lines are added by `write_report`)."""
+    if args.command == "atari":
+        game = str(getattr(args, "game", "")).lower().split("/")[-1].split("-")[0]
+        if game in ATARI_REFERENCES:
+            random_score, human = ATARI_REFERENCES[game]
+            return {"random": random_score, "human": human}
+    if args.command == "carracing":
+        return {"paper (about)": CARRACING_PAPER_RETURN}
+    return None
+
+
 def write_report(args, argv, records, curves, summaries, run_dirs):
     """Writes `comparison.csv`, `comparison.md` and `comparison.png` into `args.output`.
 
@@ -148,7 +177,7 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
     records = sorted(records, key=lambda r: list(curves).index(r["label"]))
     lm = args.command == "lm"
     metric = "final_loss" if lm else "final_episode_return"
-    columns = [metric] + (["final_val_loss"] if lm else [])
+    columns = [metric] + (["final_val_loss", "best_val_loss"] if lm else [])
     columns += ["wall_seconds", "member_tokens" if lm else "env_steps"]
     if any("first_stage_seconds" in r for r in records):
         columns.append("first_stage_seconds")
@@ -162,6 +191,7 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
     metrics = [("final_loss", "final loss")] if lm else [(metric, "final elite return")]
     if lm and any(r["final_val_loss"] is not None for r in records):
         metrics.append(("final_val_loss", "final val_loss"))
+        metrics.append(("best_val_loss", "best val_loss"))
     extra = [("wall_seconds", "wall s"),
              ("member_tokens", "member-tokens") if lm else ("env_steps", "env steps")]
     if "first_stage_seconds" in columns:
@@ -173,7 +203,7 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
              f"{args.generations} generations, strategy "
              f"{'ga and es' if args.compare == 'strategies' else args.strategy}."]
     notes += paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
-    baselines = None
+    baselines = reference_lines(args)
     if lm:
         baselines = {"uniform (ln V)": float(np.mean([s["uniform_loss"] for s in summaries])),
                      "unigram": float(np.mean([s["unigram_loss"] for s in summaries]))}
@@ -194,6 +224,6 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
     with checkpoint.atomic_path(os.path.join(args.output, "comparison.png")) as tmp:
         plot_comparison(curves, tmp, title=title,
                         ylabel="loss (nats per token)" if lm else "elite episode return",
-                        xlabel_right="wall time (s)" if lm else "environment steps",
+                        xlabel_right="member-tokens" if lm else "environment steps",
                         baselines=baselines)
     return text

@@ -37,19 +37,22 @@ LM_SUMMARY = {"parameters": 1000, "member_tokens_per_generation": 64,
 
 def test_lm_record_reads_final_loss_wall_time_and_tokens(tmp_path):
     out = _lm_run(tmp_path / "run", [3.0, 2.5, 2.0], seconds=1.5)
-    row, (values, x, evolved) = report.run_record("lm", "factorized", 7, out, LM_SUMMARY)
+    row, (values, x, evolved, val) = report.run_record("lm", "factorized", 7, out,
+                                                       LM_SUMMARY)
     assert row == {"label": "factorized", "seed": 7, "parameters": 1000, "generations": 3,
                    "wall_seconds": 4.5, "final_loss": 2.0, "final_val_loss": 2.5,
-                   "member_tokens": 3 * 64}
-    assert values == [3.0, 2.5, 2.0] and evolved
-    np.testing.assert_allclose(x, [1.5, 3.0, 4.5])
+                   "best_val_loss": min(val), "member_tokens": 3 * 64}
+    assert values == [3.0, 2.5, 2.0] and evolved and len(val) == 3
+    np.testing.assert_allclose(x, [64, 128, 192])  # member-tokens, not wall time
 
 
 def test_environment_record_counts_steps_and_first_stage_time(tmp_path):
     out = _history(tmp_path / "run", [
         {"loss": -r, "episode_return": r, "env_steps": 100, "generation_seconds": 2.0,
          "first_stage_seconds": 1.25} for r in (1.0, 4.0)])
-    row, (values, x, _) = report.run_record("control", "full", 0, out, {"parameters": 9})
+    row, (values, x, _, val) = report.run_record("control", "full", 0, out,
+                                                 {"parameters": 9})
+    assert val is None
     assert row["final_episode_return"] == 4.0 and row["env_steps"] == 200
     assert row["first_stage_seconds"] == 2.5 and row["wall_seconds"] == 4.0
     assert values == [1.0, 4.0] and list(x) == [100, 200]
@@ -59,10 +62,12 @@ def test_fit_record_reads_its_own_clock_and_tokens(tmp_path):
     out = _history(tmp_path / "fit", [
         {"loss": 3.0, "val_loss": 3.2, "elapsed_seconds": 0.5, "member_tokens": 320},
         {"loss": 2.0, "val_loss": 2.4, "elapsed_seconds": 1.0, "member_tokens": 640}])
-    row, (_, x, evolved) = report.run_record("lm", "full_fit", 1, out, {"parameters": 5})
+    row, (_, x, evolved, val) = report.run_record("lm", "full_fit", 1, out,
+                                                  {"parameters": 5})
     assert row["final_loss"] == 2.0 and row["wall_seconds"] == 1.0
     assert row["member_tokens"] == 640 and row["generations"] is None
-    assert x == [0.5, 1.0] and not evolved
+    assert row["final_val_loss"] == 2.4 and row["best_val_loss"] == 2.4
+    assert x == [320, 640] and not evolved and val == [3.2, 2.4]
 
 
 def test_record_of_a_cut_history_is_refused_with_the_directory(tmp_path):
@@ -137,3 +142,28 @@ def test_write_report_tables_tests_and_plot(tmp_path):
     assert (tmp_path / "comparison.md").read_text() == text
     assert (tmp_path / "comparison.png").stat().st_size > 0
     json.dumps(records)  # the rows stay plain data
+
+
+@pytest.mark.parametrize("command, game, expected", [
+    ("atari", "Frostbite", {"random": 65.2, "human": 4334.7}),
+    ("atari", "ALE/Kangaroo-v5", {"random": 52.0, "human": 3035.0}),
+    ("atari", "Pong", None),
+    ("carracing", None, {"paper (about)": 730.0}),
+    ("control", None, None),
+])
+def test_reference_lines(command, game, expected):
+    args = argparse.Namespace(command=command, game=game)
+    assert report.reference_lines(args) == expected
+
+
+def test_the_plot_drops_a_panel_that_repeats_the_generation_axis(tmp_path):
+    from keras_lrne import plotting
+
+    fixed = {"a": [([1.0, 2.0, 3.0], [1000, 2000, 3000], True)]}
+    assert plotting._proportional(fixed["a"])
+    varying = [([1.0, 2.0], [900, 2100], True)]
+    assert not plotting._proportional(varying)
+    for groups in (fixed, {"a": varying + [([1.0], [1000], True)]}):
+        path = tmp_path / "p.png"
+        plotting.plot_comparison(groups, str(path), baselines={"human": 3.0})
+        assert path.stat().st_size > 0
