@@ -93,8 +93,10 @@ def run_comparison(args, argv, plan, run, fit=None):
         run: `run(run_args)` makes (or reuses) one run into `run_args.output` and
             returns `(summary, history dict)`.
         fit: With `--with-fit`, `fit(run_args, output, budget)` trains the run's model
-            by gradients for `budget` seconds into `output` and returns
-            `(summary, history dict)`.
+            by gradients into `output` until it has processed `budget["member_tokens"]`
+            tokens and trained `budget["seconds"]`, and returns `(summary, history
+            dict)`; the report reads it at equal tokens (`*_fit`) and at equal wall time
+            (`*_fit_time`).
 
     Returns:
         0, the command's exit status.
@@ -112,11 +114,15 @@ def run_comparison(args, argv, plan, run, fit=None):
                                                  or label == plan[0][0]):
             label_of_fit = fit_label(args, label, run_args)
             fit_output = run_output(args, label_of_fit, seed)
-            fit_summary, _ = fit(run_args, fit_output, row["wall_seconds"])
-            fit_row, fit_curve = report.run_record(args.command, label_of_fit, seed,
-                                                   fit_output, fit_summary)
-            records.append(fit_row)
-            curves.setdefault(label_of_fit, []).append(fit_curve)
+            fit_summary, _ = fit(run_args, fit_output,
+                                 {"seconds": row["wall_seconds"],
+                                  "member_tokens": row["member_tokens"]})
+            for match, fit_label_ in (("tokens", label_of_fit),
+                                      ("time", f"{label_of_fit}_time")):
+                fit_row, fit_curve = report.run_record(args.command, fit_label_, seed,
+                                                       fit_output, fit_summary, match=match)
+                records.append(fit_row)
+                curves.setdefault(fit_label_, []).append(fit_curve)
     text = report.write_report(args, argv, records, curves, summaries,
                                [run_args.output for _, _, run_args in runs])
     print(text, flush=True)

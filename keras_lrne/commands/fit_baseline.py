@@ -1,5 +1,9 @@
 """The gradient baseline of `keras-lrne lm --compare --with-fit`: the compared model
-trained by Keras' `fit()` with Adam for the wall time its evolved run took."""
+trained by Keras' `fit()` with Adam until it has processed as many tokens as its evolved
+run's member-tokens (compute-matched) and trained for as long as the evolved run took
+(time-matched); the report reads it at both points (`*_fit` and `*_fit_time` rows)."""
+
+import math
 
 import csv
 import io
@@ -18,15 +22,16 @@ FIT_SETTINGS = ("fit_learning_rate",)
 
 def deadline_callback():
     """A Keras callback that stops `fit()` once `time.perf_counter()` passes `.deadline`
-    and counts the batches trained (`.batches`)."""
+    or `.batches` (batches trained, over every fit() call) reaches `.max_batches`."""
     import keras
 
     class Deadline(keras.callbacks.Callback):
         deadline = float("inf")
-        batches = 0  # batches trained, over every fit() call
+        max_batches = float("inf")
+        batches = 0
 
         def _check(self):
-            if time.perf_counter() >= self.deadline:
+            if time.perf_counter() >= self.deadline or self.batches >= self.max_batches:
                 self.model.stop_training = True
 
         def on_train_batch_end(self, batch, logs=None):
@@ -40,20 +45,22 @@ def deadline_callback():
 
 
 def run_fit(args, task, output, budget, make_model):
-    """Trains the LM `args.variant` by gradients (Adam) for `budget` seconds of `fit()`.
+    """Trains the LM `args.variant` by gradients (Adam) until both budgets are spent:
+    `budget["member_tokens"]` tokens processed and `budget["seconds"]` of `fit()`.
 
-    The same model, initialisation and sequences as the evolved run; after every epoch
-    its loss is measured (outside the budget) about `FIT_POINTS` times, on the sequences
-    the evolved elite is scored on and on the validation sequences (with `--fresh-batch`,
-    every stretch between two measurements trains on a new sample). Writes
-    `history.csv`, `model.keras` and `summary.json` into `output`. An interrupted fit
-    run starts again from the beginning.
+    The same model, initialisation and sequences as the evolved run; its loss is measured
+    (outside the budget) about `FIT_POINTS` times per budget, and exactly when each
+    budget is reached, on the sequences the evolved elite is scored on and on the
+    validation sequences (with `--fresh-batch`, every stretch between two measurements
+    trains on a new sample). Writes `history.csv`, `model.keras` (the model at the end
+    of both budgets) and `summary.json` into `output`. An interrupted fit run starts
+    again from the beginning.
 
     Args:
         args: The run's arguments.
         task: The `LanguageModeling` task of the run's seed.
         output: The fit run's directory.
-        budget: Seconds of `fit()`.
+        budget: `{"seconds": s, "member_tokens": t}` (a number: seconds only).
         make_model: `make_model(args, task, variant)` builds the initialised model.
 
     Returns:
@@ -64,7 +71,10 @@ def run_fit(args, task, output, budget, make_model):
     from keras_lrne import checkpoint
 
     label = f"{args.variant}_fit"
-    if not budget > 0:
+    if not isinstance(budget, dict):
+        budget = {"seconds": budget, "member_tokens": 0}
+    budget_seconds, budget_tokens = float(budget["seconds"]), int(budget["member_tokens"])
+    if not budget_seconds > 0:
         raise ValueError(
             f"--with-fit: the evolved run beside {output!r} logged no generation time "
             f"(generation_seconds), so it gives no budget for fit(). It was made by an "
@@ -78,22 +88,33 @@ def run_fit(args, task, output, budget, make_model):
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         validation = task.validation_data()
         print(f"[keras-lrne] {label}: fit() with Adam(learning_rate="
-              f"{args.fit_learning_rate}) for {budget:.1f} s", flush=True)
+              f"{args.fit_learning_rate}) for {budget_tokens:,} tokens and {budget_seconds:.1f}"
+              " s", flush=True)
         history, seconds, epoch, chunk = {}, 0.0, 0, 0
         stop = deadline_callback()
-        while seconds < budget:
-            # Fit in stretches of about 2% of the budget, scoring the model after each.
+        time_step, token_step = budget_seconds / FIT_POINTS, budget_tokens / FIT_POINTS
+        tokens = 0
+        while seconds < budget_seconds or tokens < budget_tokens:
+            # Fit in stretches of about 2% of each budget not yet spent (ending exactly
+            # at each budget), scoring the model after each.
             x, y = task.train_data(chunk)
+            tokens_per_batch = FIT_BATCH_SIZE * x.shape[1]
             start = time.perf_counter()
-            stop.deadline = start + min(budget - seconds, budget / FIT_POINTS)
+            stop.deadline = float("inf")
+            if seconds < budget_seconds:
+                stop.deadline = start + min(budget_seconds - seconds, time_step)
+            stop.max_batches = float("inf")
+            if tokens < budget_tokens:
+                target = min(budget_tokens, tokens + max(token_step, 1))
+                stop.max_batches = stop.batches + math.ceil((target - tokens) / tokens_per_batch)
             fit_history = model.fit(x, y, batch_size=FIT_BATCH_SIZE, epochs=10**9,
                                     verbose=0, callbacks=[stop])
             seconds += time.perf_counter() - start
+            tokens = stop.batches * tokens_per_batch
             epoch += len(fit_history.epoch)
             chunk += 1
             logs = {"loss": float(model.evaluate(x, y, verbose=0)),
-                    "elapsed_seconds": seconds, "epochs": epoch,
-                    "member_tokens": stop.batches * FIT_BATCH_SIZE * x.shape[1]}
+                    "elapsed_seconds": seconds, "epochs": epoch, "member_tokens": tokens}
             if validation is not None:
                 logs["val_loss"] = float(model.evaluate(*validation, verbose=0))
             for key, value in logs.items():
@@ -111,7 +132,9 @@ def run_fit(args, task, output, budget, make_model):
             "variant": label, "parameters": int(model.count_params()), "epochs": epoch,
             "final_loss": history["loss"][-1],
             "final_val_loss": history["val_loss"][-1] if "val_loss" in history else None,
-            "fit_seconds": seconds, "budget_seconds": budget, **task.baselines(),
+            "fit_seconds": seconds, "fit_member_tokens": tokens,
+            "budget_seconds": budget_seconds, "budget_member_tokens": budget_tokens,
+            **task.baselines(),
         }
         run_directory.write_summary(output, summary, args)
     print(f"[keras-lrne] {label}: loss {history['loss'][0]:.3f} -> {summary['final_loss']:.3f}"

@@ -15,7 +15,7 @@ import numpy as np
 from keras_lrne.commands.run_directory import read_history
 
 
-def run_record(command, label, seed, output, summary):
+def run_record(command, label, seed, output, summary, match="tokens"):
     """A comparison row and curve, computed from the run's `history.csv`.
 
     Args:
@@ -25,6 +25,9 @@ def run_record(command, label, seed, output, summary):
         seed: The run's seed.
         output: The run's directory, holding `history.csv`.
         summary: The run's summary (`summary.json`'s "summary").
+        match: For a fit() run, where it is read: at the first measurement that reached
+            the evolved run's member-tokens (`"tokens"`, compute-matched) or its wall
+            time (`"time"`).
 
     Returns:
         `(row, curve)`: the row of `comparison.csv` (a dict), and
@@ -48,8 +51,21 @@ def run_record(command, label, seed, output, summary):
     val = history.get("val_loss")
     best_val = float(np.nanmin(val)) if val else None
     if "elapsed_seconds" in history:  # trained by fit()
+        if match == "tokens" and "budget_member_tokens" not in summary:
+            raise ValueError(
+                f"The fit() run in {output!r} has no token budget (budget_member_tokens): "
+                "it was made by an older keras-lrne, which matched wall time only. Pass "
+                "--overwrite to run it again.")
+        if match == "tokens":
+            reached, goal = history["member_tokens"], summary["budget_member_tokens"]
+        else:
+            reached, goal = history["elapsed_seconds"], summary["budget_seconds"]
+        end = next((i for i, v in enumerate(reached) if v >= goal), len(reached) - 1) + 1
+        history = {k: v[:end] for k, v in history.items()}
+        val = history.get("val_loss")
         row.update(final_loss=history["loss"][-1],
-                   final_val_loss=val[-1] if val else None, best_val_loss=best_val,
+                   final_val_loss=val[-1] if val else None,
+                   best_val_loss=float(np.nanmin(val)) if val else None,
                    wall_seconds=history["elapsed_seconds"][-1],
                    member_tokens=int(history["member_tokens"][-1]), generations=None)
         return row, (history["loss"], history["member_tokens"], False, val)
@@ -212,8 +228,12 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
                      f"{baselines['unigram']:.3f}.")
         if getattr(args, "with_fit", False):
             notes.append(f"`*_fit` rows: the same model trained by `fit()` with Adam "
-                         f"(learning rate {args.fit_learning_rate}) for the wall time of its "
-                         "evolved run on the same seed; member-tokens are tokens trained on.")
+                         f"(learning rate {args.fit_learning_rate}) on the same seed, read "
+                         "when it had processed as many tokens as its evolved run's "
+                         "member-tokens (compute-matched); `*_fit_time` rows: the same "
+                         "fit() run read at its evolved run's wall time (time on a shared "
+                         "machine). Member-tokens of a fit() row are tokens trained on; "
+                         "`best val_loss` is the lowest validation loss it reached.")
     what = {"variants": "factorized vs full vs small", "ranks": "ranks",
             "strategies": "GA vs OpenES", None: args.variant}[args.compare]
     title = f"keras-lrne {args.command}: {what}"

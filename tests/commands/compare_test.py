@@ -127,8 +127,9 @@ def test_compare_ranks_with_fit(tmp_path, capsys):
     assert cli.main(["lm", *BASE, "--compare", "ranks", "--ranks", "2,1", "--with-fit",
                      "--output", str(out)]) == 0
     rows = [r for r in _rows(out / "comparison.csv") if r["row"] == "run"]
-    assert [r["variant"] for r in rows] == ["rank_1", "rank_1_fit", "rank_2", "rank_2_fit",
-                                            "full", "full_fit"]
+    assert [r["variant"] for r in rows] == [
+        "rank_1", "rank_1_fit", "rank_1_fit_time", "rank_2", "rank_2_fit", "rank_2_fit_time",
+        "full", "full_fit", "full_fit_time"]
     params = {r["variant"]: int(r["parameters"]) for r in rows}
     assert params["rank_1"] < params["rank_2"] < params["full"]
     assert params["rank_1_fit"] == params["rank_1"]
@@ -137,10 +138,14 @@ def test_compare_ranks_with_fit(tmp_path, capsys):
         fit = json.loads((out / f"{label}_fit" / "summary.json").read_text())
         assert json.loads((out / label / "summary.json").read_text())["args"]["rank"] == \
             fit["args"]["rank"]
-        # fit() trained for at least the wall time the evolved run took.
+        # fit() trained for at least the wall time the evolved run took, and on at
+        # least as many tokens as its member-tokens.
         assert fit["summary"]["fit_seconds"] >= fit["summary"]["budget_seconds"]
         assert fit["summary"]["budget_seconds"] == pytest.approx(
             evolved["summary"]["evolution_seconds"])
+        tokens = {r["variant"]: int(r["member_tokens"]) for r in rows}
+        assert fit["summary"]["budget_member_tokens"] == tokens[label]
+        assert tokens[f"{label}_fit"] >= tokens[label] >= 0
         history = _history(out / f"{label}_fit" / "history.csv")
         assert float(history[-1]["loss"]) == pytest.approx(fit["summary"]["final_loss"])
     report = (out / "comparison.md").read_text()

@@ -58,16 +58,21 @@ def test_environment_record_counts_steps_and_first_stage_time(tmp_path):
     assert values == [1.0, 4.0] and list(x) == [100, 200]
 
 
-def test_fit_record_reads_its_own_clock_and_tokens(tmp_path):
+def test_fit_record_is_read_at_equal_tokens_or_at_equal_time(tmp_path):
     out = _history(tmp_path / "fit", [
         {"loss": 3.0, "val_loss": 3.2, "elapsed_seconds": 0.5, "member_tokens": 320},
-        {"loss": 2.0, "val_loss": 2.4, "elapsed_seconds": 1.0, "member_tokens": 640}])
-    row, (_, x, evolved, val) = report.run_record("lm", "full_fit", 1, out,
-                                                  {"parameters": 5})
-    assert row["final_loss"] == 2.0 and row["wall_seconds"] == 1.0
-    assert row["member_tokens"] == 640 and row["generations"] is None
-    assert row["final_val_loss"] == 2.4 and row["best_val_loss"] == 2.4
-    assert x == [320, 640] and not evolved and val == [3.2, 2.4]
+        {"loss": 2.0, "val_loss": 2.4, "elapsed_seconds": 1.0, "member_tokens": 640},
+        {"loss": 1.5, "val_loss": 2.6, "elapsed_seconds": 1.5, "member_tokens": 960}])
+    summary = {"parameters": 5, "budget_seconds": 1.0, "budget_member_tokens": 900}
+    row, (_, x, evolved, val) = report.run_record("lm", "full_fit", 1, out, summary)
+    assert row["final_loss"] == 1.5 and row["member_tokens"] == 960  # first >= 900
+    assert row["final_val_loss"] == 2.6 and row["best_val_loss"] == 2.4
+    assert row["generations"] is None and not evolved and x == [320, 640, 960]
+    row, (_, x, _, val) = report.run_record("lm", "full_fit_time", 1, out, summary,
+                                            match="time")
+    assert row["final_loss"] == 2.0 and row["wall_seconds"] == 1.0 and x == [320, 640]
+    with pytest.raises(ValueError, match="no token budget.*--overwrite"):
+        report.run_record("lm", "full_fit", 1, out, {"parameters": 5})
 
 
 def test_record_of_a_cut_history_is_refused_with_the_directory(tmp_path):
