@@ -4,7 +4,8 @@
 corpus by default); `keras-lrne lm --compare` runs its three variants side by side;
 `keras-lrne atari|carracing|control` evolve policies; `keras-lrne fitness` evolves your
 own model on your own fitness function; `keras-lrne play` runs an exported
-policy and `keras-lrne generate` samples from an evolved language model.
+policy, `keras-lrne evaluate` plays a run's elite on held-out episodes and
+`keras-lrne generate` samples from an evolved language model.
 
 Each command lives in its own module of `keras_lrne.commands`; this module registers
 them, parses the command line and reports a bad value as a usage error (exit status 2).
@@ -13,11 +14,20 @@ them, parses the command line and reports a bad value as a usage error (exit sta
 import argparse
 import sys
 
-from keras_lrne.commands import atari, carracing, control, fitness, generate, lm, play
+from keras_lrne.commands import (
+    atari,
+    carracing,
+    control,
+    evaluate,
+    fitness,
+    generate,
+    lm,
+    play,
+)
 from keras_lrne.commands.arguments import HelpFormatter
 
 #: The commands, in the order `keras-lrne --help` lists them.
-COMMANDS = (lm, atari, carracing, control, fitness, play, generate)
+COMMANDS = (lm, atari, carracing, control, fitness, play, evaluate, generate)
 
 
 def _version():

@@ -362,7 +362,8 @@ def markdown_report(runs, aggregates, *, title, metrics, extra_columns=(), tests
         aggregates: `write_table`'s result.
         title: A heading line.
         metrics: `[(column, heading)]` reported as mean ± 95% CI (the first is tested).
-        extra_columns: `[(column, heading)]` reported as means.
+        extra_columns: `[(column, heading)]` (or `(column, heading, digits)`) reported as
+            means, with 1 decimal unless `digits` is given.
         tests: `[(label_a, label_b)]` pairs compared on every metric: with
             `paired_significance` (paired t-test, Wilcoxon signed-rank) when both variants
             ran the same seeds once each (seeds share data and episode seeds, so runs
@@ -377,7 +378,7 @@ def markdown_report(runs, aggregates, *, title, metrics, extra_columns=(), tests
     """
     lines = [f"# {title}", ""]
     head = ["variant", "seeds"] + [f"{h} (mean ± 95% CI)" for _, h in metrics]
-    head += [f"{h} (std)" for _, h in metrics[:1]] + [h for _, h in extra_columns]
+    head += [f"{h} (std)" for _, h in metrics[:1]] + [e[1] for e in extra_columns]
     lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for label, columns in aggregates.items():
         n = sum(run["label"] == label for run in runs)
@@ -394,17 +395,17 @@ def markdown_report(runs, aggregates, *, title, metrics, extra_columns=(), tests
                 cells.append(_format(s["mean"]))
         first = columns.get(metrics[0][0])
         cells.append(_format(first["std"]) if first else "-")
-        for column, _ in extra_columns:
+        for column, *rest in extra_columns:
             s = columns.get(column)
-            cells.append(_format(s["mean"], 1) if s else "-")
+            cells.append(_format(s["mean"], rest[1] if len(rest) > 1 else 1) if s else "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per run:", ""]
-    head = ["variant", "seed"] + [h for _, h in metrics] + [h for _, h in extra_columns]
+    head = ["variant", "seed"] + [h for _, h in metrics] + [e[1] for e in extra_columns]
     lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for run in runs:
         cells = [run["label"], str(run["seed"])]
         cells += [_format(run.get(c)) for c, _ in metrics]
-        cells += [_format(run.get(c), 1) for c, _ in extra_columns]
+        cells += [_format(run.get(e[0]), e[2] if len(e) > 2 else 1) for e in extra_columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _significance_lines(runs, metrics, tests)
     if notes:

@@ -160,7 +160,7 @@ class _Adapter:
 
 
 def play(directory, env=None, *, episodes=1, seed=0, max_episode_steps=None, record=None,
-         fps=30):
+         fps=30, seeds=None):
     """Plays `episodes` episodes with an exported policy and returns their returns.
 
     Args:
@@ -174,6 +174,8 @@ def play(directory, env=None, *, episodes=1, seed=0, max_episode_steps=None, rec
         record: optional path of a GIF of the first episode.
         fps: frames per second of the GIF (GIF frame times are multiples of 10 ms: 30 fps
             is stored as 30 ms per frame).
+        seeds: optional list of reset seeds, one per episode (then `episodes` and `seed`
+            are ignored).
 
     Returns:
         A list of `episodes` episode returns.
@@ -183,6 +185,9 @@ def play(directory, env=None, *, episodes=1, seed=0, max_episode_steps=None, rec
     >>> keras_lrne.playback.play("lrne_output/control", episodes=3)
     [1520.3, 1498.7, 1533.0]
     """
+    if seeds is not None:
+        seeds = [int(s) for s in seeds]
+        episodes = len(seeds)
     check_int("episodes", episodes)
     check_int("fps", fps)
     if record is not None and not str(record).lower().endswith(".gif"):
@@ -207,7 +212,8 @@ def play(directory, env=None, *, episodes=1, seed=0, max_episode_steps=None, rec
     frames, returns, actions_taken = [], [], []
     try:
         for episode in range(int(episodes)):
-            obs = np.asarray(venv.reset([int(seed) + episode], 1))
+            reset_seed = seeds[episode] if seeds is not None else int(seed) + episode
+            obs = np.asarray(venv.reset([reset_seed], 1))
             total, steps = 0.0, 0
             while True:
                 action = serve(obs)
@@ -267,3 +273,117 @@ def _render(venv, record):
             "needs an off-screen OpenGL (MUJOCO_GL=egl or MUJOCO_GL=osmesa); or play "
             "without --record."
         ) from None
+
+
+#: Held-out episodes `evaluate` plays by default, per kind of policy: Atari's usual 30
+#: episodes with random no-op starts, 20 CarRacing tracks, 10 seeds for other control.
+EVALUATION_EPISODES = {"atari": 30, "carracing": 20, "gym": 10}
+
+#: Per Atari game: the episode returns of a uniformly random policy and of the human
+#: tester, as published with DQN (Mnih et al. 2015, Nature; 30 no-op starts) and used by
+#: DQN Zoo and rliable, for human-normalised scores `(x - random) / (human - random)`.
+ATARI_REFERENCES = {"frostbite": (65.2, 4334.7), "kangaroo": (52.0, 3035.0)}
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def _run_directory(directory):
+    """The run directory around a policy (the directory itself, or the parent of its
+    `policy/` folder), when it holds a `summary.json`; else None."""
+    path = os.path.abspath(find_policy_dir(directory))
+    for candidate in (os.path.dirname(path), path):
+        if os.path.isfile(os.path.join(candidate, "summary.json")):
+            return candidate
+    return None
+
+
+def training_seeds(run_args):
+    """The reset seeds a run's training episodes used (every generation, both selection
+    stages), from its settings (`summary.json`'s `args`); empty when unknown."""
+    try:
+        seed, generations = int(run_args["seed"]), int(run_args["generations"])
+    except (KeyError, TypeError, ValueError):
+        return set()
+    # `Environment.episode_seeds`: a prefix of one generator per (generation, stage).
+    count = max(int(run_args.get("episodes") or 1),
+                int(run_args.get("reevaluate_episodes") or 0), 64)
+    seeds = set()
+    for generation in range(generations + 1):
+        for stage in (0, 1):
+            rng = np.random.default_rng([seed, 2, generation, stage])
+            seeds.update(rng.integers(0, 2**31 - 1, size=count).tolist())
+    return seeds
+
+
+def evaluate(directory, episodes=None, seed=0, write=True):
+    """Plays a saved elite on held-out episodes: the unbiased estimate of its return.
+
+    A run's logged `episode_return` is the best member's return on the generation's
+    training episodes: a maximum over the population, biased upwards by selection. This
+    plays the exported elite on new episodes instead: reset seeds drawn from `seed` on a
+    stream training never uses, and any seed the run trained on (computed from its
+    `summary.json`) is skipped. Atari episodes start with the task's random no-ops
+    (0 to `noop_max - 1`, seeded), the usual protocol; CarRacing seeds are new tracks.
+
+    Args:
+        directory: a run's output directory (it holds `policy/`) or a policy directory.
+        episodes: how many (default: `EVALUATION_EPISODES` of the policy's kind: 30 for
+            Atari, 20 for CarRacing, 10 for other environments).
+        seed: the evaluation seed (the same seed gives the same episodes).
+        write: write `evaluation.json` beside the run's `summary.json` (or into the
+            policy directory).
+
+    Returns:
+        A dict: `env`, `kind`, `episodes`, `seed`, `episode_seeds`, `returns`,
+        `mean_return`, `std_return`, `ci95_half_width`, `excluded_training_seeds`
+        (seeds skipped because training used them), and for Atari games with published
+        references `random_return`, `human_return` and `human_normalized_score` (of the
+        mean).
+
+    Example:
+
+    >>> keras_lrne.playback.evaluate("lrne_output/atari", episodes=30)["mean_return"]
+    """
+    from keras_lrne._validation import check_int
+    from keras_lrne.comparison import summarize
+
+    check_int("seed", seed, minimum=0)
+    _, marker = load_policy(directory)
+    kind = marker.get("kind", "gym")
+    episodes = EVALUATION_EPISODES.get(kind, 10) if episodes is None else episodes
+    check_int("episodes", episodes)
+    run_dir = _run_directory(directory)
+    run_args = {}
+    if run_dir is not None:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            run_args = json.load(f).get("args") or {}
+    used = training_seeds(run_args)
+    rng = np.random.default_rng([int(seed), 3])  # stream 3: never a training stream
+    chosen, excluded = [], 0
+    while len(chosen) < episodes:
+        candidate = int(rng.integers(0, 2**31 - 1))
+        if candidate in used or candidate in chosen:
+            excluded += candidate in used
+            continue
+        chosen.append(candidate)
+    returns = play(directory, seeds=chosen)
+    stats = summarize(returns)
+    result = {"env": marker.get("env"), "kind": kind, "episodes": int(episodes),
+              "seed": int(seed), "episode_seeds": chosen, "returns": returns,
+              "mean_return": stats["mean"], "std_return": stats["std"],
+              "ci95_half_width": stats["ci_half_width"],
+              "excluded_training_seeds": excluded}
+    if kind == "atari":
+        game = _atari_game(str(marker.get("env", ""))).lower()
+        if game in ATARI_REFERENCES:
+            random_return, human = ATARI_REFERENCES[game]
+            result.update(random_return=random_return, human_return=human,
+                          human_normalized_score=(stats["mean"] - random_return)
+                          / (human - random_return))
+    if write:
+        from keras_lrne import checkpoint
+
+        out = run_dir or find_policy_dir(directory)
+        checkpoint.atomic_write(os.path.join(out, EVALUATION_FILE),
+                                json.dumps(result, indent=2))
+    return result

@@ -36,6 +36,37 @@ def run_output(args, label, seed):
     return os.path.join(args.output, label, f"seed_{seed}")
 
 
+def held_out(args, output):
+    """The held-out evaluation of a finished environment run's elite
+    (`keras_lrne.playback.evaluate`, seed 0; reused from its `evaluation.json` when that
+    holds as many episodes): `{"heldout_return": ..., "heldout_hns": ...}`, or `{}` for
+    the LM or `--eval-episodes 0`."""
+    import json
+
+    episodes = getattr(args, "eval_episodes", None)
+    if args.command == "lm" or episodes == 0:
+        return {}
+    from keras_lrne.playback import EVALUATION_EPISODES, EVALUATION_FILE, evaluate
+
+    kind = {"atari": "atari", "carracing": "carracing"}.get(args.command, "gym")
+    episodes = EVALUATION_EPISODES[kind] if episodes is None else episodes
+    path = os.path.join(output, EVALUATION_FILE)
+    result = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            result = json.load(f)
+        if result.get("episodes") != episodes or result.get("seed") != 0:
+            result = None
+    if result is None:
+        print(f"[keras-lrne] held-out evaluation of {output}: {episodes} episodes",
+              flush=True)
+        result = evaluate(output, episodes=episodes, seed=0)
+    row = {"heldout_return": result["mean_return"]}
+    if "human_normalized_score" in result:
+        row["heldout_hns"] = result["human_normalized_score"]
+    return row
+
+
 def fit_label(args, label, run_args):
     """The label of a `--with-fit` row: `<label>_fit`; one `<variant>_fit` row per seed
     under `--compare strategies` (GA and OpenES evolve the same model)."""
@@ -108,6 +139,7 @@ def run_comparison(args, argv, plan, run, fit=None):
         summary, _ = run(run_args)
         summaries.append(summary)
         row, curve = report.run_record(args.command, label, seed, run_args.output, summary)
+        row.update(held_out(args, run_args.output))
         records.append(row)
         curves.setdefault(label, []).append(curve)
         if getattr(args, "with_fit", False) and (args.compare != "strategies"

@@ -4,7 +4,13 @@ options and one run of a policy evolved on an environment."""
 import numpy as np
 
 from keras_lrne.commands import arguments, compare, run_directory
-from keras_lrne.commands.arguments import VARIANTS, paper, positive_float, positive_int
+from keras_lrne.commands.arguments import (
+    VARIANTS,
+    non_negative_int,
+    paper,
+    positive_float,
+    positive_int,
+)
 from keras_lrne.commands.builders import make_strategy
 
 
@@ -54,6 +60,10 @@ def add_parser(commands, formatter_class, name, spec, first=None, extra=None):
     if extra is not None:
         extra(sub)
     arguments.add_compare_arguments(sub)
+    sub.add_argument("--eval-episodes", type=non_negative_int, default=None, metavar="N",
+                     help="with --compare/--seeds: held-out episodes each run's final elite "
+                     "plays (`keras-lrne evaluate`), reported beside the training returns. "
+                     "Default: 30 for Atari, 20 for CarRacing, 10 otherwise; 0 skips it")
     arguments.add_run_arguments(sub, name)
     return sub
 

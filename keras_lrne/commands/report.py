@@ -148,19 +148,16 @@ def _finished_span(run_dirs):
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) for t in (min(times), max(times))))
 
 
-#: Per-game episode returns of a uniformly random policy and of the human tester, as
-#: published with DQN (Mnih et al. 2015, Nature; 30 no-op starts) and used by DQN Zoo and
-#: rliable.
-ATARI_REFERENCES = {"frostbite": (65.2, 4334.7), "kangaroo": (52.0, 3035.0)}
-
 #: The paper's CarRacing result, read from its figure (about 730 after stage 2).
 CARRACING_PAPER_RETURN = 730.0
 
 
 def reference_lines(args):
     """The horizontal reference lines of a comparison's plot: random and human scores
-    for the Atari games listed in `ATARI_REFERENCES`, the paper's ~730 for CarRacing;
+    for the Atari games listed in `keras_lrne.playback.ATARI_REFERENCES`, the paper's ~730 for CarRacing;
     None for others (the LM's uniform and unigram lines are added by `write_report`)."""
+    from keras_lrne.playback import ATARI_REFERENCES
+
     if args.command == "atari":
         game = str(getattr(args, "game", "")).lower().split("/")[-1].split("-")[0]
         if game in ATARI_REFERENCES:
@@ -194,6 +191,11 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
     lm = args.command == "lm"
     metric = "final_loss" if lm else "final_episode_return"
     columns = [metric] + (["final_val_loss", "best_val_loss"] if lm else [])
+    held_out = not lm and any(r.get("heldout_return") is not None for r in records)
+    if held_out:
+        columns.append("heldout_return")
+        if any(r.get("heldout_hns") is not None for r in records):
+            columns.append("heldout_hns")
     columns += ["wall_seconds", "member_tokens" if lm else "env_steps"]
     if any("first_stage_seconds" in r for r in records):
         columns.append("first_stage_seconds")
@@ -204,7 +206,10 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
     aggregates = comparison.write_table(records, os.path.join(args.output, "comparison.csv"),
                                         columns)
     labels = list(curves)
-    metrics = [("final_loss", "final loss")] if lm else [(metric, "final elite return")]
+    metrics = ([("final_loss", "final loss")] if lm
+               else [(metric, "final elite return (training episodes)")])
+    if held_out:
+        metrics.append(("heldout_return", "held-out return"))
     if lm and any(r["final_val_loss"] is not None for r in records):
         metrics.append(("final_val_loss", "final val_loss"))
         metrics.append(("best_val_loss", "best val_loss"))
@@ -219,6 +224,16 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
              f"{args.generations} generations, strategy "
              f"{'ga and es' if args.compare == 'strategies' else args.strategy}."]
     notes += paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
+    if not lm:
+        notes.append("`final elite return (training episodes)`: the best member's return "
+                     "on the last generation's training episodes, a maximum over the "
+                     "population and so biased upwards by selection."
+                     + (" `held-out return`: the final elite played on new episodes "
+                        "(`keras-lrne evaluate`, seed 0: reset seeds the run never trained "
+                        "on; Atari with random no-op starts), the unbiased estimate."
+                        if held_out else ""))
+    if "heldout_hns" in columns:
+        extra.insert(0, ("heldout_hns", "held-out human-normalised", 3))
     baselines = reference_lines(args)
     if lm:
         baselines = {"uniform (ln V)": float(np.mean([s["uniform_loss"] for s in summaries])),

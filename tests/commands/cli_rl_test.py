@@ -39,6 +39,21 @@ def test_rl_commands_write_results(tmp_path, argv):
             image.seek(index)
             durations.append(image.info["duration"])
     assert sum(durations) == 6 * 30
+    # `keras-lrne evaluate` plays the elite on held-out episodes and writes
+    # evaluation.json; the same seed plays the same episodes.
+    assert cli.main(["evaluate", str(out), "--episodes", "2", "--seed", "3"]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["episodes"] == 2 and len(result["returns"]) == 2
+    assert result["mean_return"] == pytest.approx(sum(result["returns"]) / 2)
+    from keras_lrne.playback import evaluate, training_seeds
+
+    run_args = json.loads((out / "summary.json").read_text())["args"]
+    assert not set(result["episode_seeds"]) & training_seeds(run_args)
+    again = evaluate(out, episodes=2, seed=3, write=False)
+    assert again["returns"] == result["returns"]
+    assert again["episode_seeds"] == result["episode_seeds"]
+    assert evaluate(out, episodes=2, seed=4, write=False)["episode_seeds"] != \
+        result["episode_seeds"]
 
 
 def test_rl_commands_take_open_es(tmp_path):
@@ -129,3 +144,17 @@ def test_play_prints_returns_and_rejects_bad_input(tmp_path, capsys, monkeypatch
     (tmp_path / "fake" / "keras_lrne_policy.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid keras-lrne policy"):
         play(tmp_path / "fake")
+
+
+def test_training_seeds_are_the_episode_seeds_a_run_used():
+    from keras_lrne import tasks
+    from keras_lrne.playback import training_seeds
+
+    task = tasks.Environment("CartPole-v1", episodes=3, reevaluate_top=2,
+                             reevaluate_episodes=5)
+    used = training_seeds({"seed": 7, "generations": 4, "episodes": 3,
+                           "reevaluate_episodes": 5})
+    for generation in range(4):
+        assert set(task.episode_seeds(7, generation)) <= used
+        assert set(task.episode_seeds(7, generation, stage=1, episodes=5)) <= used
+    assert training_seeds({}) == set()

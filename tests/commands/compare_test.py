@@ -162,8 +162,8 @@ def test_compare_strategies_on_an_environment(tmp_path):
     out = tmp_path / "cartpole"
     assert cli.main(["control", "--env", "CartPole-v1", "--population", "4", "--parents",
                      "1", "--generations", "2", "--max-episode-steps", "20", "--verbose",
-                     "0", "--compare", "strategies", "--seeds", "3,7", "--output",
-                     str(out)]) == 0
+                     "0", "--compare", "strategies", "--seeds", "3,7", "--eval-episodes",
+                     "3", "--output", str(out)]) == 0
     rows = _rows(out / "comparison.csv")
     runs = [r for r in rows if r["row"] == "run"]
     assert [(r["variant"], r["seed"]) for r in runs] == [("ga", "3"), ("ga", "7"),
@@ -176,7 +176,16 @@ def test_compare_strategies_on_an_environment(tmp_path):
             sum(float(h["first_stage_seconds"]) for h in history))
     lineage = json.loads((out / "es" / "seed_7" / "summary.json").read_text())
     assert lineage["args"]["strategy"] == "es" and lineage["args"]["seed"] == 7
-    assert "ga vs es, final elite return" in (out / "comparison.md").read_text()
+    report = (out / "comparison.md").read_text()
+    assert "ga vs es, final elite return (training episodes) (paired, n = 2)" in report
+    # Every finished run's elite is played on held-out episodes (keras-lrne evaluate).
+    for run in runs:
+        evaluation = json.loads((out / run["variant"] / f"seed_{run['seed']}"
+                                 / "evaluation.json").read_text())
+        assert evaluation["episodes"] == 3
+        assert float(run["heldout_return"]) == pytest.approx(evaluation["mean_return"])
+    assert "ga vs es, held-out return (paired, n = 2)" in report
+    assert "biased upwards by selection" in report
 
 
 @pytest.mark.backend_independent
