@@ -28,38 +28,36 @@ class AleVectorEnv:
 
     def __init__(self, game, num_envs, **kwargs):
         _, vector_env_class = _require_ale()
-        # Random no-op starts are played by `step`, their number drawn from each episode's
-        # seed, instead of by ale-py: a seeded ale-py reset reloads the ROM (about 10x
-        # slower than an unseeded one: benchmarks/README.md). Without
-        # sticky actions an unseeded reset is deterministic, so each episode is still
-        # fixed by its seed. (The no-op steps count toward the episode's step cap; their
-        # rewards are not part of the return.)
+        # Every episode is a function of its seed alone: each reset is seeded (ale-py
+        # reloads the ROM and reseeds the emulator, sticky actions included), and the
+        # random no-op start, 0 to `noop_max - 1` steps (the paper's 0-29 for 30), is
+        # drawn from the same seed and played by `step`. Unseeded resets are cheaper but
+        # carry emulator state from one episode to the next in a sub-environment:
+        # measured, the same population gave other returns with 1, 3 or 12
+        # sub-environments (benchmarks/README.md gives the cost of a seeded reset). The
+        # no-op steps count toward the episode's step cap; their rewards are not part of
+        # the return.
         self.noop_max = int(kwargs.pop("noop_max", 0))
-        self._deterministic = float(kwargs.get("repeat_action_probability", 0.0)) == 0.0
-        if not self._deterministic:
-            kwargs["noop_max"] = self.noop_max  # sticky actions: let ale-py seed everything
-        else:
-            kwargs["noop_max"] = 0
+        kwargs["noop_max"] = 0
         self.env = vector_env_class(game, int(num_envs), **kwargs)
         self.num_envs = int(num_envs)
         self.single_observation_space = self.env.single_observation_space
         self.single_action_space = self.env.single_action_space
         self._noops = np.zeros(self.num_envs, np.int64)
-        self._seeded = False
 
     def _plan_noops(self, indices, seeds):
         for i, seed in zip(indices, np.asarray(seeds).reshape(-1)):
-            if self._deterministic and self.noop_max:
+            if self.noop_max:
                 rng = np.random.default_rng([int(seed), 7])
-                self._noops[i] = rng.integers(0, self.noop_max + 1)
+                self._noops[i] = rng.integers(0, self.noop_max)
             else:
                 self._noops[i] = 0
 
     def reset(self, seeds, count):
         """Resets all sub-environments; returns the observations of the first `count`.
 
-        Sub-environment `i < count` starts the episode of `seeds[i]` (its number of random
-        no-ops); the others are idle for this chunk.
+        Sub-environment `i < count` starts the episode of `seeds[i]` (a seeded reset and
+        its number of random no-ops); the others are idle for this chunk.
         """
         seeds = np.asarray(seeds, np.int64).reshape(-1)[:count]
         if len(seeds) != count or count < 1 or count > self.num_envs:
@@ -67,30 +65,22 @@ class AleVectorEnv:
                 f"Expected 1 <= count <= {self.num_envs} and one seed per reset environment. "
                 f"Received: count={count}, len(seeds)={len(seeds)}"
             )
-        if not self._deterministic:
-            obs, _ = self.env.reset(seed=np.resize(seeds, self.num_envs).astype(np.int64))
-        else:
-            if not self._seeded:  # one seeded reset fixes the emulator state for the run
-                self.env.reset(seed=np.zeros(self.num_envs, np.int64))
-                self._seeded = True
-            obs, _ = self.env.reset()
+        obs, _ = self.env.reset(seed=np.resize(seeds, self.num_envs).astype(np.int64))
         self._noops[:] = 0
         self._plan_noops(range(count), seeds)
         return np.array(obs[:count])
 
     def reset_at(self, indices, seeds):
-        """Resets only the sub-environments at `indices` (one seed each, a partial reset
-        with ale-py's `reset_mask`); returns their observations, aligned with `indices`.
+        """Resets only the sub-environments at `indices` (one seed each: a seeded partial
+        reset with ale-py's `reset_mask`); returns their observations, aligned with
+        `indices`.
         """
         indices = [int(i) for i in np.asarray(indices).reshape(-1)]
         mask = np.zeros(self.num_envs, bool)
         mask[indices] = True
-        if not self._deterministic:
-            order = np.argsort(indices)
-            ordered = np.asarray(seeds, np.int64).reshape(-1)[order]
-            obs, _ = self.env.reset(seed=ordered, options={"reset_mask": mask})
-        else:
-            obs, _ = self.env.reset(options={"reset_mask": mask})
+        order = np.argsort(indices)
+        ordered = np.asarray(seeds, np.int64).reshape(-1)[order]
+        obs, _ = self.env.reset(seed=ordered, options={"reset_mask": mask})
         self._plan_noops(indices, seeds)
         return np.array(obs[indices])
 

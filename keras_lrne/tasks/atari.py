@@ -58,8 +58,8 @@ class Atari(Environment):
 
     The paper's Atari setting: `*Deterministic-v4` dynamics (frameskip 4, no sticky
     actions, minimal action set), RGB frames resized to 84x84, the last 4 frames stacked
-    into 84x84x12 inputs scaled to [0, 1], 0 to `noop_max` random no-op steps at the start
-    of each episode, greedy (argmax) actions, a 2,500-step cap, one episode per member, no
+    into 84x84x12 inputs scaled to [0, 1], 0 to `noop_max - 1` random no-op steps at the
+    start of each episode (the paper's 0-29), greedy (argmax) actions, a 2,500-step cap, one episode per member, no
     episodic life and no reward clipping. Environments are ale-py's native C++
     `AtariVectorEnv`, stepped in threads; all members of a generation share the episode
     seeds, hence the no-op starts.
@@ -79,7 +79,9 @@ class Atari(Environment):
             or an ale-py ROM id (`"space_invaders"`).
         episodes: episodes per member per generation (their mean return is the fitness).
         max_episode_steps: step cap per episode (agent steps, 4 frames each).
-        noop_max: at most this many random no-op steps start each episode (0: none).
+        noop_max: each episode starts with a random number of no-op steps, 0 to
+            `noop_max - 1`, drawn from the episode's seed (0: none). Every episode is a
+            function of its seed alone: each reset is seeded.
         version: `"v4"` (the paper: `*Deterministic-v4` semantics) or `"v5"` (ale-py's
             `ALE/*-v5` settings: sticky actions with probability 0.25 and a
             108,000-frame limit).

@@ -224,3 +224,21 @@ def test_the_cli_evaluates_in_workers(local_ray, tmp_path):
         summaries.append(json.loads((output / "summary.json").read_text())["summary"])
     assert summaries[0]["final_episode_return"] == summaries[1]["final_episode_return"]
     assert summaries[0]["env_steps"] == summaries[1]["env_steps"] > 0
+
+
+@pytest.mark.slow
+def test_atari_in_two_workers_equals_one_process(local_ray):
+    def run(distribution):
+        task = keras_lrne.tasks.Atari("Frostbite", max_episode_steps=120, episodes=2,
+                                      num_envs=3)
+        keras.utils.set_random_seed(0)
+        model = keras_lrne.presets.atari_policy("small", num_actions=task.num_outputs)
+        history = model.evolve(task, strategy=GA(6, 2, mutation_rate=0.5),
+                               generations=2, seed=1, verbose=0, distribution=distribution)
+        return {k: history.history[k] for k in ("episode_return", "mean_return",
+                                                "env_steps")}, model.get_weights()
+
+    (one, weights_one), (two, weights_two) = run(None), run(RayWorkers(2))
+    assert one == two
+    for a, b in zip(weights_one, weights_two):
+        np.testing.assert_array_equal(a, b)
