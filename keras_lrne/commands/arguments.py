@@ -84,6 +84,23 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text}. Default: %(default)s"
 
 
+def rates(text):
+    """A comma-separated list of distinct positive rates (`--rates`, `--factor-rates`)."""
+    values = []
+    for part in str(text).split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            value = float("nan")
+        if not (value > 0 and np.isfinite(value)):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated positive numbers, e.g. 0.01,0.1. Received: {text!r}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct rates. Received: {text!r}")
+    return tuple(values)
+
+
 def paper(value):
     """` (paper: VALUE)` for a help text, or nothing where the paper gives no value."""
     return "" if value in (None, "-") else f" (paper: {value})"
@@ -105,11 +122,17 @@ STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
                  "(--population, even, --sigma, --learning-rate)")
 COMPARE_HELP = (
     "run a comparison: `variants` (the default: factorized, full and small), `ranks` "
-    "(the factorized model at each of --ranks, plus full) or `strategies` (the GA and "
-    "OpenES on --variant); every run gets the same data, episode seeds and budget per "
+    "(the factorized model at each of --ranks, plus full), `strategies` (the GA and "
+    "OpenES on --variant), and for the LM the ablations `mutation-rates` (full at each "
+    "of --rates, factorized at each of --factor-rates), `init` (full and factorized, each "
+    "with the paper's and the scaled initialisation) or `size-matched` (small against "
+    "factorized at rank 1 / embed rank 4, the paper's pairing of similar sizes); every "
+    "run gets the same data, episode seeds and budget per "
     "seed, and OUTPUT gets comparison.csv, comparison.md and comparison.png. --resume "
     "continues an interrupted comparison where it stopped"
 )
+#: The kinds of `--compare`; the last three are LM ablations.
+COMPARE_KINDS = ("variants", "ranks", "strategies", "mutation-rates", "init", "size-matched")
 VERBOSE_HELP = "0 silent, 1 progress bar, 2 one line per generation"
 
 
@@ -135,7 +158,7 @@ def add_strategy_arguments(parser):
 def add_compare_arguments(parser):
     """`--compare`, `--seeds` and `--ranks`: several runs side by side."""
     parser.add_argument("--compare", nargs="?", const="variants", default=None,
-                        choices=("variants", "ranks", "strategies"), metavar="KIND",
+                        choices=COMPARE_KINDS, metavar="KIND",
                         help=COMPARE_HELP)
     parser.add_argument("--seeds", type=seeds, default=None, metavar="N|S1,S2,...",
                         help="run every variant on N seeds (0..N-1) or on the listed ones, "
@@ -144,6 +167,13 @@ def add_compare_arguments(parser):
                         "Default: --seed only")
     parser.add_argument("--ranks", type=ranks, default="1,2,4,8,16", metavar="R1,R2,...",
                         help="ranks of `--compare ranks`. Default: 1,2,4,8,16")
+    parser.add_argument("--rates", type=rates, default="0.01,0.03,0.1", metavar="R1,R2,...",
+                        help="mutation rates of the full model in `--compare "
+                        "mutation-rates`. Default: 0.01,0.03,0.1")
+    parser.add_argument("--factor-rates", type=rates, default="0.01,0.1",
+                        metavar="R1,R2,...", help="factor mutation rates of the factorized "
+                        "model in `--compare mutation-rates`. Default: 0.01,0.1 (0.1 is the "
+                        "paper's)")
 
 
 def add_run_arguments(parser, command, *, seed_help="run seed. Default: 0",

@@ -29,4 +29,5 @@ def make_strategy(args):
         return strategies.OpenES(population_size=args.population, sigma=args.sigma,
                                  learning_rate=args.learning_rate)
     return strategies.GA(population_size=args.population, num_parents=args.parents,
-                         mutation_rate=args.mutation_rate)
+                         mutation_rate=args.mutation_rate,
+                         factor_mutation_rate=getattr(args, "factor_mutation_rate", None))

@@ -26,6 +26,22 @@ def comparison_plan(args):
     if args.compare == "ranks":
         return ([(f"rank_{rank}", {"variant": "factorized", "rank": rank})
                  for rank in args.ranks] + [("full", {"variant": "full"})])
+    if args.compare in ("init", "size-matched") and args.command != "lm":
+        raise ValueError(f"`--compare {args.compare}` is an ablation of the language "
+                         f"model (keras-lrne lm). Received: keras-lrne {args.command} "
+                         f"--compare {args.compare}")
+    if args.compare == "mutation-rates":
+        return ([(f"full_mr_{rate:g}", {"variant": "full", "mutation_rate": rate})
+                 for rate in args.rates]
+                + [(f"factorized_fr_{rate:g}", {"variant": "factorized",
+                                                "factor_mutation_rate": rate})
+                   for rate in args.factor_rates])
+    if args.compare == "init":
+        return [(f"{variant}_{init}", {"variant": variant, "init": init})
+                for variant in ("full", "factorized") for init in ("paper", "scaled")]
+    if args.compare == "size-matched":
+        return [("factorized_r1_e4", {"variant": "factorized", "rank": 1, "embed_rank": 4}),
+                ("small", {"variant": "small"})]
     return [("ga", {"strategy": "ga"}), ("es", {"strategy": "es"})]
 
 
@@ -83,7 +99,11 @@ def comparison_runs(args, argv, plan):
                          f"of the comparison. Received: --seeds {','.join(map(str, seeds))}")
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     overridden = {"variants": ("--variant",), "ranks": ("--variant", "--rank"),
-                  "strategies": ("--strategy",)}.get(args.compare, ())
+                  "strategies": ("--strategy",),
+                  "mutation-rates": ("--variant", "--mutation-rate",
+                                     "--factor-mutation-rate"),
+                  "init": ("--variant", "--init"),
+                  "size-matched": ("--variant", "--rank", "--embed-rank")}.get(args.compare, ())
     for option in overridden:
         if option in given:
             raise ValueError(f"`--compare {args.compare}` sets {option} itself for every "

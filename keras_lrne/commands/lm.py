@@ -49,6 +49,9 @@ def add_arguments(lm):
     lm.add_argument("--mutation-rate", type=positive_float, default=0.01,
                     help="relative mutation std of full tensors (factors use its square "
                     "root). Default: 0.01")
+    lm.add_argument("--factor-mutation-rate", type=positive_float, default=None,
+                    help="relative mutation std of factor tensors (U and V). Default: the "
+                    "square root of --mutation-rate (0.1 for 0.01), as in the paper")
     arguments.add_strategy_arguments(lm)
     lm.add_argument("--dataset", default=None,
                     help="a TensorFlow Datasets name with a text feature (tiny_shakespeare, "

@@ -104,6 +104,15 @@ def tested_pairs(compare, labels):
         pairs = [(label, "full") for label in labels if label.startswith("rank_")]
     elif compare == "strategies":
         pairs = [("ga", "es")]
+    elif compare == "mutation-rates":
+        # Every factorized rate against every full rate: which step sizes decide it.
+        pairs = [(a, b) for a in labels if a.startswith("factorized_fr_")
+                 for b in labels if b.startswith("full_mr_")]
+    elif compare == "init":
+        pairs = [("factorized_paper", "full_paper"), ("factorized_scaled", "full_scaled"),
+                 ("full_scaled", "full_paper"), ("factorized_scaled", "factorized_paper")]
+    elif compare == "size-matched":
+        pairs = [("factorized_r1_e4", "small")]
     else:
         pairs = []
     pairs += [(label, f"{label}_fit") for label in labels if f"{label}_fit" in labels
@@ -250,7 +259,9 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
                          "machine). Member-tokens of a fit() row are tokens trained on; "
                          "`best val_loss` is the lowest validation loss it reached.")
     what = {"variants": "factorized vs full vs small", "ranks": "ranks",
-            "strategies": "GA vs OpenES", None: args.variant}[args.compare]
+            "strategies": "GA vs OpenES", "mutation-rates": "mutation rates",
+            "init": "initialisations", "size-matched": "size-matched small vs factorized",
+            None: args.variant}[args.compare]
     title = f"keras-lrne {args.command}: {what}"
     text = comparison.markdown_report(records, aggregates, title=title, metrics=metrics,
                                       extra_columns=extra,

@@ -223,3 +223,62 @@ def test_a_comparison_checks_every_run_before_the_first(lm_comparison, tmp_path,
         cli.main(["lm", *TINY, "--compare", "--seeds", "2", "--output", str(out)])
     assert "holds a finished run" in capsys.readouterr().err
     assert not (out / "factorized" / "seed_0").exists()  # refused before any work
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("argv, labels, pairs", [
+    (["--compare", "mutation-rates", "--rates", "0.01,0.1", "--factor-rates", "0.1"],
+     ["full_mr_0.01", "full_mr_0.1", "factorized_fr_0.1"],
+     [("factorized_fr_0.1", "full_mr_0.01"), ("factorized_fr_0.1", "full_mr_0.1")]),
+    (["--compare", "init"],
+     ["full_paper", "full_scaled", "factorized_paper", "factorized_scaled"],
+     [("factorized_paper", "full_paper"), ("factorized_scaled", "full_scaled"),
+      ("full_scaled", "full_paper"), ("factorized_scaled", "factorized_paper")]),
+    (["--compare", "size-matched"], ["factorized_r1_e4", "small"],
+     [("factorized_r1_e4", "small")]),
+])
+def test_ablation_presets_plan_their_runs_and_tests(argv, labels, pairs):
+    from keras_lrne.commands import compare, report
+
+    args = cli.build_parser().parse_args(["lm", *argv])
+    plan = compare.comparison_plan(args)
+    assert [label for label, _ in plan] == labels
+    assert report.tested_pairs(args.compare, labels) == pairs
+    overrides = dict(plan)
+    if args.compare == "mutation-rates":
+        assert overrides["full_mr_0.1"] == {"variant": "full", "mutation_rate": 0.1}
+        assert overrides["factorized_fr_0.1"]["factor_mutation_rate"] == 0.1
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("argv, message", [
+    (["lm", "--compare", "mutation-rates", "--rates", "0.1,-1"], "positive numbers"),
+    (["lm", "--compare", "mutation-rates", "--rates", "0.1,0.1"], "distinct rates"),
+    (["lm", "--compare", "init", "--init", "scaled"], "sets --init itself"),
+    (["lm", "--compare", "size-matched", "--rank", "2"], "sets --rank itself"),
+    (["control", "--compare", "init"], "ablation of the language model"),
+])
+def test_ablation_presets_refuse_what_they_set(tmp_path, capsys, argv, message):
+    code = None
+    try:
+        code = cli.main([*argv, "--output", str(tmp_path / "x")])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_mutation_rates_runs_the_step_size_ablation(tmp_path):
+    out = tmp_path / "rates"
+    assert cli.main(["lm", *TINY, "--compare", "mutation-rates", "--rates", "0.01",
+                     "--factor-rates", "0.01,0.1", "--seeds", "0,1", "--output",
+                     str(out)]) == 0
+    runs = [r for r in _rows(out / "comparison.csv") if r["row"] == "run"]
+    assert sorted({r["variant"] for r in runs}) == ["factorized_fr_0.01",
+                                                    "factorized_fr_0.1", "full_mr_0.01"]
+    stored = json.loads((out / "factorized_fr_0.01" / "seed_1" / "summary.json").read_text())
+    assert stored["args"]["factor_mutation_rate"] == 0.01
+    assert stored["args"]["variant"] == "factorized"
+    report = (out / "comparison.md").read_text()
+    assert "factorized_fr_0.01 vs full_mr_0.01, final loss (paired, n = 2)" in report
