@@ -140,7 +140,7 @@ def plot_comparison(groups, path, title="keras-lrne comparison", ylabel="loss",
                        label=f"{label} ({value:,.2f})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for i, (label, value) in enumerate((baselines or {}).items()):
+    for i, value in enumerate((baselines or {}).values()):
         strip.axhline(value, linestyle=":", color="0.35" if i % 2 else "0.6")
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("generation")

@@ -24,15 +24,16 @@ from keras import ops
 from keras_lrne import backend as lrne_backend
 
 # The genome's names stay importable from here, as in earlier releases.
-from keras_lrne.genome import (  # noqa: F401
+from keras_lrne.genome import (  # noqa: F401  # noqa: F401
     NORMALIZATION_LAYERS,
+    LowRankMembers,
     VariableSpec,
     collect_variable_specs,
     derive_seed,
     initial_member,
     initial_population,
+    materialize,
 )
-from keras_lrne.genome import LowRankMembers, materialize  # noqa: F401
 from keras_lrne.layers import _low_rank, _vectorized
 
 # Bytes the evaluation of one chunk step may use on CPU: about a last-level cache (larger

@@ -3,10 +3,9 @@ trained by Keras' `fit()` with Adam until it has processed as many tokens as its
 run's member-tokens (compute-matched) and trained for as long as the evolved run took
 (time-matched); the report reads it at both points (`*_fit` and `*_fit_time` rows)."""
 
-import math
-
 import csv
 import io
+import math
 import os
 import time
 

@@ -163,8 +163,9 @@ CARRACING_PAPER_RETURN = 730.0
 
 def reference_lines(args):
     """The horizontal reference lines of a comparison's plot: random and human scores
-    for the Atari games listed in `keras_lrne.playback.ATARI_REFERENCES`, the paper's ~730 for CarRacing;
-    None for others (the LM's uniform and unigram lines are added by `write_report`)."""
+    for the Atari games listed in `keras_lrne.playback.ATARI_REFERENCES`, the paper's
+    ~730 for CarRacing; None for others (the LM's uniform and unigram lines are added
+    by `write_report`)."""
     from keras_lrne.playback import ATARI_REFERENCES
 
     if args.command == "atari":

@@ -59,9 +59,9 @@ class Atari(Environment):
     The paper's Atari setting: `*Deterministic-v4` dynamics (frameskip 4, no sticky
     actions, minimal action set), RGB frames resized to 84x84, the last 4 frames stacked
     into 84x84x12 inputs scaled to [0, 1], 0 to `noop_max - 1` random no-op steps at the
-    start of each episode (the paper's 0-29), greedy (argmax) actions, a 2,500-step cap, one episode per member, no
-    episodic life and no reward clipping. Environments are ale-py's native C++
-    `AtariVectorEnv`, stepped in threads; all members of a generation share the episode
+    start of each episode (the paper's 0-29), greedy (argmax) actions, a 2,500-step cap,
+    one episode per member, no episodic life and no reward clipping. Environments are
+    ale-py's native C++ `AtariVectorEnv`, stepped in threads; all members of a generation share the episode
     seeds, hence the no-op starts.
 
     Differences from the authors' gymnasium loop, all minor: no-op starts happen inside

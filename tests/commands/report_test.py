@@ -64,14 +64,14 @@ def test_fit_record_is_read_at_equal_tokens_or_at_equal_time(tmp_path):
         {"loss": 2.0, "val_loss": 2.4, "elapsed_seconds": 1.0, "member_tokens": 640},
         {"loss": 1.5, "val_loss": 2.6, "elapsed_seconds": 1.5, "member_tokens": 960}])
     summary = {"parameters": 5, "budget_seconds": 1.0, "budget_member_tokens": 900}
-    row, (_, x, evolved, val) = report.run_record("lm", "full_fit", 1, out, summary)
+    row, (_, x, evolved, _) = report.run_record("lm", "full_fit", 1, out, summary)
     assert row["final_loss"] == 1.5 and row["member_tokens"] == 960  # first >= 900
     assert row["final_val_loss"] == 2.6 and row["best_val_loss"] == 2.4
     assert row["generations"] is None and not evolved and x == [320, 640, 960]
-    row, (_, x, _, val) = report.run_record("lm", "full_fit_time", 1, out, summary,
-                                            match="time")
+    row, (_, x, _, _) = report.run_record("lm", "full_fit_time", 1, out, summary,
+                                          match="time")
     assert row["final_loss"] == 2.0 and row["wall_seconds"] == 1.0 and x == [320, 640]
-    with pytest.raises(ValueError, match="no token budget.*--overwrite"):
+    with pytest.raises(ValueError, match=r"no token budget.*--overwrite"):
         report.run_record("lm", "full_fit", 1, out, {"parameters": 5})
 
 
@@ -136,7 +136,7 @@ def test_write_report_tables_tests_and_plot(tmp_path):
     assert sum(r["row"] == "run" for r in rows) == 9
     # Seeds pair the runs: the paired t-test, with its Holm-adjusted p-value.
     paired = stats.ttest_rel(losses["factorized"], losses["full"])
-    assert (f"- factorized vs full, final loss (paired, n = 3): mean difference "
+    assert ("- factorized vs full, final loss (paired, n = 3): mean difference "
             in text)
     assert f"paired t = {paired.statistic:.2f}, p = " in text
     assert "Holm p = " in text and "Wilcoxon W = " in text and "detectable" in text

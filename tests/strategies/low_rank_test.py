@@ -55,7 +55,7 @@ def test_low_rank_noise_of_a_convolution_kernel_flattens_its_leading_dimensions(
 
 
 def test_perturbation_rank_is_validated_and_round_trips():
-    with pytest.raises(ValueError, match="`perturbation_rank`.*Received"):
+    with pytest.raises(ValueError, match=r"`perturbation_rank`.*Received"):
         OpenES(8, perturbation_rank=0)
     with pytest.raises(ValueError, match="`perturbation_rank`"):
         OpenES(8, perturbation_rank=1.5)
