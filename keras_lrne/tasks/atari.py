@@ -61,8 +61,8 @@ class Atari(Environment):
     into 84x84x12 inputs scaled to [0, 1], 0 to `noop_max - 1` random no-op steps at the
     start of each episode (the paper's 0-29), greedy (argmax) actions, a 2,500-step cap,
     one episode per member, no episodic life and no reward clipping. Environments are
-    ale-py's native C++ `AtariVectorEnv`, stepped in threads; all members of a generation share the episode
-    seeds, hence the no-op starts.
+    ale-py's native C++ `AtariVectorEnv`, stepped in threads; all members of a
+    generation share the episode seeds, hence the no-op starts.
 
     Differences from the authors' gymnasium loop, all minor: no-op starts happen inside
     the environment and do not count towards `max_episode_steps`; frames are resized by
