@@ -2,14 +2,17 @@
 
 With no arguments it runs offline on the embedded corpus (Python's pydoc topics) at a
 CPU-sized scale; `--paper` selects the paper's population and data sizes; `--compare`
-runs the variants side by side, optionally with a `fit()` baseline (`--with-fit`).
+runs the variants side by side, optionally with a `fit()` baseline (`--with-fit`);
+`--lora RANK` fine-tunes instead: the model is pretrained by `fit()`, then only its Keras
+LoRA adapters are evolved on next-token accuracy (`keras_lrne.commands.lora`).
 """
 
+import argparse
 import os
 
 import numpy as np
 
-from keras_lrne.commands import arguments, compare, fit_baseline, run_directory
+from keras_lrne.commands import arguments, compare, fit_baseline, lora, run_directory
 from keras_lrne.commands.arguments import VARIANTS, positive_float, positive_int
 from keras_lrne.commands.builders import make_strategy
 
@@ -25,6 +28,20 @@ PAPER_SETTINGS = {
     "num_sequences": 1024,
     "tokenizer": "word",
 }
+
+# What `--lora` changes where the command line leaves it out: a CPU-sized fine-tuning
+# run (about 3 minutes on 2 cores with the default 60 s of pretraining).
+LORA_SETTINGS = {
+    "variant": "full",
+    "population": 16,
+    "generations": 80,
+    "num_sequences": 128,
+    "mutation_rate": 0.005,
+    "sigma": 0.01,
+    "learning_rate": 0.001,
+}
+#: The default of `--pretrain-seconds`.
+PRETRAIN_SECONDS = 60.0
 
 
 def add_arguments(lm):
@@ -85,6 +102,23 @@ def add_arguments(lm):
                     help="with --compare: also train each compared model by gradients "
                     "(keras fit() with Adam) for the wall time its evolved run took, on "
                     "the same sequences, as a row `<variant>_fit`")
+    lm.add_argument("--lora", type=positive_int, default=None, metavar="RANK",
+                    help="fine-tune instead of evolving from scratch: train the model with "
+                    "fit() (Adam) for --pretrain-seconds on every training sequence, save "
+                    "it as OUTPUT/pretrained.weights.h5, enable Keras LoRA adapters of rank "
+                    "RANK on its Dense and EinsumDense layers (attention Q/K/V/O and "
+                    "feed-forward) and evolve only the adapters, base weights frozen, on "
+                    "the exact-match accuracy of the greedy next token over the "
+                    "--num-sequences training sequences; summary.json gets the held-out "
+                    "accuracy and loss before and after. Needs --variant full or small "
+                    "(the factorized layers have no Keras LoRA). Unless given: --variant "
+                    "full, --population 16, --generations 80, --num-sequences 128, "
+                    "--mutation-rate 0.005, --sigma 0.01, --learning-rate 0.001. --resume "
+                    "loads the pretrained weights and does not train again. Default: off")
+    lm.add_argument("--pretrain-seconds", type=positive_float, default=None, metavar="S",
+                    help="with --lora: seconds of fit() before the adapters evolve (wall "
+                    "time, so the number of batches depends on the machine). Default: "
+                    f"{PRETRAIN_SECONDS:g}")
     lm.add_argument("--fit-learning-rate", type=positive_float, default=0.001,
                     help="Adam's learning rate for --with-fit (Keras' default). Default: "
                     "0.001")
@@ -112,6 +146,36 @@ def apply_paper_settings(args, argv):
     for key, value in PAPER_SETTINGS.items():
         if f"--{key.replace('_', '-')}" not in given:
             setattr(args, key, value)
+
+
+def apply_lora_settings(args, argv):
+    """Checks the options of a `--lora` run and fills `LORA_SETTINGS` for every option the
+    command line leaves out; without `--lora`, refuses `--pretrain-seconds`."""
+    if args.lora is None:
+        if args.pretrain_seconds is not None:
+            raise ValueError("--pretrain-seconds sets the pretraining of a fine-tuning run: "
+                             "pass --lora RANK too. Received: --pretrain-seconds "
+                             f"{args.pretrain_seconds:g} without --lora")
+        return
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    for option in ("--compare", "--seeds", "--with-fit", "--paper", "--fresh-batch"):
+        if option in given:
+            why = {"--paper": "the paper's sizes are for evolution from scratch",
+                   "--fresh-batch": "the fitness is scored on a fixed sample of training "
+                   "sequences"}.get(option, "it runs one fine-tuning run")
+            raise ValueError(f"--lora cannot be combined with {option}: {why}. Received: "
+                             f"--lora {args.lora} with {option}")
+    if "--variant" in given and args.variant == "factorized":
+        raise ValueError(
+            "--lora puts Keras LoRA adapters on Dense and EinsumDense layers; the factorized "
+            "variant is made of keras-lrne's FactorizedDense and FactorizedAttention, which "
+            "have no Keras LoRA. Use --variant full (the default with --lora) or small. "
+            f"Received: --lora {args.lora} with --variant factorized")
+    for key, value in LORA_SETTINGS.items():
+        if f"--{key.replace('_', '-')}" not in given:
+            setattr(args, key, value)
+    if args.pretrain_seconds is None:
+        args.pretrain_seconds = PRETRAIN_SECONDS
 
 
 def make_task(args):
@@ -227,7 +291,18 @@ def run_variant(args, task, variant, output):
 
 def run(args, argv):
     """Runs `keras-lrne lm` (one run, or a comparison); returns the exit status."""
+    apply_lora_settings(args, argv)
     apply_paper_settings(args, argv)
+    if args.lora is not None:
+        task = make_task(args)
+        print(f"[keras-lrne] data: {task!r}", flush=True)
+
+        def pretraining_task():  # every training window of the same corpus and seed
+            return make_task(argparse.Namespace(
+                **{**vars(args), "num_sequences": task.num_train_windows}))
+
+        lora.run_lora(args, task, pretraining_task, make_model, args.output)
+        return 0
     if args.with_fit and args.compare is None and args.seeds is None:
         raise ValueError("--with-fit adds rows to a comparison: pass --compare (or --seeds) "
                          "too. Received: --with-fit without --compare")

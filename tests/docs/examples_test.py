@@ -41,6 +41,19 @@ def test_custom_fitness_example():
 
 
 @pytest.mark.slow
+def test_lora_finetune_example():
+    results, history = load("lora_finetune").main(
+        ["--pretrain-seconds", "1", "--population", "4", "--generations", "2",
+         "--num-sequences", "4", "--rank", "2"])
+    assert len(history.history["fitness"]) == 2 and results["generations"] == 2
+    for key in ("heldout_accuracy", "heldout_loss", "train_accuracy"):
+        assert {f"{key}_before", f"{key}_after"} <= set(results)
+    # Every member starts at the pretrained model: generation 0's elite is the base.
+    assert history.history["fitness"][0] == pytest.approx(results["train_accuracy_before"],
+                                                          abs=1e-4)
+
+
+@pytest.mark.slow
 def test_atari_example():
     history = load("atari").main(["--game", "Pong", "--population", "3", "--parents", "1",
                                   "--generations", "2", "--max-episode-steps", "20",
