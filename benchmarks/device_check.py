@@ -20,13 +20,25 @@ Measurements (the sizes of `--tiny` in brackets, for a dry run on a CPU):
    environments [P=8, 8 environments]: factorized member-steps/s over the raw vector
    env.
 
+With `--low-rank`, the check measures low-rank populations instead (its own call;
+`low_rank_population.py`: OpenES full-rank noise vs `perturbation_rank` 1 and 4 vs LoRA
+rank 4, seconds per generation, member-tokens/s, peak evaluation memory from the
+compiled program's memory analysis, `vs_inference`):
+
+5. `low_rank_lm`: the paper's "full" LM, P=4,096, 65,536 and 262,144, chunk 1,024 (a
+   chunk's logits are 1 GiB), one sequence of 128 tokens per member [P=8 and 32, chunk
+   8, 8 tokens].
+6. `low_rank_mlp`: the 4-layer MLP of width 1,024, P=4,096, 65,536 and 262,144, chunk
+   4,096, one row per member [P=8 and 32, chunk 8, width 64].
+
 On the accelerator machine (Python 3.12; no network), after building the wheel folder
 on a machine that has one (see benchmarks/README.md, "Device check"):
 
     pip install --no-index --no-deps wheels/*.whl
     KERAS_BACKEND=jax python benchmarks/device_check.py > device_check.jsonl
 
-Dry run on any machine: `KERAS_BACKEND=jax python benchmarks/device_check.py --tiny`.
+Dry run on any machine: `KERAS_BACKEND=jax python benchmarks/device_check.py --tiny`
+(`--low-rank --tiny` for the low-rank section).
 """
 
 import argparse
@@ -90,6 +102,37 @@ SIZES = {
 }
 
 
+#: The `--low-rank` section: `low_rank_population.py` arguments at GPU sizes and at
+#: `--tiny` ones, and the time limit (the two add up to 540 s: one 600 s device call).
+#: The memory guard (estimated OpenES noise) is given explicitly: the script's default
+#: reads the host's memory, not the accelerator's.
+LOW_RANK = {
+    "low_rank_lm": (
+        ["--models", "lm", "--populations", "4096,65536,262144", "--chunk-size", "1024",
+         "--sequences", "1", "--sequence-length", "128", "--inference-population", "65536",
+         "--repeats", "3", "--max-seconds", "20", "--setting-timeout", "75",
+         "--memory-limit-gb", "56"],
+        ["--models", "lm", "--populations", "8,32", "--chunk-size", "8",
+         "--sequence-length", "8", "--inference-population", "32", "--repeats", "1"],
+        330),
+    "low_rank_mlp": (
+        ["--models", "mlp", "--populations", "4096,65536,262144", "--chunk-size", "4096",
+         "--mlp-samples", "1", "--inference-population", "65536", "--repeats", "3",
+         "--max-seconds", "20", "--setting-timeout", "50", "--memory-limit-gb", "56"],
+        ["--models", "mlp", "--populations", "8,32", "--chunk-size", "8", "--mlp-width",
+         "64", "--inference-population", "32", "--repeats", "1"],
+        210),
+}
+
+
+def low_rank_measurements(tiny):
+    """`[(name, argv, timeout_s)]` of the `--low-rank` section."""
+    script = os.path.join(HERE, "low_rank_population.py")
+    return [(name, [sys.executable, script, *(small if tiny else gpu)],
+             240 if tiny else limit)
+            for name, (gpu, small, limit) in LOW_RANK.items()]
+
+
 def measurements(tiny):
     """`[(name, argv, timeout_s)]` of the check, at the GPU sizes or the `--tiny` ones."""
     py = sys.executable
@@ -149,6 +192,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true",
                         help="CPU-sized dry run of every measurement")
+    parser.add_argument("--low-rank", action="store_true",
+                        help="run the low-rank population section (low_rank_population.py) "
+                        "instead of the default measurements")
     parser.add_argument("--only", default=None,
                         help="comma-separated measurement names to run (default: all)")
     args = parser.parse_args(argv)
@@ -156,7 +202,8 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(json.dumps(device_line()), flush=True)
     wanted = None if args.only is None else set(args.only.split(","))
-    for name, command, limit in measurements(args.tiny):
+    plan = low_rank_measurements(args.tiny) if args.low_rank else measurements(args.tiny)
+    for name, command, limit in plan:
         if wanted is not None and name not in wanted:
             continue
         start = time.perf_counter()
