@@ -101,10 +101,6 @@ def _json_safe(kwargs):
     return safe
 
 
-def _is_lora(variable):
-    return variable.path.rsplit("/", 1)[-1].startswith("lora_")
-
-
 def merge_lora(model):
     """A copy of `model` with every Keras LoRA adapter merged into its kernel.
 
@@ -151,9 +147,11 @@ def merge_lora(model):
         return layer.__class__.from_config(config)
 
     merged = keras.models.clone_model(model, clone_function=without_lora)
-    source = [v for v in model.weights if not _is_lora(v)]
+    from keras_lrne.genome import is_lora_variable
+
+    source = [v for v in model.weights if not is_lora_variable(v)]
     target = merged.weights
-    if len(source) != len(target) or any(_is_lora(v) for v in target):
+    if len(source) != len(target) or any(is_lora_variable(v) for v in target):
         raise ValueError(
             f"Could not merge the LoRA adapters of model {model.name!r}: its copy without "
             f"adapters has {len(target)} weights, expected {len(source)}."

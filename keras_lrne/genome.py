@@ -105,7 +105,7 @@ def _reseed(initializer, seed):
     return initializer.__class__.from_config(config)
 
 
-def _owners(model):
+def variable_owners(model):
     """Maps id(variable) -> (deepest layer owning it, its short name)."""
     owners = {}
     for layer in model._flatten_layers(include_self=True, recursive=True):
@@ -126,7 +126,7 @@ def collect_variable_specs(model, freeze_normalization=True):
     evolves its adapters only: the LoRA factors are the evolvable variables, every other
     trainable variable is frozen (shared by all members, never changed).
     """
-    owners = _owners(model)
+    owners = variable_owners(model)
     specs = []
     adapters = any(is_lora_variable(v) for v in model.trainable_variables)
     for index, variable in enumerate(model.trainable_variables):

@@ -304,14 +304,15 @@ def training_seeds(run_args):
         seed, generations = int(run_args["seed"]), int(run_args["generations"])
     except (KeyError, TypeError, ValueError):
         return set()
-    # `Environment.episode_seeds`: a prefix of one generator per (generation, stage).
+    from keras_lrne.tasks.environment import episode_seeds
+
+    # Each (generation, stage) list is a prefix of a longer one: take at least 64.
     count = max(int(run_args.get("episodes") or 1),
                 int(run_args.get("reevaluate_episodes") or 0), 64)
     seeds = set()
     for generation in range(generations + 1):
         for stage in (0, 1):
-            rng = np.random.default_rng([seed, 2, generation, stage])
-            seeds.update(rng.integers(0, 2**31 - 1, size=count).tolist())
+            seeds.update(episode_seeds(seed, generation, stage, count))
     return seeds
 
 

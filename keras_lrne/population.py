@@ -22,9 +22,10 @@ import numpy as np
 from keras import ops
 
 from keras_lrne import backend as lrne_backend
+from keras_lrne import genome
 
 # The genome's names stay importable from here, as in earlier releases.
-from keras_lrne.genome import (  # noqa: F401  # noqa: F401
+from keras_lrne.genome import (  # noqa: F401
     NORMALIZATION_LAYERS,
     LowRankMembers,
     VariableSpec,
@@ -310,10 +311,7 @@ class PopulationFunctions:
     def _plan_low_rank(self, model):
         """Which evolvable variables' low-rank perturbations the layers add without
         materialising them, and which layers' LoRA adapters run unmerged."""
-        owners = {}  # the deepest layer owning each variable (parents come first)
-        for layer in model._flatten_layers(include_self=True, recursive=True):
-            for variable in layer.trainable_weights + layer.non_trainable_weights:
-                owners[id(variable)] = layer
+        owners = genome.variable_owners(model)
         variables = model.trainable_variables
         self._variables = [variables[i] for i in self._evolvable]
         self._owners = [owners.get(id(v)) for v in self._variables]

@@ -62,6 +62,17 @@ def matmul(x, variable):
     return y
 
 
+def take(variable, ids):
+    """Rows `ids` of `variable` (an embedding table) plus the registered member
+    perturbation's rows, `take(left, ids) @ right^T`."""
+    rows = ops.take(variable, ids, axis=0)
+    delta = delta_for(variable)
+    if delta is not None:
+        left, right = delta
+        rows = rows + ops.matmul(ops.take(left, ids, axis=0), ops.transpose(right))
+    return rows
+
+
 def transposed_matmul(x, variable):
     """`x @ transpose(variable)` plus the perturbation's `(x @ right) @ left^T` (a tied
     output head reading an embedding table)."""

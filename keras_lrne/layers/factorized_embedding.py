@@ -130,11 +130,7 @@ class FactorizedEmbedding(TiedHeadMixin, keras.layers.Layer):
             return logits
         if "int" not in keras.backend.standardize_dtype(inputs.dtype):
             inputs = ops.cast(inputs, "int32")
-        rows = ops.take(self.embeddings_u, inputs, axis=0)
-        delta = _low_rank.delta_for(self.embeddings_u)
-        if delta is not None:  # a population member's perturbation of the U factor
-            left, right = delta
-            rows = rows + ops.matmul(ops.take(left, inputs, axis=0), ops.transpose(right))
+        rows = _low_rank.take(self.embeddings_u, inputs)
         out = _low_rank.matmul(rows, self.embeddings_v)
         return ops.cast(out, self.compute_dtype)
 

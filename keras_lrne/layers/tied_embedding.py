@@ -106,12 +106,7 @@ class TiedEmbedding(TiedHeadMixin, keras.layers.Embedding):
             logits = ops.matmul(ops.cast(inputs, self.compute_dtype), ops.transpose(table))
         elif not reverse:
             ids = inputs if inputs.dtype in ("int32", "int64") else ops.cast(inputs, "int32")
-            out = ops.take(self._embeddings, ids, axis=0)
-            delta = _low_rank.delta_for(self._embeddings)
-            if delta is not None:
-                left, right = delta
-                out = out + ops.matmul(ops.take(left, ids, axis=0), ops.transpose(right))
-            return ops.cast(out, self.compute_dtype)
+            return ops.cast(_low_rank.take(self._embeddings, ids), self.compute_dtype)
         else:
             logits = _low_rank.transposed_matmul(ops.cast(inputs, self.compute_dtype),
                                                  self._embeddings)

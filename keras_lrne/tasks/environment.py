@@ -42,6 +42,15 @@ def check_env_id(env_id, argument="env_id"):
     )
 
 
+def episode_seeds(seed, generation, stage, episodes):
+    """The reset seeds of a run's episodes for one generation and selection stage: the
+    first `episodes` draws of a generator of `(seed, generation, stage)`, so a longer
+    list starts with a shorter one (`Environment.episode_seeds`; held-out evaluation
+    recomputes them to avoid them)."""
+    rng = np.random.default_rng([int(seed), 2, int(generation), int(stage)])
+    return rng.integers(0, 2**31 - 1, size=int(episodes)).tolist()
+
+
 def _check_is_env(env, argument_value, argument="env"):
     """Raises a clear error when an environment factory returned something else."""
     gymnasium = require_gymnasium()
@@ -335,8 +344,7 @@ class Environment(Task):
             episodes: how many (default `self.episodes`).
         """
         episodes = self.episodes if episodes is None else int(episodes)
-        rng = np.random.default_rng([int(seed), 2, int(generation), int(stage)])
-        return rng.integers(0, 2**31 - 1, size=episodes).tolist()
+        return episode_seeds(seed, generation, stage, episodes)
 
     #: Attributes that only change speed, not results: left out of `fingerprint()`.
     PERFORMANCE_SETTINGS = ("num_envs", "num_threads", "rollout_lanes")
