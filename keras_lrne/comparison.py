@@ -353,6 +353,46 @@ def write_table(runs, path, columns):
     return aggregates
 
 
+def read_table(path):
+    """Reads a `comparison.csv` back: its per-run rows and its columns.
+
+    The inverse of `write_table` for the runs (the aggregate rows are recomputed by
+    `summarize`, so they are skipped), so that the statistics of a published comparison
+    can be recomputed from its CSV alone.
+
+    Args:
+        path: A `comparison.csv` written by `write_table`.
+
+    Returns:
+        `(runs, columns)`: a list of dicts with `label`, `seed` (an int) and every numeric
+        column (a float, or None where the cell is empty), in file order; and the numeric
+        columns in file order.
+
+    Example:
+
+    >>> runs, columns = read_table("docs/results/frostbite/comparison.csv")  # doctest: +SKIP
+    >>> sorted({run["label"] for run in runs})  # doctest: +SKIP
+    ['factorized', 'full', 'small']
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or ())
+        if header[:4] != ["variant", "row", "seed", "n"]:
+            raise ValueError("Received an invalid value for `path`, expected a "
+                             "comparison.csv whose columns start with variant, row, seed, "
+                             f"n. Received: path={path!r} with columns {header}")
+        columns = header[4:]
+        runs = []
+        for row in reader:
+            if row["row"] != "run":
+                continue
+            run = {"label": row["variant"], "seed": int(row["seed"])}
+            for column in columns:
+                run[column] = float(row[column]) if row[column] != "" else None
+            runs.append(run)
+    return runs, columns
+
+
 def markdown_report(runs, aggregates, *, title, metrics, extra_columns=(), tests=(),
                     notes=()):
     """The `comparison.md` text: aggregate table, per-run table, significance tests.
@@ -407,7 +447,7 @@ def markdown_report(runs, aggregates, *, title, metrics, extra_columns=(), tests
         cells += [_format(run.get(c)) for c, _ in metrics]
         cells += [_format(run.get(e[0]), e[2] if len(e) > 2 else 1) for e in extra_columns]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += _significance_lines(runs, metrics, tests)
+    lines += significance_section(runs, metrics, tests)
     if notes:
         lines += [""] + list(notes)
     return "\n".join(lines) + "\n"
@@ -427,8 +467,28 @@ def _pairing(runs, a, b, column):
     return [r.get(column) for r in runs_a], [r.get(column) for r in runs_b], False
 
 
-def _significance_lines(runs, metrics, tests):
-    """The significance section of `markdown_report`: raw and Holm-adjusted p-values."""
+def significance_section(runs, metrics, tests):
+    """The significance section of `markdown_report`, as Markdown lines.
+
+    Every pair of `tests` is compared on every metric (paired when both labels ran the
+    same seeds once each), and each test's p-values are Holm-adjusted over all the
+    comparisons of the section.
+
+    Args:
+        runs: The per-run dicts (`label`, `seed` and the metric columns), e.g. from
+            `read_table`.
+        metrics: `[(column, heading)]` to test.
+        tests: `[(label_a, label_b)]` pairs to compare.
+
+    Returns:
+        A list of lines (starting with an empty one), or `[]` when nothing is tested.
+
+    Example:
+
+    >>> runs, _ = read_table("docs/results/lm_variants/comparison.csv")  # doctest: +SKIP
+    >>> print("\n".join(significance_section(
+    ...     runs, [("final_loss", "final loss")], [("factorized", "full")])))  # doctest: +SKIP
+    """
     comparisons = []
     for a, b in tests:
         for column, heading in metrics:

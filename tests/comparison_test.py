@@ -170,3 +170,35 @@ def test_report_pairs_runs_by_seed_and_adjusts_every_comparison():
     assert "a vs c, loss (not paired, n = 5 vs 3)" in text
     assert f"Holm p = {comparison._p_value(first[0])}" in text
     assert "over the 2 comparisons of this report" in text
+
+
+def test_read_table_gives_back_the_runs_write_table_wrote(tmp_path):
+    runs = [{"label": "a", "seed": 0, "loss": 1.5, "val": None},
+            {"label": "a", "seed": 1, "loss": 2.5, "val": 3.0},
+            {"label": "b", "seed": 0, "loss": float("nan"), "val": 1.0}]
+    comparison.write_table(runs, tmp_path / "comparison.csv", ["loss", "val"])
+    read, columns = comparison.read_table(tmp_path / "comparison.csv")
+    assert columns == ["loss", "val"]
+    assert [(r["label"], r["seed"], r["val"]) for r in read] == [
+        ("a", 0, None), ("a", 1, 3.0), ("b", 0, 1.0)]
+    assert read[0]["loss"] == 1.5 and math.isnan(read[2]["loss"])
+    (tmp_path / "other.csv").write_text("label,seed\na,0\n")
+    with pytest.raises(ValueError, match=r"path=.*other\.csv"):
+        comparison.read_table(tmp_path / "other.csv")
+
+
+def test_published_reports_carry_the_statistics_of_their_csv():
+    """Every docs/results/*/comparison.md tests what its comparison.csv holds, with the
+    current tests; `python docs/results/recompute_statistics.py` brings them up to date."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "docs" / "results" / "recompute_statistics.py"
+    spec = importlib.util.spec_from_file_location("recompute_statistics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stale = [d for d in sorted(path.parent.glob("*/comparison.csv"))
+             if module.updated_report(str(d.parent))[0]
+             != module.updated_report(str(d.parent))[1]]
+    assert not stale, f"out of date, run {path}: {stale}"
+    assert len(list(path.parent.glob("*/comparison.csv"))) >= 6
