@@ -14,6 +14,11 @@ the relative size of the change of the effective weight matrices (||W_child - W|
 of 64 tokens (the `keras-lrne lm` defaults). The last line is JSON.
 
     python benchmarks/mutation_sensitivity.py --seeds 0,1,2,3,4 --children 64
+    python benchmarks/mutation_sensitivity.py --seeds 0,1,2,3,4 --children 64 \
+        --evolve-generations 100 --variants factorized --factor-mutation-rate 0.01
+
+(the second: the factorized model with its factors stepped at the full model's relative
+rate, whose effective weight change is then close to the full model's).
 """
 
 import argparse
@@ -49,11 +54,12 @@ def weight_matrices(model):
     return out
 
 
-def sensitivity(model, x, y, children, mutation_rate, seed):
+def sensitivity(model, x, y, children, mutation_rate, seed, factor_mutation_rate=None):
     """Loss changes and relative weight changes of `children` mutants of `model`."""
     specs = genome.collect_variable_specs(model)
     evolvable = [s for s in specs if s.evolvable]
-    ga = GA(children + 1, 1, mutation_rate=mutation_rate)
+    ga = GA(children + 1, 1, mutation_rate=mutation_rate,
+            factor_mutation_rate=factor_mutation_rate)
     stds = ga.noise_stds(evolvable)
     rng = np.random.default_rng([seed, 11])
     parent = [keras.ops.convert_to_numpy(model.trainable_variables[s.index]) for s in evolvable]
@@ -88,7 +94,12 @@ def main():
     parser.add_argument("--children", type=int, default=64)
     parser.add_argument("--evolve-generations", type=int, default=0)
     parser.add_argument("--variants", default="factorized,full,small")
+    parser.add_argument("--factor-mutation-rate", type=float, default=None,
+                        help="the factors' relative mutation std (GA factor_mutation_rate; "
+                        "default: the square root of 0.01, as in the paper); evolution "
+                        "to the later parent uses it too")
     args = parser.parse_args()
+    factor_rate = args.factor_mutation_rate
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         task = LanguageModeling(tokenizer="character", sequence_length=64, num_sequences=32,
@@ -106,11 +117,12 @@ def main():
                     variant, vocab_size=task.vocab_size, sequence_length=64, rank=4,
                     embed_rank=32)
                 evolved.compile(loss=model.loss)
-                keras_lrne.evolve(evolved, x, y, strategy=GA(32, 4),
+                keras_lrne.evolve(evolved, x, y,
+                                  strategy=GA(32, 4, factor_mutation_rate=factor_rate),
                                   generations=args.evolve_generations, seed=seed, verbose=0)
                 parents.append((f"after_{args.evolve_generations}", evolved))
             for name, parent in parents:
-                result = sensitivity(parent, x, y, args.children, 0.01, seed)
+                result = sensitivity(parent, x, y, args.children, 0.01, seed, factor_rate)
                 rows.append({"variant": variant, "seed": seed, "parent": name, **result})
                 print(f"{variant:10s} seed {seed} {name:10s} parent {result['parent_loss']:.3f}"
                       f" change mean {result['mean_change']:+.4f} median "
@@ -125,7 +137,8 @@ def main():
                 key: float(np.mean([r[key] for r in group]))
                 for key in ("mean_change", "std_change", "improved_fraction",
                             "relative_weight_change")}
-    print(json.dumps({"children": args.children, "seeds": args.seeds, "by_variant": summary}))
+    print(json.dumps({"children": args.children, "seeds": args.seeds,
+                      "factor_mutation_rate": factor_rate, "by_variant": summary}))
 
 
 if __name__ == "__main__":
