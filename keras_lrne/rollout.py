@@ -159,6 +159,10 @@ class RolloutEvaluator:
 
         `progress` (a `keras_lrne.evaluators.Progress`) is advanced to
         `progress_offset + finished member-episodes` as episodes end.
+
+        Each call also sets, per member-episode (member-major, the order of the returns),
+        `self.episode_steps` (steps played; they sum to `logs["env_steps"]`) and
+        `self.early_terminated` (ended by the task's early-termination rule).
         """
         task = self.task
         # Policies are small: low-rank members (OpenES perturbation_rank) play dense.
@@ -206,6 +210,11 @@ class RolloutEvaluator:
             ) from error
         #: The observations sampled for the normaliser (`task.observe`) by the last call.
         self.raw_sample = run.raw_sample
+        #: The steps each member-episode of the last call played (member-major: member
+        #: `members[i]`'s episodes are `[i * episodes, (i + 1) * episodes)`).
+        self.episode_steps = run.steps.copy()
+        #: Per member-episode of the last call: whether `task.should_stop` ended it.
+        self.early_terminated = run.early.copy()
         task.observe(run.raw_sample)
         per_member = run.returns.reshape(len(members), episodes)
         member_failed = run.failed.reshape(len(members), episodes).any(axis=1)

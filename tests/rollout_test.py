@@ -119,6 +119,22 @@ def test_early_termination_is_logged():
     assert history.history["max_return"][0] == 5.0
 
 
+def test_episode_steps_per_member_episode():
+    task = EarlyStop("CartPole-v1", episodes=2, max_episode_steps=50)
+    model, _ = run(task, generations=1, strategy=GA(4, 1))
+    rollout = model.evolution_run.evaluator.rollout
+    population = model.evolution_state.population
+    _losses, _returns, logs = rollout.evaluate(population, generation=1)
+    assert rollout.episode_steps.shape == (4 * 2,)
+    assert int(rollout.episode_steps.sum()) == logs["env_steps"]
+    assert rollout.early_terminated.shape == (4 * 2,)
+    # CartPole rewards every step, so an episode is cut at 5 steps or fell earlier.
+    np.testing.assert_array_equal(rollout.early_terminated, rollout.episode_steps == 5)
+    _, _, logs = rollout.evaluate(population, generation=1, members=[2], episodes=3)
+    assert rollout.episode_steps.shape == (3,)
+    assert int(rollout.episode_steps.sum()) == logs["env_steps"]
+
+
 def test_two_stage_selection_only_promotes_reevaluated_members():
     task = Environment("CartPole-v1", max_episode_steps=40, reevaluate_top=3,
                        reevaluate_episodes=2)
