@@ -92,7 +92,8 @@ def tested_pairs(compare, labels):
     """The pairs of labels a comparison's report tests against each other.
 
     Args:
-        compare: The comparison's kind ("variants", "ranks", "strategies" or None).
+        compare: The comparison's kind ("variants", "ranks", "strategies",
+            "mutation-rates", "init", "size-matched" or None).
         labels: The labels the comparison ran, `*_fit` rows included.
 
     Returns:
@@ -105,9 +106,15 @@ def tested_pairs(compare, labels):
     elif compare == "strategies":
         pairs = [("ga", "es")]
     elif compare == "mutation-rates":
+        full = [label for label in labels if label.startswith("full_mr_")]
+        factorized = [label for label in labels if label.startswith("factorized_fr_")]
+        # Each rate against its model's paper rate (full 0.01; factors sqrt(0.01)):
+        # does the step size matter within a model?
+        pairs = [(label, "full_mr_0.01") for label in full if label != "full_mr_0.01"]
+        pairs += [(label, "factorized_fr_0.1") for label in factorized
+                  if label != "factorized_fr_0.1"]
         # Every factorized rate against every full rate: which step sizes decide it.
-        pairs = [(a, b) for a in labels if a.startswith("factorized_fr_")
-                 for b in labels if b.startswith("full_mr_")]
+        pairs += [(a, b) for a in factorized for b in full]
     elif compare == "init":
         pairs = [("factorized_paper", "full_paper"), ("factorized_scaled", "full_scaled"),
                  ("full_scaled", "full_paper"), ("factorized_scaled", "factorized_paper")]

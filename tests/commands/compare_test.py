@@ -229,7 +229,12 @@ def test_a_comparison_checks_every_run_before_the_first(lm_comparison, tmp_path,
 @pytest.mark.parametrize("argv, labels, pairs", [
     (["--compare", "mutation-rates", "--rates", "0.01,0.1", "--factor-rates", "0.1"],
      ["full_mr_0.01", "full_mr_0.1", "factorized_fr_0.1"],
-     [("factorized_fr_0.1", "full_mr_0.01"), ("factorized_fr_0.1", "full_mr_0.1")]),
+     [("full_mr_0.1", "full_mr_0.01"), ("factorized_fr_0.1", "full_mr_0.01"),
+      ("factorized_fr_0.1", "full_mr_0.1")]),
+    (["--compare", "mutation-rates", "--rates", "0.03", "--factor-rates", "0.01,0.1"],
+     ["full_mr_0.03", "factorized_fr_0.01", "factorized_fr_0.1"],
+     [("factorized_fr_0.01", "factorized_fr_0.1"), ("factorized_fr_0.01", "full_mr_0.03"),
+      ("factorized_fr_0.1", "full_mr_0.03")]),
     (["--compare", "init"],
      ["full_paper", "full_scaled", "factorized_paper", "factorized_scaled"],
      [("factorized_paper", "full_paper"), ("factorized_scaled", "full_scaled"),
@@ -245,7 +250,7 @@ def test_ablation_presets_plan_their_runs_and_tests(argv, labels, pairs):
     assert [label for label, _ in plan] == labels
     assert report.tested_pairs(args.compare, labels) == pairs
     overrides = dict(plan)
-    if args.compare == "mutation-rates":
+    if "full_mr_0.1" in overrides:
         assert overrides["full_mr_0.1"] == {"variant": "full", "mutation_rate": 0.1}
         assert overrides["factorized_fr_0.1"]["factor_mutation_rate"] == 0.1
 
