@@ -202,3 +202,51 @@ def test_published_reports_carry_the_statistics_of_their_csv():
              != module.updated_report(str(d.parent))[1]]
     assert not stale, f"out of date, run {path}: {stale}"
     assert len(list(path.parent.glob("*/comparison.csv"))) >= 6
+
+
+def _published_runs(name):
+    import pathlib
+
+    root = pathlib.Path(__file__).parents[1] / "docs" / "results" / name
+    with open(root / "comparison.csv") as f:
+        runs = [r for r in csv.DictReader(f) if r["row"] == "run"]
+    return root, runs
+
+
+def _history_row(path, generation=-1):
+    with open(path) as f:
+        return list(csv.DictReader(f))[generation]
+
+
+@pytest.mark.parametrize(
+    "name", ["mutation_rates", "init", "size_matched", "size_matched_word"])
+def test_published_histories_end_at_their_reports_final_values(name):
+    """The history.csv published beside a report is the run the report's row came
+    from: its last generation's loss and val_loss are the row's final values."""
+    root, runs = _published_runs(name)
+    assert len(runs) >= 10
+    for run in runs:
+        last = _history_row(root / run["variant"] / f"seed_{run['seed']}" / "history.csv")
+        assert int(last["epoch"]) + 1 == int(run["generations"]), run
+        assert float(last["loss"]) == pytest.approx(float(run["final_loss"]), abs=1e-6)
+        assert float(last["val_loss"]) == pytest.approx(
+            float(run["final_val_loss"]), abs=1e-6)
+
+
+def test_lm_variants_evolved_runs_are_the_first_200_generations_of_the_ablations():
+    """Section 1 of docs/results.md kept no history.csv; its evolved runs are the first
+    200 generations of the 500-generation ablation runs of the same seeds (the runs are
+    deterministic given their seed), so those histories check it."""
+    root, runs = _published_runs("lm_variants")
+    longer = {"factorized": "mutation_rates/factorized_fr_0.1",
+              "full": "mutation_rates/full_mr_0.01", "small": "size_matched/small"}
+    checked = 0
+    for run in runs:
+        if run["variant"] not in longer:
+            continue
+        row = _history_row(root.parent / longer[run["variant"]] / f"seed_{run['seed']}"
+                           / "history.csv", int(run["generations"]) - 1)
+        assert float(row["loss"]) == pytest.approx(float(run["final_loss"]), abs=1e-5)
+        assert float(row["val_loss"]) == pytest.approx(float(run["final_val_loss"]), abs=1e-5)
+        checked += 1
+    assert checked == 15
