@@ -208,8 +208,7 @@ def _published_runs(name):
     import pathlib
 
     root = pathlib.Path(__file__).parents[1] / "docs" / "results" / name
-    with open(root / "comparison.csv") as f:
-        runs = [r for r in csv.DictReader(f) if r["row"] == "run"]
+    runs, _ = comparison.read_table(root / "comparison.csv")
     return root, runs
 
 
@@ -227,11 +226,10 @@ def test_published_histories_end_at_their_reports_final_values(name):
     root, runs = _published_runs(name)
     assert len(runs) >= 10
     for run in runs:
-        last = _history_row(root / run["variant"] / f"seed_{run['seed']}" / "history.csv")
-        assert int(last["epoch"]) + 1 == int(run["generations"]), run
-        assert float(last["loss"]) == pytest.approx(float(run["final_loss"]), abs=1e-6)
-        assert float(last["val_loss"]) == pytest.approx(
-            float(run["final_val_loss"]), abs=1e-6)
+        last = _history_row(root / run["label"] / f"seed_{run['seed']}" / "history.csv")
+        assert int(last["epoch"]) + 1 == run["generations"], run
+        assert float(last["loss"]) == pytest.approx(run["final_loss"], abs=1e-6)
+        assert float(last["val_loss"]) == pytest.approx(run["final_val_loss"], abs=1e-6)
 
 
 def test_lm_variants_evolved_runs_are_the_first_200_generations_of_the_ablations():
@@ -243,11 +241,11 @@ def test_lm_variants_evolved_runs_are_the_first_200_generations_of_the_ablations
               "full": "mutation_rates/full_mr_0.01", "small": "size_matched/small"}
     checked = 0
     for run in runs:
-        if run["variant"] not in longer:
+        if run["label"] not in longer:
             continue
-        row = _history_row(root.parent / longer[run["variant"]] / f"seed_{run['seed']}"
+        row = _history_row(root.parent / longer[run["label"]] / f"seed_{run['seed']}"
                            / "history.csv", int(run["generations"]) - 1)
-        assert float(row["loss"]) == pytest.approx(float(run["final_loss"]), abs=1e-5)
-        assert float(row["val_loss"]) == pytest.approx(float(run["final_val_loss"]), abs=1e-5)
+        assert float(row["loss"]) == pytest.approx(run["final_loss"], abs=1e-5)
+        assert float(row["val_loss"]) == pytest.approx(run["final_val_loss"], abs=1e-5)
         checked += 1
     assert checked == 15
