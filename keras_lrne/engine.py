@@ -16,6 +16,7 @@ the engine picks the evaluator.
 
 import json
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -253,7 +254,10 @@ def assign(model, evolvable, weights):
         variables[spec.index].assign(values)
 
 
-def rebuild_member(model, generation, member, assign_weights=False):
+_assign_weights = assign  # `rebuild_member`'s argument `assign` shadows the function
+
+
+def rebuild_member(model, generation, member, assign=False, **kwargs):
     """Rebuilds one member of the model's last evolution run from its seed and lineage.
 
     Args:
@@ -262,20 +266,28 @@ def rebuild_member(model, generation, member, assign_weights=False):
             one made after evaluating generation `g`).
         member: member index within that population (for `OpenES`, None rebuilds
             the mean).
-        assign_weights: also load the member into the model's variables.
+        assign: also load the member into the model's variables (the name
+            `EvolveMixin.rebuild_member` uses; the former `assign_weights=` is still
+            accepted, with a `DeprecationWarning`).
 
     Returns:
         A list of numpy arrays, one per evolvable trainable variable, in
         `model.trainable_variables` order.
     """
+    if "assign_weights" in kwargs:
+        warnings.warn("`rebuild_member(assign_weights=...)` is deprecated; use `assign=`, "
+                      "as `model.rebuild_member` does.", DeprecationWarning, stacklevel=2)
+        assign = kwargs.pop("assign_weights")
+    if kwargs:
+        raise TypeError(f"rebuild_member() got unexpected keyword arguments: {sorted(kwargs)}")
     run = getattr(model, "_evolution_run", None)
     if run is None:
         raise ValueError("`rebuild_member()` needs a model that has been evolved.")
     run.lineage.check_index(generation, member)
     records = {k: np.asarray(v) for k, v in run.lineage.records.items()}
     arrays = run.strategy.rebuild(run.evolvable, run.seed, records, generation, member)
-    if assign_weights:
-        assign(model, run.evolvable, arrays)
+    if assign:
+        _assign_weights(model, run.evolvable, arrays)
     return arrays
 
 

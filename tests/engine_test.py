@@ -160,6 +160,25 @@ def test_members_rebuild_from_the_lineage_of_a_plain_model():
         np.testing.assert_array_equal(rebuilt, np.asarray(held))
 
 
+def test_rebuild_member_takes_the_mixins_argument_name():
+    """`engine.rebuild_member(..., assign=)` as `model.rebuild_member(..., assign=)`; the
+    former `assign_weights=` still works, with a DeprecationWarning."""
+    x, y = classification_data(n=32)
+    model = sequential()
+    keras_lrne.evolve(model, x, y, strategy=GA(8, 2), generations=2, seed=4, verbose=0)
+    held = [np.array(v) for v in model.get_weights()]
+    first = engine.rebuild_member(model, 0, 3, assign=True)
+    for rebuilt, variable in zip(first, model.trainable_variables):
+        np.testing.assert_array_equal(rebuilt, np.asarray(variable))
+    model.set_weights(held)
+    with pytest.warns(DeprecationWarning, match="assign_weights"):
+        again = engine.rebuild_member(model, 0, 3, assign_weights=True)
+    for rebuilt, variable in zip(again, model.trainable_variables):
+        np.testing.assert_array_equal(rebuilt, np.asarray(variable))
+    with pytest.raises(TypeError, match="assign_weight"):
+        engine.rebuild_member(model, 0, 3, assign_weight=True)
+
+
 def test_evolve_and_the_mixin_are_the_same_code():
     x, y = classification_data(n=32)
     histories = []

@@ -132,4 +132,4 @@ class EvolveMixin:
             A list of numpy arrays, one per evolvable trainable variable, in
             `model.trainable_variables` order.
         """
-        return engine.rebuild_member(self, generation, member, assign_weights=assign)
+        return engine.rebuild_member(self, generation, member, assign=assign)
