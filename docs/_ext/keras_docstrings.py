@@ -16,8 +16,11 @@ the sources keep Keras' layout:
   section title, is indented under an `Examples:` title (griffe's examples section, which
   renders `>>>` lines as Python console code; a singular `Example:` would be a plain
   admonition).
-- `Call arguments:` (an admonition for griffe): each `name: description` item becomes a
-  Markdown list item, so the items do not run together into one paragraph.
+- `Call arguments:` (an admonition for griffe, rendered as a collapsible plain list) is
+  handed to griffe as `Other Parameters:`, which it parses into name and description
+  items; `docs/_templates/python/readthedocs/docstring/other_parameters.html.jinja`
+  renders them as the Parameters section is, titled "Call arguments". The package's
+  docstrings use no other "Other Parameters" section.
 
 Loaded by mkdocstrings through `mkdocs.yml` (handlers.python.options.extensions).
 """
@@ -31,7 +34,7 @@ _SECTION = re.compile(
     r"Attributes|References?):\s*$"
 )
 _EXAMPLE = re.compile(r"^Examples?:\s*$")
-_ITEM = re.compile(r"^    (\*{0,2}[A-Za-z_][\w.]*)(\s*\([^)]*\))?:\s?(.*)$")
+_CALL_ARGUMENTS = re.compile(r"^Call arguments:\s*$")
 
 
 def _indent_examples(lines):
@@ -60,32 +63,14 @@ def _indent_examples(lines):
     return out
 
 
-def _list_call_arguments(lines):
-    out = []
-    inside = False
-    for line in lines:
-        if _SECTION.match(line):
-            inside = line.startswith("Call arguments")
-            out.append(line)
-            continue
-        if inside and line.strip() and not line.startswith(" "):
-            inside = False
-        if inside:
-            item = _ITEM.match(line)
-            if item:
-                name, kind, text = item.groups()
-                kind = f" {kind.strip()}" if kind else ""
-                line = f"    - `{name}`{kind}: {text}"
-            elif line.startswith("        "):
-                line = "      " + line.strip()
-        out.append(line)
-    return out
+def _call_arguments_as_other_parameters(lines):
+    return ["Other Parameters:" if _CALL_ARGUMENTS.match(line) else line for line in lines]
 
 
 def rewrite(text):
     """Returns `text` (a cleaned docstring) in the layout griffe's Google parser expects."""
     lines = text.split("\n")
-    return "\n".join(_list_call_arguments(_indent_examples(lines)))
+    return "\n".join(_call_arguments_as_other_parameters(_indent_examples(lines)))
 
 
 class KerasDocstrings(griffe.Extension):

@@ -129,7 +129,7 @@ def test_quick_start_matches_the_readme():
 
 def test_tox_docs_env_installs_the_docs_extra():
     pyproject = (ROOT / "pyproject.toml").read_text()
-    extra = re.search(r"^docs = \[(.*?)\]$", pyproject, flags=re.M)
+    extra = re.search(r"^docs = \[(.*?)\]$", pyproject, flags=re.M | re.S)
     assert extra, "pyproject.toml has no `docs` extra"
     pins = re.findall(r'"([^"]+)"', extra.group(1))
     tox = (ROOT / "tox.ini").read_text()
