@@ -139,3 +139,75 @@ def test_tox_docs_env_installs_the_docs_extra():
     assert deps and sorted(d.strip() for d in deps.group(1).splitlines()) == sorted(pins)
     assert "mkdocs build --strict" in env.group(1)
     assert re.search(r"^envlist = .*\bdocs\b", tox, flags=re.M)
+
+
+def nav_entries():
+    """`(depth, title, page or None)` of every line of the `nav:` block, in order."""
+    text = MKDOCS.read_text()
+    block = re.search(r"^nav:\n(.*?)(?=^\S)", text, flags=re.S | re.M).group(1)
+    entries = []
+    for line in block.splitlines():
+        match = re.match(r"^(\s*)-\s+(?:([^:\n]+):\s*)?(\S+\.md)?\s*$", line)
+        if match:
+            entries.append((len(match.group(1)), (match.group(2) or "").strip(),
+                            match.group(3)))
+    return entries
+
+
+def section_pages(title):
+    """The pages of the nav section `title` (its nested pages included)."""
+    entries = nav_entries()
+    start = next(i for i, (_, t, page) in enumerate(entries) if t == title and page is None)
+    depth, pages = entries[start][0], []
+    for entry_depth, _, page in entries[start + 1:]:
+        if entry_depth <= depth:
+            break
+        if page:
+            pages.append(page)
+    return pages
+
+
+def index_links():
+    return set(re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", (DOCS / "index.md").read_text()))
+
+
+def test_home_page_lists_every_guide_and_top_level_page():
+    guides = section_pages("Guides")
+    assert len(guides) >= 10 and "cli.md" in guides
+    top_level = [page for depth, _, page in nav_entries()
+                 if page and depth == min(d for d, _, _ in nav_entries())]
+    expected = set(guides) | set(top_level) | {"results.md", "api/index.md"}
+    missing = sorted(expected - {"index.md"} - index_links())
+    assert not missing, f"docs/index.md does not link: {missing}"
+
+
+def test_home_page_api_table_names_the_public_api():
+    import keras_lrne
+
+    table = (DOCS / "index.md").read_text()
+    names = [n for n in keras_lrne.__all__
+             if not isinstance(getattr(keras_lrne, n), type(keras_lrne))]
+    assert "evolve" in names
+    missing = [n for n in names if f"`keras_lrne.{n}" not in table]
+    assert not missing, f"docs/index.md's API table leaves out {missing}"
+
+
+def test_nav_titles_and_order():
+    entries = nav_entries()
+    # A section whose first page repeats the section's own title reads "X > X".
+    for i, (depth, title, page) in enumerate(entries[:-1]):
+        if page is None and title:
+            child_depth, child_title, _ = entries[i + 1]
+            assert child_depth > depth and child_title and child_title != title, (title,
+                                                                                  entries[i + 1])
+    pages = [page for _, _, page in entries if page]
+    reports = [i for i, page in enumerate(pages) if page.startswith("results/")]
+    assert pages.index("design.md") < min(reports)
+    assert pages.index("results.md") < min(reports)
+
+
+def test_results_page_gives_results_before_method():
+    text = (DOCS / "results.md").read_text()
+    headings = re.findall(r"^## (.*)$", text, flags=re.M)
+    assert headings[0] == "Summary"
+    assert headings[-1] == "How these numbers were made"

@@ -1,6 +1,8 @@
 import importlib.util
+import logging
 import pathlib
 
+import numpy as np
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
@@ -31,13 +33,31 @@ def test_custom_model_example():
 
 
 @pytest.mark.slow
-def test_custom_fitness_example():
-    compiled, python = load("custom_fitness").main(
-        ["--generations", "5", "--population", "16", "--parents", "4",
-         "--python-generations", "2", "--verbose", "0"])
+def test_custom_fitness_example(caplog):
+    with caplog.at_level(logging.WARNING):
+        compiled, python = load("custom_fitness").main(
+            ["--generations", "5", "--population", "16", "--parents", "4",
+             "--python-generations", "2", "--verbose", "0"])
     fitness = compiled.history["fitness"]
     assert len(fitness) == 5 and fitness[-1] > fitness[0]
     assert python.history["failed_members"] == [0, 0]
+    # No argmax in the compiled fitness: TensorFlow's vectorising map logs nothing.
+    assert not [r for r in caplog.records if "Bitcast" in r.getMessage()]
+
+
+def test_custom_fitness_accuracy_equals_argmax_accuracy():
+    """The example's argmax-free accuracy is `mean(argmax(logits) == labels)`."""
+    import keras
+
+    accuracy = load("custom_fitness").accuracy
+    rng = np.random.default_rng(0)
+    for classes in (2, 3, 10):
+        logits = rng.normal(size=(257, classes)).astype("float32")
+        labels = rng.integers(0, classes, 257).astype("int32")
+        labels[:100] = logits[:100].argmax(axis=1)  # a mix of right and wrong
+        expected = np.mean(logits.argmax(axis=1) == labels)
+        value = float(keras.ops.convert_to_numpy(accuracy(logits, labels)))
+        assert value == pytest.approx(expected, abs=1e-7)
 
 
 @pytest.mark.slow
