@@ -124,3 +124,14 @@ def test_readme_links_resolve():
             if anchor not in {slug(h) for h in headings}:
                 broken.append(target)
     assert not broken, broken
+
+
+@pytest.mark.backend_independent
+def test_readme_links_every_guide():
+    nav = (ROOT / "mkdocs.yml").read_text()
+    guides = re.search(r"^  - Guides:\n((?:      .*\n)+)", nav, flags=re.M).group(1)
+    pages = re.findall(r":\s+(\S+\.md)\s*$", guides, flags=re.M)
+    assert len(pages) >= 10
+    text = README.read_text()
+    missing = [page for page in pages if f"(docs/{page})" not in text]
+    assert not missing, f"README.md does not link the guides {missing}"
