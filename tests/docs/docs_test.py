@@ -211,3 +211,14 @@ def test_results_page_gives_results_before_method():
     headings = re.findall(r"^## (.*)$", text, flags=re.M)
     assert headings[0] == "Summary"
     assert headings[-1] == "How these numbers were made"
+
+
+def test_no_docstring_uses_the_section_call_arguments_render_as():
+    """docs/_ext/keras_docstrings.py hands `Call arguments:` to griffe as "Other
+    Parameters", and the site renders that section titled "Call arguments": a real
+    "Other Parameters" (or "Keyword Args") section would be mislabelled."""
+    heading = re.compile(r"^\s*(other (parameters|params|arguments|args)|keyword "
+                         r"(arguments|args)):\s*$", flags=re.I | re.M)
+    used = [str(p.relative_to(ROOT)) for p in (ROOT / "keras_lrne").rglob("*.py")
+            if heading.search(p.read_text())]
+    assert not used
