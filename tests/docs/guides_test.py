@@ -1,4 +1,9 @@
-"""The guides' examples run as written (with smaller budgets) and print no warning."""
+"""The guides' examples run as written (with smaller budgets) and print no warning.
+
+Docs checks (`backend_independent`, as the project marks them): they check that a
+guide's code is complete and copyable; the APIs it calls are tested on both backends
+in their own modules.
+"""
 
 import logging
 import pathlib
@@ -6,6 +11,8 @@ import re
 import warnings
 
 import pytest
+
+pytestmark = pytest.mark.backend_independent
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 
@@ -60,7 +67,6 @@ def test_custom_fitness_guide_examples_run(caplog):
     assert len(namespace["history"].history["fitness"]) == 2
 
 
-@pytest.mark.backend_independent
 def test_guides_use_no_argmax_in_compiled_fitness():
     """`keras.ops.argmax` in a compiled fitness makes TensorFlow log a warning; the
     guides and the README show the argmax-free accuracy instead."""
