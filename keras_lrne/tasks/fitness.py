@@ -1,13 +1,156 @@
 """`Fitness`: evolve a model on an objective of your own."""
 
+import contextlib
+import functools
+import hashlib
+import types
+
+import numpy as np
+
 from keras_lrne._validation import check_bool
 from keras_lrne.tasks.base import Task, as_arrays, data_digest, num_samples
 
 
 def _qualified_name(fn):
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({_qualified_name(fn.func)})"
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return f"{module}.{name}" if module else name
+
+
+def _short_name(fn):
+    """`fn`'s own name, without its module and enclosing functions: `<lambda>`."""
+    if isinstance(fn, functools.partial):
+        return f"partial({_short_name(fn.func)})"
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return name.rsplit(".", 1)[-1]
+
+
+# Code object flags that change what a function does with its arguments (*args, **kwargs);
+# the others describe where it was defined or how CPython optimises it.
+_CODE_FLAGS = 0x04 | 0x08
+
+
+class _Describer:
+    """A stable, process-independent description of a function: what it computes.
+
+    Functions are described by their code (bytecode, constants, nested code objects,
+    the names it uses), their closure values, defaults and the globals they read that are
+    data or functions of the same module; `functools.partial` by its function, arguments
+    and keywords; arrays and tensors by a digest of their dtype, shape and bytes; other
+    objects by their type (and `get_config()` when they have one). No
+    `id()` or memory address enters it, so the same function matches in a fresh process.
+    """
+
+    def __init__(self):
+        self._active = {}
+
+    def describe(self, value, module=None):
+        if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+            return [type(value).__name__, repr(value)]
+        key = id(value)
+        if key in self._active:  # a cycle (e.g. a recursive function): its depth
+            return ["cycle", self._active[key]]
+        self._active[key] = len(self._active)
+        try:
+            return self._describe(value, module)
+        finally:
+            del self._active[key]
+
+    def _describe(self, value, module):
+        if isinstance(value, np.generic):
+            return [type(value).__name__, repr(value.item())]
+        if isinstance(value, types.CodeType):
+            return self._code(value, module)
+        if isinstance(value, functools.partial):
+            return ["partial", self.describe(value.func, module),
+                    [self.describe(v, module) for v in value.args],
+                    sorted([k, self.describe(v, module)] for k, v in value.keywords.items())]
+        if isinstance(value, types.FunctionType):
+            return self._function(value)
+        if isinstance(value, types.MethodType):
+            return ["method", self.describe(value.__func__), self.describe(value.__self__)]
+        if isinstance(value, (types.BuiltinFunctionType, type)):
+            return ["named", getattr(value, "__module__", None) or "",
+                    getattr(value, "__qualname__", None) or getattr(value, "__name__", "")]
+        if isinstance(value, types.ModuleType):
+            return ["module", value.__name__]
+        if isinstance(value, (list, tuple)):
+            return [type(value).__name__, [self.describe(v, module) for v in value]]
+        if isinstance(value, (set, frozenset)):
+            return [type(value).__name__,
+                    sorted(repr(self.describe(v, module)) for v in value)]
+        if isinstance(value, dict):
+            return ["dict", sorted([repr(self.describe(k, module)), self.describe(v, module)]
+                                   for k, v in value.items())]
+        if hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__"):
+            from keras_lrne.checkpoint import streaming_digest
+
+            return ["array", streaming_digest(np.asarray(value))]
+        kind = type(value)
+        described = ["object", kind.__module__, kind.__qualname__]
+        config = getattr(value, "get_config", None)
+        if callable(config):
+            # A get_config that needs more than the object: the type alone.
+            with contextlib.suppress(Exception):
+                described.append(self.describe(config()))
+        return described
+
+    def callable_object(self, value):
+        """A callable instance (the fitness function itself): its class's `__call__`
+        and its attributes."""
+        kind = type(value)
+        return ["callable", kind.__module__, kind.__qualname__,
+                self.describe(vars(kind).get("__call__")),
+                self.describe(dict(getattr(value, "__dict__", {})))]
+
+    def _code(self, code, module, docstring=None):
+        consts = list(code.co_consts)
+        if docstring is not None and consts and consts[0] == docstring:
+            consts = consts[1:]  # the docstring does not change what the function does
+        return ["code", code.co_code.hex(), [self.describe(c, module) for c in consts],
+                list(code.co_names), code.co_argcount, code.co_posonlyargcount,
+                code.co_kwonlyargcount, code.co_flags & _CODE_FLAGS]
+
+    def _function(self, fn):
+        code = fn.__code__
+        closure = []
+        for cell in fn.__closure__ or ():
+            try:
+                closure.append(self.describe(cell.cell_contents, fn.__module__))
+            except ValueError:  # an empty cell
+                closure.append(["empty"])
+        # Globals the code reads: data, and functions of the same module (by what they
+        # are); names from elsewhere (modules, library functions) by their names.
+        names = set()
+        pending = [code]
+        while pending:
+            current = pending.pop()
+            names.update(current.co_names)
+            pending += [c for c in current.co_consts if isinstance(c, types.CodeType)]
+        namespace = fn.__globals__
+        used = []
+        for name in sorted(n for n in names if n in namespace):
+            value = namespace[name]
+            if isinstance(value, types.FunctionType) and value.__module__ != fn.__module__:
+                used.append([name, "function", _qualified_name(value)])
+            else:
+                used.append([name, self.describe(value, fn.__module__)])
+        return ["function", self._code(code, fn.__module__, fn.__doc__), closure,
+                self.describe(fn.__defaults__), self.describe(fn.__kwdefaults__), used]
+
+
+def function_digest(fn):
+    """A SHA-256 of what `fn` computes, the same in every process (see `_Describer`)."""
+    describer = _Describer()
+    if isinstance(fn, (types.FunctionType, types.MethodType, functools.partial,
+                       types.BuiltinFunctionType, type)):
+        description = describer.describe(fn)
+    else:
+        description = describer.callable_object(fn)
+    text = repr(description)
+    return hashlib.sha256(text.encode("utf-8", "backslashreplace")).hexdigest()
 
 
 class Fitness(Task):
@@ -40,8 +183,16 @@ class Fitness(Task):
     it), unless every member fails: then the run stops with the first exception.
 
     A resumed run (`keras.callbacks.BackupAndRestore`) must use the same fitness: the
-    run's signature holds `fn`'s qualified name, the form, the direction and a digest
-    of `data`.
+    run's signature holds the form, the direction, a digest of `data` and what identifies
+    the objective. By default that is `fn`'s qualified name and a digest of what `fn` is:
+    its code (bytecode, constants, nested functions), closure values, defaults, the
+    globals it reads that are data or functions of its own module, and for a
+    `functools.partial` its function, arguments and keywords (arrays by their bytes). Two
+    different lambdas or partials differ; the same function matches in a fresh process
+    (of the same Python version). A resume with another function is refused, naming the
+    difference. Pass `name=` to identify the objective by a name of yours instead (in
+    both runs): a resume then checks only the name, e.g. after a refactoring that
+    changes the code but not the objective.
 
     Args:
         fn: the fitness function (see the two forms above).
@@ -49,6 +200,9 @@ class Fitness(Task):
             `(x, y)`; pass several inputs as a dict or a list. None for the Python form.
         per_member: False (compiled form) or True (Python form).
         maximize: True if higher fitness is better (default), False to minimise.
+        name: None (default: the objective is identified by `fn`'s qualified name and a
+            digest of its code and values), or a non-empty string that identifies the
+            objective instead, for resumes (see above) and in `repr`.
 
     Example:
 
@@ -60,14 +214,20 @@ class Fitness(Task):
     >>> history.history["fitness"][-1]
     """
 
-    def __init__(self, fn, data=None, per_member=False, maximize=True):
+    def __init__(self, fn, data=None, per_member=False, maximize=True, name=None):
         if not callable(fn):
             raise ValueError(
                 "Received an invalid value for `fn`, expected a function: "
                 "`fn(outputs)` or `fn(outputs, y)` (per_member=False), or `fn(model)` "
                 f"(per_member=True). Received: fn={fn!r}"
             )
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ValueError(
+                "Received an invalid value for `name`, expected None or a non-empty string "
+                f"that identifies the objective. Received: name={name!r}"
+            )
         self.fn = fn
+        self.name = name
         self.per_member = check_bool("per_member", per_member)
         self.maximize = check_bool("maximize", maximize)
         self.x = self.y = None
@@ -141,17 +301,26 @@ class Fitness(Task):
         return loss
 
     def fingerprint(self):
-        """The form, the direction, `fn`'s qualified name and a digest of `data`."""
-        return {"class": type(self).__name__, "fn": _qualified_name(self.fn),
+        """The form, the direction, a digest of `data`, and the objective: `name` when
+        given, else `fn`'s qualified name and a digest of what `fn` is (its code and
+        values, `function_digest`)."""
+        if self.name is not None:
+            objective = {"name": self.name}
+        else:
+            # Short, so that a message naming a difference shows it whole.
+            objective = {"fn": _qualified_name(self.fn),
+                         "fn_code": f"{function_digest(self.fn)[:16]} of {_short_name(self.fn)}"}
+        return {"class": type(self).__name__, **objective,
                 "per_member": self.per_member, "maximize": self.maximize,
                 "data": None if self.x is None else data_digest(self.x, self.y)}
 
     def get_config(self):
         return {"fn": _qualified_name(self.fn), "per_member": self.per_member,
-                "maximize": self.maximize}
+                "maximize": self.maximize, "name": self.name}
 
     def __repr__(self):
         samples = "" if self.x is None else f", data of {self.num_samples} samples"
+        name = "" if self.name is None else f", name={self.name!r}"
         return (f"Fitness({_qualified_name(self.fn)}{samples}, per_member={self.per_member}, "
-                f"maximize={self.maximize})")
+                f"maximize={self.maximize}{name})")
 

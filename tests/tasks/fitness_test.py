@@ -1,6 +1,10 @@
 """`keras_lrne.tasks.Fitness`: compiled fitness on data, Python fitness per member,
 direction, logs, failures, resume signature and argument checks."""
 
+import functools
+import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -159,27 +163,101 @@ def other_accuracy(logits, labels):
     return accuracy(logits, labels)
 
 
-def test_a_resume_with_another_fitness_is_refused_naming_it(tmp_path):
-    x, y = classification_data(n=32)
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
 
-    def run(fn, generations):
-        return keras_lrne.evolve(classifier(), Fitness(fn, data=(x, y)), strategy=GA(8, 2),
-                                 generations=generations, seed=1, callbacks=[backup],
-                                 verbose=0)
 
-    class Stop(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
+def interrupted_then(directory, first, data, generations=4):
+    """Runs `first` (a Fitness) under BackupAndRestore until an interrupt after two
+    generations; returns `resume(fitness)`, which continues the run on another Fitness."""
+    backup = keras.callbacks.BackupAndRestore(str(directory))
+
+    def run(fitness, extra=()):
+        return keras_lrne.evolve(classifier(), fitness, strategy=GA(8, 2),
+                                 generations=generations, seed=1,
+                                 callbacks=[backup, *extra], verbose=0)
 
     with pytest.raises(KeyboardInterrupt):
-        keras_lrne.evolve(classifier(), Fitness(accuracy, data=(x, y)), strategy=GA(8, 2),
-                          generations=4, seed=1, callbacks=[backup, Stop()], verbose=0)
+        run(first, [Interrupt()])
+    return run
+
+
+def test_a_resume_with_another_fitness_is_refused_naming_it(tmp_path):
+    x, y = classification_data(n=32)
+    resume = interrupted_then(tmp_path / "backup", Fitness(accuracy, data=(x, y)), (x, y))
     with pytest.raises(ValueError, match=r"other_accuracy"):
-        run(other_accuracy, 4)
-    history = run(accuracy, 4)
+        resume(Fitness(other_accuracy, data=(x, y)))
+    history = resume(Fitness(accuracy, data=(x, y)))
     assert len(history.history["fitness"]) == 4
+
+
+def test_a_resume_tells_lambdas_and_partials_apart_by_what_they_compute(tmp_path):
+    x, _ = classification_data(n=32)
+    first = Fitness(lambda o: keras.ops.mean(o[:, 0]), data=x)
+    resume = interrupted_then(tmp_path / "lambdas", first, x)
+    # Same qualified name (`<lambda>`), another objective.
+    with pytest.raises(ValueError, match=r"task\.fn_code: checkpoint '[0-9a-f]{16} of .*<lambda>"):
+        resume(Fitness(lambda o: -keras.ops.mean(o[:, 0]), data=x))
+    history = resume(first)  # the same function resumes
+    assert len(history.history["fitness"]) == 4
+
+    def weighted(outputs, column=0, scale=1.0):
+        return keras.ops.mean(outputs[:, column]) * scale
+
+    resume = interrupted_then(tmp_path / "partials", Fitness(
+        functools.partial(weighted, column=0, scale=np.float32(2.0)), data=x), x)
+    for other in (functools.partial(weighted, column=1, scale=np.float32(2.0)),
+                  functools.partial(weighted, column=0, scale=np.float32(3.0)),
+                  functools.partial(weighted, 0, np.float32(2.0))):
+        with pytest.raises(ValueError, match=r"task\.fn_code.*partial"):
+            resume(Fitness(other, data=x))
+    history = resume(Fitness(functools.partial(weighted, column=0, scale=np.float32(2.0)),
+                             data=x))
+    assert len(history.history["fitness"]) == 4
+
+
+def test_a_name_identifies_the_objective_across_a_resume(tmp_path):
+    x, _ = classification_data(n=32)
+    first = Fitness(lambda o: keras.ops.mean(o[:, 0]), data=x, name="first column")
+    resume = interrupted_then(tmp_path / "named", first, x)
+    with pytest.raises(ValueError, match=r"task\.name: checkpoint 'first column' vs now 'col'"):
+        resume(Fitness(lambda o: keras.ops.mean(o[:, 0]), data=x, name="col"))
+    # The user says a rewritten function is the same objective.
+    history = resume(Fitness(lambda o: keras.ops.mean(o[:, :1]), data=x,
+                             name="first column"))
+    assert len(history.history["fitness"]) == 4
+    assert "name='first column'" in repr(first)
+    with pytest.raises(ValueError, match=r"`name`.*Received: name=''"):
+        Fitness(accuracy, data=x, name="")
+
+
+_DIGEST = """
+import functools, sys
+import numpy as np
+from keras import ops
+from keras_lrne.tasks.fitness import function_digest
+
+scale = np.arange(3.0)
+def objective(outputs, y, power=2):
+    return ops.mean(outputs[:, 0] ** power) * scale[1]
+print(function_digest(objective), function_digest(lambda o, y: ops.mean(o[:, 0])),
+      function_digest(functools.partial(objective, power=3)))
+"""
+
+
+@pytest.mark.backend_independent
+def test_a_function_digest_is_the_same_in_a_fresh_process():
+    digests = []
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED=hash_seed)
+        result = subprocess.run([sys.executable, "-c", _DIGEST], env=env,
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+        digests.append(result.stdout.split())
+    assert digests[0] == digests[1]
+    assert len(set(digests[0])) == 3
 
 
 def test_callbacks_read_the_loss_of_a_fitness():
