@@ -101,8 +101,8 @@ class _Describer:
         """A callable instance (the fitness function itself): its class's `__call__`
         and its attributes."""
         kind = type(value)
-        return ["callable", kind.__module__, kind.__qualname__,
-                self.describe(vars(kind).get("__call__")),
+        call = next((vars(k)["__call__"] for k in kind.__mro__ if "__call__" in vars(k)), None)
+        return ["callable", kind.__module__, kind.__qualname__, self.describe(call),
                 self.describe(dict(getattr(value, "__dict__", {})))]
 
     def _code(self, code, module, docstring=None):
