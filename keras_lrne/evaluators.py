@@ -17,6 +17,8 @@ weights the model holds. Lower losses are better; NaN or inf losses rank last.
 """
 
 import math
+import os
+import sys
 import time
 import warnings
 
@@ -26,11 +28,27 @@ import numpy as np
 from keras_lrne import backend as lrne_backend
 from keras_lrne import genome
 from keras_lrne import population as pop
+from keras_lrne.tasks.fitness import member_value
+
+#: Files of the package: a warning about a run points at the first frame outside them.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 #: At most this many progress-bar steps per generation for supervised tasks: the
 #: population is evaluated in this many compiled calls (or fewer), each a whole number of
 #: population chunks.
 MAX_PROGRESS_STEPS = 16
+
+
+def warn_at_caller(message, category):
+    """`warnings.warn` attributed to the code that called keras-lrne (the user's
+    `evolve()` call), not to the line of the package that warns."""
+    if sys.version_info >= (3, 12):
+        warnings.warn(message, category, skip_file_prefixes=(_PACKAGE_DIR,))
+        return
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class Progress:
@@ -283,10 +301,11 @@ class PythonFitnessEvaluator(Evaluator):
     """Scores a population with a Python fitness function, one call per member.
 
     For every member, the model's evolvable variables are loaded with the member's
-    weights and `fn(model)` is called; it returns a float. NaN, inf and a raised
-    exception count as the worst fitness; failures are counted in `failed_members` and
-    named in one warning per generation. When every member fails, the run stops with an
-    error that carries the first exception.
+    weights and `fn(model)` is called; it returns a real number. A member fails when the
+    call raises or returns NaN, inf or no real number (a string, a bool, None, ...): it
+    gets the worst fitness, is counted in `failed_members` and named in one warning per
+    generation (pointing at the `evolve()` call). When every member of a generation
+    fails, the run stops with an error that carries the first failure.
 
     Args:
         model: the model (its variables are overwritten member by member).
@@ -328,17 +347,18 @@ class PythonFitnessEvaluator(Evaluator):
         if errors and len(errors) == len(fitness):
             member, error = errors[0]
             raise RuntimeError(
-                f"Every member's fitness raised an exception in generation {generation}; "
-                f"the first, of member {member}: {type(error).__name__}: {error}"
+                f"Every member's fitness failed in generation {generation} (the function "
+                "raised, or returned NaN, inf or no real number); the first, of member "
+                f"{member}: {type(error).__name__}: {error}"
             ) from error
         if errors:
             member, error = errors[0]
-            warnings.warn(
-                f"Generation {generation}: the fitness function raised for "
-                f"{len(errors)} of {len(fitness)} members (they rank last); the first, of "
-                f"member {member}: {type(error).__name__}: {error}",
+            warn_at_caller(
+                f"Generation {generation}: the fitness function failed for "
+                f"{len(errors)} of {len(fitness)} members (they raised, or returned NaN, "
+                f"inf or no real number; they rank last); the first, of member {member}: "
+                f"{type(error).__name__}: {error}",
                 RuntimeWarning,
-                stacklevel=2,
             )
         losses = -fitness if self.maximize else fitness.copy()
         losses[~np.isfinite(losses)] = np.inf
@@ -364,8 +384,9 @@ def member_fitness(model, evolvable, fn, arrays, members, on_member=None):
         on_member: `(member, fitness)` called after each member, or None.
 
     Returns:
-        `(fitness, errors)`: floats (NaN for a member whose call raised or returned a
-        non-number), and `[(member, exception)]`.
+        `(fitness, errors)`: floats (NaN for a member that failed: its call raised, or
+        returned NaN, inf or no real number, see `keras_lrne.tasks.fitness.member_value`),
+        and `[(member, exception)]` for the failed members.
     """
     variables = model.trainable_variables
     fitness, errors = [], []
@@ -373,10 +394,11 @@ def member_fitness(model, evolvable, fn, arrays, members, on_member=None):
         for spec, values in zip(evolvable, arrays):
             variables[spec.index].assign(values[row])
         try:
-            value = float(fn(model))
-        except Exception as error:  # the member fails; the run goes on
+            value, error = member_value(fn(model), fn)
+        except Exception as raised:  # the member fails; the run goes on
+            value, error = math.nan, raised
+        if error is not None:
             errors.append((int(member), error))
-            value = math.nan
         fitness.append(value)
         if on_member is not None:
             on_member(int(member), value)

@@ -3,6 +3,8 @@
 import contextlib
 import functools
 import hashlib
+import math
+import numbers
 import types
 
 import numpy as np
@@ -153,6 +155,44 @@ def function_digest(fn):
     return hashlib.sha256(text.encode("utf-8", "backslashreplace")).hexdigest()
 
 
+def member_value(value, fn):
+    """A Python fitness's return `value` as a float, or an exception saying why it is not
+    a usable fitness (the member then fails).
+
+    Real numbers only: Python `int` and `float`, NumPy integer and floating scalars, and
+    0-d integer or floating arrays and tensors. Not `bool` (cast it if a pass/fail score
+    is meant), strings (`"0.5"`), complex numbers, other shapes or None; and the value
+    must be finite (NaN and inf rank last but count as failures).
+
+    Returns:
+        `(fitness, error)`: the float and None, or NaN and a `TypeError`/`ValueError`
+        naming `fn` and what it returned.
+    """
+    name = _qualified_name(fn)
+    returned = None
+    if isinstance(value, (bool, np.bool_)):
+        returned = f"a {type(value).__name__} ({value!r})"
+    elif isinstance(value, numbers.Real):
+        number = float(value)
+    elif hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__"):
+        array = np.asarray(value)
+        if array.shape == () and array.dtype.kind in "iuf":
+            number = float(array)
+        else:
+            returned = f"a {type(value).__name__} of shape {array.shape} and dtype {array.dtype}"
+    else:
+        returned = f"a {type(value).__name__} ({value!r:.60})"
+    if returned is not None:
+        return math.nan, TypeError(
+            f"The fitness function {name} returned {returned}; a fitness must be a real "
+            "number: a Python int or float, a NumPy scalar, or a 0-d array or tensor of "
+            "integers or floats (convert with float(...) if this value is meant)."
+        )
+    if not math.isfinite(number):
+        return math.nan, ValueError(f"The fitness function {name} returned {number!r}")
+    return number, None
+
+
 class Fitness(Task):
     """An objective of your own: any function of a member's outputs, or of the member.
 
@@ -167,7 +207,9 @@ class Fitness(Task):
       from outputs). A member's fitness is the batch-size-weighted mean over the batches,
       so a mean such as accuracy comes out exact.
     - **Python** (`per_member=True`): `fn(model)` is plain Python, called once per member
-      with `model` holding that member's weights; it returns a float. Any code is
+      with `model` holding that member's weights; it returns a real number (a Python
+      int or float, a NumPy scalar, or a 0-d array or tensor; not a bool, a string or a
+      complex number: such a member fails, as below). Any code is
       allowed: `model.predict`, a simulator, a subprocess. Under
       `keras_lrne.distribution.RayWorkers` the calls run in the workers (which rebuild
       their members from seeds), so `fn` must be importable there (a module-level
@@ -178,9 +220,11 @@ class Fitness(Task):
     `mean_fitness` and `median_fitness` (over members with a finite fitness) and `loss`
     (`-fitness` when maximising, `fitness` otherwise), so `EarlyStopping`,
     `ModelCheckpoint` and keras-tuner work on `loss` unchanged; the Python form also logs
-    `failed_members`. NaN or infinite fitness ranks last; in the Python form an exception
-    in `fn` fails only that member (it ranks last, and one warning per generation names
-    it), unless every member fails: then the run stops with the first exception.
+    `failed_members`. NaN or infinite fitness ranks last. In the Python form a member
+    fails when `fn` raises, or returns NaN, inf or something other than a real number:
+    it ranks last, it is counted in `failed_members` and one warning per generation
+    names the first failure, unless every member fails: then the run stops with the
+    first failure.
 
     A resumed run (`keras.callbacks.BackupAndRestore`) must use the same fitness: the
     run's signature holds the form, the direction, a digest of `data` and what identifies

@@ -2,6 +2,7 @@
 direction, logs, failures, resume signature and argument checks."""
 
 import functools
+import math
 import os
 import subprocess
 import sys
@@ -131,6 +132,8 @@ def test_failing_and_nan_members_rank_last_and_are_counted():
             raise ZeroDivisionError("boom")
         if member == 2:
             return float("nan")
+        if member == 3:
+            return -np.inf
         return float(np.sum(np.asarray(model.trainable_variables[-1])))
 
     model = classifier()
@@ -139,14 +142,71 @@ def test_failing_and_nan_members_rank_last_and_are_counted():
         history = keras_lrne.evolve(model, Fitness(flaky, per_member=True),
                                     strategy=GA(8, 2), generations=2, seed=0, verbose=0)
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    failed = [m for m in messages if "raised for 1 of 8 members" in m]
+    failed = [m for m in messages if "failed for 3 of 8 members" in m]
     assert len(failed) == 2  # one per generation
     assert "member 1: ZeroDivisionError: boom" in failed[0]
-    assert history.history["failed_members"] == [1, 1]
+    # NaN and inf are failures too.
+    assert history.history["failed_members"] == [3, 3]
     losses = np.asarray(model.evolution_state.losses) if hasattr(
         model, "evolution_state") else np.asarray(model._evolution_state.losses)
-    assert np.isinf(losses[1]) and np.isinf(losses[2])
+    assert np.isinf(losses[1:4]).all()
     assert np.isfinite(history.history["fitness"]).all()
+
+
+def test_the_failure_warning_points_at_the_evolve_call():
+    def half_fail(model):
+        return math.nan if np.asarray(model.trainable_variables[0])[0, 0] > 0 else 1.0
+
+    model = classifier()
+    with pytest.warns(RuntimeWarning, match="fitness function failed") as record:
+        keras_lrne.evolve(model, Fitness(half_fail, per_member=True), strategy=GA(8, 2),
+                          generations=1, seed=0, verbose=0)
+    failures = [w for w in record if "fitness function failed" in str(w.message)]
+    assert failures and all(w.filename == __file__ for w in failures), [
+        (w.filename, w.lineno) for w in failures]
+    with pytest.warns(RuntimeWarning, match="fitness function failed") as record:
+        keras_lrne.Model(model.inputs, model.outputs).evolve(
+            Fitness(half_fail, per_member=True), strategy=GA(8, 2), generations=1, seed=0,
+            verbose=0)
+    assert all(w.filename == __file__ for w in record
+               if "fitness function failed" in str(w.message))
+
+
+@pytest.mark.parametrize("value, returned", [
+    (float("nan"), "returned nan"),
+    (math.inf, "returned inf"),
+    ("0.5", r"returned a str \('0.5'\)"),
+    (True, r"returned a bool \(True\)"),
+    (np.bool_(False), "returned a bool"),
+    (None, "returned a NoneType"),
+    (1 + 2j, "returned a complex"),
+    (np.complex64(1), "returned a complex64 of shape \\(\\) and dtype complex64"),
+    (np.ones(2, "float32"), "returned a ndarray of shape \\(2,\\)"),
+], ids=["nan", "inf", "str", "bool", "numpy-bool", "none", "complex", "numpy-complex",
+        "vector"])
+def test_a_generation_where_no_member_returns_a_real_number_stops_the_run(value, returned):
+    def objective(model):
+        return value
+
+    with pytest.raises(RuntimeError, match=r"Every member's fitness failed in generation 0.*"
+                       r"member 0: \w+Error: The fitness function .*objective " + returned):
+        keras_lrne.evolve(classifier(), Fitness(objective, per_member=True),
+                          strategy=GA(4, 1), generations=2, seed=0, verbose=0)
+
+
+def test_real_numbers_of_every_kind_are_a_fitness():
+    values = [1, 0.5, np.float32(0.25), np.int64(2), np.asarray(0.75), np.asarray(3, "int8"),
+              keras.ops.convert_to_tensor(0.125)]
+    calls = []
+
+    def objective(model):
+        calls.append(None)
+        return values[(len(calls) - 1) % len(values)]
+
+    history = keras_lrne.evolve(classifier(), Fitness(objective, per_member=True),
+                                strategy=GA(7, 1), generations=1, seed=0, verbose=0)
+    assert history.history["failed_members"] == [0]
+    assert history.history["fitness"] == [3.0]
 
 
 def test_a_run_where_every_member_fails_stops_with_the_first_error():
