@@ -240,8 +240,11 @@ class Fitness(Task):
 
     Args:
         fn: the fitness function (see the two forms above).
-        data: for the compiled form, `x` or `(x, y)`: a tuple of two is read as
-            `(x, y)`; pass several inputs as a dict or a list. None for the Python form.
+        data: for the compiled form, `x` or `(x, y)` (arrays or tensors): a tuple must
+            be `(x, y)`; pass several inputs as a list or a dict (`data=([x1, x2], y)`);
+            a list or dict is never read as targets. Generators are not supported;
+            sample weights go with the targets (`(x, {"y": y, "weight": w})`, for `fn`
+            to apply). None for the Python form.
         per_member: False (compiled form) or True (Python form).
         maximize: True if higher fitness is better (default), False to minimise.
         name: None (default: the objective is identified by `fn`'s qualified name and a
@@ -291,7 +294,20 @@ class Fitness(Task):
                     "evaluated on, or use `per_member=True` for `fn(model)`. "
                     "Received: data=None"
                 )
-            if isinstance(data, tuple) and len(data) == 2 and not hasattr(data, "_fields"):
+            pair = isinstance(data, tuple) and not hasattr(data, "_fields")
+            if pair and len(data) != 2:
+                shapes = [tuple(np.shape(v)) if not isinstance(v, (dict, list, tuple))
+                          else type(v).__name__ for v in data]
+                raise ValueError(
+                    "Received an invalid value for `data`: a tuple is read as `(x, y)`, "
+                    f"inputs and targets, but this one has {len(data)} elements. Pass "
+                    "several inputs as a list or a dict keyed by input name, inside the "
+                    "tuple: `data=([x1, x2], y)`. Sample weights are not a third element: "
+                    "pass them with the targets, `data=(x, {'y': y, 'weight': w})`, and "
+                    f"weight inside `fn`. Received: data of {len(data)} elements "
+                    f"with shapes {shapes}"
+                )
+            if pair:
                 x, y = data
             else:
                 x, y = data, None
@@ -326,6 +342,7 @@ class Fitness(Task):
         Returns:
             A function traced inside the population call.
         """
+        import keras
         from keras import ops
 
         fn, sign, with_targets = self.fn, -1.0 if self.maximize else 1.0, self.has_targets
@@ -333,7 +350,20 @@ class Fitness(Task):
 
         def loss(y, outputs):
             value = fn(outputs, y) if with_targets else fn(outputs)
+            if value is None or isinstance(value, (str, bytes, dict, list, tuple, set)):
+                raise ValueError(
+                    f"The fitness function {name} must return a scalar tensor (a number "
+                    f"computed with `keras.ops`) for one member's batch, but returned a "
+                    f"{type(value).__name__}: {value!r:.100}"
+                )
             value = ops.convert_to_tensor(value)
+            dtype = keras.backend.standardize_dtype(value.dtype)
+            if not (dtype.startswith(("float", "int", "uint")) or dtype == "bfloat16"):
+                cast = ", e.g. with `keras.ops.cast(value, 'float32')`" if dtype == "bool" else ""
+                raise ValueError(
+                    f"The fitness function {name} must return a real number (a float or "
+                    f"integer scalar tensor{cast}), but returned a tensor of dtype {dtype}."
+                )
             if len(value.shape) != 0:
                 raise ValueError(
                     f"The fitness function {name} must return a scalar for one member's "

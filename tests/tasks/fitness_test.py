@@ -352,3 +352,59 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match=r"needs a built model"):
         keras_lrne.evolve(unbuilt, Fitness(python_accuracy, per_member=True),
                           strategy=GA(4, 1), verbose=0)
+
+
+def test_data_that_is_not_x_or_x_y_arrays_is_refused_in_the_constructor():
+    x, y = classification_data(n=32)
+    with pytest.raises(ValueError, match=r"`data` and its targets have different numbers of "
+                       r"samples \(32 and 10\)\. Received: data\[0\]\.shape=\(32, 4\), "
+                       r"data\[1\]\.shape=\(10,\)"):
+        Fitness(accuracy, data=(x, y[:10]))
+    with pytest.raises(ValueError, match=r"different numbers of samples.*data\[1\]\['labels'\]"):
+        Fitness(accuracy, data=(x, {"labels": y[:10]}))
+    assert repr(Fitness(accuracy, data=(x, y))).endswith(
+        "accuracy, data of 32 samples, per_member=False, maximize=True)")
+    with pytest.raises(ValueError, match=r"a generator for `data`: generators and iterators "
+                       r"are not supported.*Pass arrays"):
+        Fitness(accuracy, data=(row for row in x))
+    with pytest.raises(ValueError, match=r"a list_iterator for `data`"):
+        Fitness(accuracy, data=(iter([x]), y))
+    with pytest.raises(ValueError, match=r"a scalar for `data`.*Received: data=3\.0"):
+        Fitness(accuracy, data=3.0)
+    with pytest.raises(ValueError, match=r"a tuple is read as `\(x, y\)`.*has 3 elements.*"
+                       r"Sample weights are not a third element.*Received: data of 3 "
+                       r"elements with shapes \[\(32, 4\), \(32,\), \(32,\)\]"):
+        Fitness(accuracy, data=(x, y, np.ones(32, "float32")))
+    with pytest.raises(ValueError, match=r"has 1 elements"):
+        Fitness(accuracy, data=(x,))
+
+
+def test_sample_weights_can_go_with_the_targets():
+    x, y = classification_data(n=32)
+    weights = np.where(np.arange(32) < 16, 1.0, 0.0).astype("float32")
+
+    def weighted_accuracy(logits, targets):
+        hits = keras.ops.cast(keras.ops.equal(keras.ops.cast(
+            keras.ops.argmax(logits, axis=-1), "int32"), targets["y"]), "float32")
+        return keras.ops.sum(hits * targets["weight"]) / keras.ops.sum(targets["weight"])
+
+    model = classifier()
+    history = keras_lrne.evolve(
+        model, Fitness(weighted_accuracy, data=(x, {"y": y, "weight": weights})),
+        strategy=GA(8, 2), generations=2, seed=0, verbose=0)
+    assert history.history["fitness"][-1] == pytest.approx(
+        numpy_accuracy(model, x[:16], y[:16]), abs=1e-6)
+
+
+@pytest.mark.parametrize("returned, message", [
+    (lambda outputs: None, r"returned a NoneType: None"),
+    (lambda outputs: "0.5", r"returned a str: '0\.5'"),
+    (lambda outputs: {"fitness": keras.ops.mean(outputs)}, r"returned a dict: \{'fitness'"),
+    (lambda outputs: keras.ops.all(outputs > 0), r"returned a tensor of dtype bool"),
+], ids=["none", "str", "dict", "bool"])
+def test_a_compiled_fitness_that_returns_no_number_is_named(returned, message):
+    x, _ = classification_data(n=8)
+    with pytest.raises(ValueError, match=r"The fitness function \S*fitness_test\.<lambda> must "
+                       r"return .*" + message):
+        keras_lrne.evolve(classifier(), Fitness(returned, data=x), strategy=GA(4, 1),
+                          verbose=0)
