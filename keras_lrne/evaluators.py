@@ -17,10 +17,7 @@ weights the model holds. Lower losses are better; NaN or inf losses rank last.
 """
 
 import math
-import os
-import sys
 import time
-import warnings
 
 import keras
 import numpy as np
@@ -28,27 +25,13 @@ import numpy as np
 from keras_lrne import backend as lrne_backend
 from keras_lrne import genome
 from keras_lrne import population as pop
+from keras_lrne._validation import warn_at_caller
 from keras_lrne.tasks.fitness import member_value
-
-#: Files of the package: a warning about a run points at the first frame outside them.
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 #: At most this many progress-bar steps per generation for supervised tasks: the
 #: population is evaluated in this many compiled calls (or fewer), each a whole number of
 #: population chunks.
 MAX_PROGRESS_STEPS = 16
-
-
-def warn_at_caller(message, category):
-    """`warnings.warn` attributed to the code that called keras-lrne (the user's
-    `evolve()` call), not to the line of the package that warns."""
-    if sys.version_info >= (3, 12):
-        warnings.warn(message, category, skip_file_prefixes=(_PACKAGE_DIR,))
-        return
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
 
 
 class Progress:
