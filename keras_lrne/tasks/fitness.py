@@ -40,15 +40,16 @@ class _Describer:
     Functions are described by their code (bytecode, constants, nested code objects,
     the names it uses), their closure values, defaults and the globals they read that are
     data or functions of the same module; `functools.partial` by its function, arguments
-    and keywords; arrays and tensors by a digest of their dtype, shape and bytes; other
-    objects by their type (and `get_config()` when they have one). No
+    and keywords; arrays and tensors by a digest of their dtype, shape and bytes
+    (variables, which are state, by their shape and dtype); other objects by their type
+    (and `get_config()` when they have one). No
     `id()` or memory address enters it, so the same function matches in a fresh process.
     """
 
     def __init__(self):
         self._active = {}
 
-    def describe(self, value, module=None):
+    def describe(self, value):
         if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
             return [type(value).__name__, repr(value)]
         key = id(value)
@@ -56,19 +57,19 @@ class _Describer:
             return ["cycle", self._active[key]]
         self._active[key] = len(self._active)
         try:
-            return self._describe(value, module)
+            return self._describe(value)
         finally:
             del self._active[key]
 
-    def _describe(self, value, module):
+    def _describe(self, value):
         if isinstance(value, np.generic):
             return [type(value).__name__, repr(value.item())]
         if isinstance(value, types.CodeType):
-            return self._code(value, module)
+            return self._code(value)
         if isinstance(value, functools.partial):
-            return ["partial", self.describe(value.func, module),
-                    [self.describe(v, module) for v in value.args],
-                    sorted([k, self.describe(v, module)] for k, v in value.keywords.items())]
+            return ["partial", self.describe(value.func),
+                    [self.describe(v) for v in value.args],
+                    sorted([k, self.describe(v)] for k, v in value.keywords.items())]
         if isinstance(value, types.FunctionType):
             return self._function(value)
         if isinstance(value, types.MethodType):
@@ -79,13 +80,16 @@ class _Describer:
         if isinstance(value, types.ModuleType):
             return ["module", value.__name__]
         if isinstance(value, (list, tuple)):
-            return [type(value).__name__, [self.describe(v, module) for v in value]]
+            return [type(value).__name__, [self.describe(v) for v in value]]
         if isinstance(value, (set, frozenset)):
             return [type(value).__name__,
-                    sorted(repr(self.describe(v, module)) for v in value)]
+                    sorted(repr(self.describe(v)) for v in value)]
         if isinstance(value, dict):
-            return ["dict", sorted([repr(self.describe(k, module)), self.describe(v, module)]
+            return ["dict", sorted([repr(self.describe(k)), self.describe(v)]
                                    for k, v in value.items())]
+        if hasattr(value, "assign") and hasattr(value, "shape") and hasattr(value, "dtype"):
+            # A variable is state (it may be the evolved model's): its kind, not values.
+            return ["variable", list(value.shape), str(value.dtype)]
         if hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__"):
             from keras_lrne.checkpoint import streaming_digest
 
@@ -107,11 +111,11 @@ class _Describer:
         return ["callable", kind.__module__, kind.__qualname__, self.describe(call),
                 self.describe(dict(getattr(value, "__dict__", {})))]
 
-    def _code(self, code, module, docstring=None):
+    def _code(self, code, docstring=None):
         consts = list(code.co_consts)
         if docstring is not None and consts and consts[0] == docstring:
             consts = consts[1:]  # the docstring does not change what the function does
-        return ["code", code.co_code.hex(), [self.describe(c, module) for c in consts],
+        return ["code", code.co_code.hex(), [self.describe(c) for c in consts],
                 list(code.co_names), code.co_argcount, code.co_posonlyargcount,
                 code.co_kwonlyargcount, code.co_flags & _CODE_FLAGS]
 
@@ -120,7 +124,7 @@ class _Describer:
         closure = []
         for cell in fn.__closure__ or ():
             try:
-                closure.append(self.describe(cell.cell_contents, fn.__module__))
+                closure.append(self.describe(cell.cell_contents))
             except ValueError:  # an empty cell
                 closure.append(["empty"])
         # Globals the code reads: data, and functions of the same module (by what they
@@ -138,8 +142,8 @@ class _Describer:
             if isinstance(value, types.FunctionType) and value.__module__ != fn.__module__:
                 used.append([name, "function", _qualified_name(value)])
             else:
-                used.append([name, self.describe(value, fn.__module__)])
-        return ["function", self._code(code, fn.__module__, fn.__doc__), closure,
+                used.append([name, self.describe(value)])
+        return ["function", self._code(code, fn.__doc__), closure,
                 self.describe(fn.__defaults__), self.describe(fn.__kwdefaults__), used]
 
 
