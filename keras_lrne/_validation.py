@@ -2,8 +2,26 @@
 
 import math
 import numbers
+import os
+import sys
+import warnings
 
 import numpy as np
+
+#: Files of the package: a warning about a run points at the first frame outside them.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_at_caller(message, category):
+    """`warnings.warn` attributed to the code that called keras-lrne (the user's
+    `evolve()` call), not to the line of the package that warns."""
+    if sys.version_info >= (3, 12):
+        warnings.warn(message, category, skip_file_prefixes=(_PACKAGE_DIR,))
+        return
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def is_int(value):

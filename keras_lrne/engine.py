@@ -41,6 +41,7 @@ from keras_lrne.tasks.base import (
     Task,
     as_validation,
     check_sparse_labels,
+    check_target_shapes,
     data_digest,
     is_structure,
     leaves,
@@ -463,12 +464,14 @@ def _prepare(model, task, strategy, seed, freeze_normalization, validation,
             f"Received: loss={getattr(model, 'loss', None)!r}"
         )
     x0, y0 = task.train_data(0)
-    _check_input_shape(model, x0)
+    _check_input_shape(model, x0, _inputs_argument(task))
     first = keras.tree.map_structure(lambda a: a[:1], x0)
     if not model.built or not model.trainable_variables:
         model(first, training=False)
     if objective is None:
-        check_sparse_labels(model, first, {getattr(task, "targets_argument", "x"): y0,
+        targets = getattr(task, "targets_argument", "x")
+        check_target_shapes(model, first, y0, targets)
+        check_sparse_labels(model, first, {targets: y0,
                                            "validation_data": validation and validation[1]})
     return Run(model, strategy, seed, freeze_normalization, pop.num_samples(x0),
                pop.estimate_bytes_per_member_sample(model, x0), validation,
@@ -606,19 +609,86 @@ def _paired_inputs(model, x, argument):
     return [(argument, inputs[0][1], tuple(np.shape(x)[1:]))]
 
 
-def _check_input_shape(model, x):
-    """Fails early when samples do not fit the model's declared input shapes."""
+def _inputs_argument(task):
+    """How messages call the training inputs: `x`, or a `Fitness`'s `data`."""
+    if _is_fitness(task):
+        return "data[0]" if getattr(task, "has_targets", False) else "data"
+    return "x"
+
+
+def _input_keys(model, names):
+    """For each input (named in `names`), the dict keys that feed it: its name, and its key
+    in the dict the functional model was built on, when it was."""
+    keys = [{name} for name in names]
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        structure = None
+    if isinstance(structure, dict):
+        for key, tensor in structure.items():
+            for accepted, name in zip(keys, names):
+                if getattr(tensor, "name", None) == name:
+                    accepted.add(key)
+    return keys
+
+
+def _check_input_structure(model, x, argument):
+    """Fails when `x` holds more or fewer arrays than the model has inputs (Keras would
+    drop extra arrays with only a warning), or dict keys that are not inputs."""
+    inputs = _named_inputs(model)
+    if inputs is None or not is_structure(x):
+        return
+    names = [name for name, _ in inputs]
+    # Sequential models' inputs have generated names (`keras_tensor_3`): shapes only.
+    described = ", ".join(
+        f"sample shape {shape}" if not name or name.startswith("keras_tensor")
+        else f"{name!r} of sample shape {shape}" for name, shape in inputs)
+    count = f"{len(inputs)} input{'s' if len(inputs) != 1 else ''} ({described})"
+    if isinstance(x, dict):
+        keys = _input_keys(model, names)
+        unknown = [key for key in x if not any(key in accepted for accepted in keys)]
+        missing = [name for name, accepted in zip(names, keys) if not accepted & set(x)]
+        if unknown or missing:
+            problem = (f"keys that are not inputs of the model: {unknown} (they would be "
+                       "dropped)" if unknown else f"no arrays for the inputs {missing}")
+            raise ValueError(
+                f"`{argument}` has {problem}. The model has {count}: pass a dict with one "
+                f"array per input, keyed by input name. Received: {argument} with keys "
+                f"{list(x)}"
+            )
+        return
+    if len(x) == len(inputs):
+        return
+    hint = ""
+    if argument == "data" and len(x) == 2:
+        hint = (" To pass inputs and targets, use a tuple: `data=(x, y)`; a list or dict "
+                "holds the model's inputs.")
+    elif argument == "x" and len(inputs) == 1:
+        hint = " Targets go in `y`."
+    extra = " (the extra ones would be dropped)" if len(x) > len(inputs) else ""
+    shapes = [tuple(np.shape(v)) for v in x]
+    raise ValueError(
+        f"The model has {count}, but `{argument}` holds {len(x)} arrays{extra}: pass one "
+        f"array per input, in input order, or a dict keyed by input name.{hint} "
+        f"Received: {argument} of {len(x)} arrays with shapes {shapes}"
+    )
+
+
+def _check_input_shape(model, x, argument="x"):
+    """Fails early when samples do not fit the model's declared inputs: their number
+    (or dict keys) and shapes."""
     inputs = _named_inputs(model)
     if inputs is not None and len(inputs) > 1 and not is_structure(x):
         names = [name for name, _ in inputs]
         raise ValueError(
-            f"The model has {len(inputs)} inputs ({names}) but received one array for `x`: "
-            "pass a dict keyed by input name or a list in input order. Received: x with "
-            f"shape {np.shape(x)}"
+            f"The model has {len(inputs)} inputs ({names}) but received one array for "
+            f"`{argument}`: pass a dict keyed by input name or a list in input order. "
+            f"Received: {argument} with shape {np.shape(x)}"
         )
-    for name, expected, received in _paired_inputs(model, x, "x"):
+    _check_input_structure(model, x, argument)
+    for name, expected, received in _paired_inputs(model, x, argument):
         if _shape_mismatch(expected, received):
-            where = "" if name == "x" else f" ({name})"
+            where = "" if name == argument else f" ({name})"
             raise ValueError(
                 f"The samples do not match the model's input shape{where}: each sample must "
                 f"have shape {expected} (e.g. sequences of the model's context length). "
@@ -631,7 +701,9 @@ def _check_validation_shapes(model, task, validation):
     model's inputs (or the training samples) and the training targets; otherwise they
     would fail only after the first generation."""
     x0, y0 = task.train_data(0)
-    _check_input_shape(model, x0)  # a training mismatch is reported as such, first
+    # A training mismatch is reported as such, first.
+    _check_input_shape(model, x0, _inputs_argument(task))
+    _check_input_structure(model, validation[0], "validation_data")
     paired = _paired_inputs(model, validation[0], "validation_data")
     if paired:
         checks = [(name, expected, received, "the model's input shape")
@@ -652,6 +724,9 @@ def _check_validation_shapes(model, task, validation):
             )
     if y0 is None or validation[1] is None:
         return
+    if not _is_fitness(task) and model.built:  # wrong training targets, first
+        first = keras.tree.map_structure(lambda a: a[:1], x0)
+        check_target_shapes(model, first, y0, getattr(task, "targets_argument", "x"))
     for (_, train), (name, val) in zip(leaves(y0, "y"), leaves(validation[1], "validation_data")):
         expected, received = tuple(np.shape(train)[1:]), tuple(np.shape(val)[1:])
         if _trailing_ones_removed(expected) != _trailing_ones_removed(received):

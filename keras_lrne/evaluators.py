@@ -18,7 +18,6 @@ weights the model holds. Lower losses are better; NaN or inf losses rank last.
 
 import math
 import time
-import warnings
 
 import keras
 import numpy as np
@@ -26,6 +25,8 @@ import numpy as np
 from keras_lrne import backend as lrne_backend
 from keras_lrne import genome
 from keras_lrne import population as pop
+from keras_lrne._validation import warn_at_caller
+from keras_lrne.tasks.fitness import member_value
 
 #: At most this many progress-bar steps per generation for supervised tasks: the
 #: population is evaluated in this many compiled calls (or fewer), each a whole number of
@@ -283,10 +284,11 @@ class PythonFitnessEvaluator(Evaluator):
     """Scores a population with a Python fitness function, one call per member.
 
     For every member, the model's evolvable variables are loaded with the member's
-    weights and `fn(model)` is called; it returns a float. NaN, inf and a raised
-    exception count as the worst fitness; failures are counted in `failed_members` and
-    named in one warning per generation. When every member fails, the run stops with an
-    error that carries the first exception.
+    weights and `fn(model)` is called; it returns a real number. A member fails when the
+    call raises or returns NaN, inf or no real number (a string, a bool, None, ...): it
+    gets the worst fitness, is counted in `failed_members` and named in one warning per
+    generation (pointing at the `evolve()` call). When every member of a generation
+    fails, the run stops with an error that carries the first failure.
 
     Args:
         model: the model (its variables are overwritten member by member).
@@ -328,17 +330,18 @@ class PythonFitnessEvaluator(Evaluator):
         if errors and len(errors) == len(fitness):
             member, error = errors[0]
             raise RuntimeError(
-                f"Every member's fitness raised an exception in generation {generation}; "
-                f"the first, of member {member}: {type(error).__name__}: {error}"
+                f"Every member's fitness failed in generation {generation} (the function "
+                "raised, or returned NaN, inf or no real number); the first, of member "
+                f"{member}: {type(error).__name__}: {error}"
             ) from error
         if errors:
             member, error = errors[0]
-            warnings.warn(
-                f"Generation {generation}: the fitness function raised for "
-                f"{len(errors)} of {len(fitness)} members (they rank last); the first, of "
-                f"member {member}: {type(error).__name__}: {error}",
+            warn_at_caller(
+                f"Generation {generation}: the fitness function failed for "
+                f"{len(errors)} of {len(fitness)} members (they raised, or returned NaN, "
+                f"inf or no real number; they rank last); the first, of member {member}: "
+                f"{type(error).__name__}: {error}",
                 RuntimeWarning,
-                stacklevel=2,
             )
         losses = -fitness if self.maximize else fitness.copy()
         losses[~np.isfinite(losses)] = np.inf
@@ -364,8 +367,9 @@ def member_fitness(model, evolvable, fn, arrays, members, on_member=None):
         on_member: `(member, fitness)` called after each member, or None.
 
     Returns:
-        `(fitness, errors)`: floats (NaN for a member whose call raised or returned a
-        non-number), and `[(member, exception)]`.
+        `(fitness, errors)`: floats (NaN for a member that failed: its call raised, or
+        returned NaN, inf or no real number, see `keras_lrne.tasks.fitness.member_value`),
+        and `[(member, exception)]` for the failed members.
     """
     variables = model.trainable_variables
     fitness, errors = [], []
@@ -373,10 +377,11 @@ def member_fitness(model, evolvable, fn, arrays, members, on_member=None):
         for spec, values in zip(evolvable, arrays):
             variables[spec.index].assign(values[row])
         try:
-            value = float(fn(model))
-        except Exception as error:  # the member fails; the run goes on
+            value, error = member_value(fn(model), fn)
+        except Exception as raised:  # the member fails; the run goes on
+            value, error = math.nan, raised
+        if error is not None:
             errors.append((int(member), error))
-            value = math.nan
         fitness.append(value)
         if on_member is not None:
             on_member(int(member), value)

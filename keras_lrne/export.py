@@ -112,7 +112,9 @@ def merge_lora(model):
     changed.
 
     Args:
-        model: a built Keras model with at least one LoRA-enabled layer.
+        model: a built Sequential or functional Keras model with at least one
+            LoRA-enabled layer (a subclassed model is refused: its architecture cannot
+            be rebuilt from its layers' configurations).
 
     Returns:
         A new model (`keras.models.clone_model` without the adapters) with the merged
@@ -131,6 +133,20 @@ def merge_lora(model):
         raise ValueError(
             "Received a model without LoRA adapters: call `layer.enable_lora(rank)` on "
             f"its layers first. Received: model={model.name!r}"
+        )
+    try:
+        functional = bool(model.inputs)
+    except (AttributeError, ValueError):
+        functional = False
+    if not (functional or isinstance(model, keras.Sequential)):
+        raise ValueError(
+            "`merge_lora` supports Sequential and functional models: it rebuilds the "
+            "architecture without adapters from its layers' configurations, which a "
+            "subclassed model's `call()` does not describe. Build the model as a "
+            "functional or Sequential model, or keep the LoRA layout (`model.save()` "
+            "writes it and plain Keras loads it; each adapted layer's `kernel` is its "
+            f"merged kernel). Received: model={model.name!r} of the subclassed class "
+            f"{type(model).__name__}"
         )
     merged_values = {}
     for layer in adapted:

@@ -278,9 +278,9 @@ class PopulationFunctions:
         self.evaluate = self.evaluate_group = None
         if self._loss_fn is None:
             return
-        # Fresh wrappers per run: TensorFlow counts traces per Python function, so
-        # compiling the bound methods of many runs (keras-tuner trials) would warn about
-        # "retracing" although each run traces once.
+        # Each run compiles its own functions, traced once; the backend keeps TensorFlow
+        # from counting many runs' traces together as "retracing" (see
+        # `keras_lrne.backend.tensorflow.tf_function`).
         def evaluate(*args):
             return self._evaluate(*args)
 

@@ -1,6 +1,8 @@
 """`keras_lrne.evolve(model, ...)`: any built Keras model (Sequential, functional with
 several inputs and outputs, subclassed, plain Keras layers), through the engine."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -214,6 +216,81 @@ def test_what_stays_unsupported_is_named():
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match=r"no loss.*compile\(loss=.*Fitness"):
         keras_lrne.evolve(plain, x, y, strategy=GA(4, 1), verbose=0)
+
+
+def test_extra_or_missing_input_arrays_are_refused_naming_the_inputs():
+    x, y = classification_data(n=8)
+    # Keras would drop the extra arrays with only a warning about the structure.
+    with pytest.raises(ValueError, match=r"1 input \(sample shape \(4,\)\), but `x` holds 3 "
+                       r"arrays \(the extra ones would be dropped\).*Targets go in `y`"):
+        keras_lrne.evolve(sequential_with_input(), [x, x, x], y, strategy=GA(4, 1),
+                          verbose=0)
+    with pytest.raises(ValueError, match=r"2 inputs \('a' of sample shape \(4,\), 'b' of "
+                       r"sample shape \(2,\)\), but `x` holds 3 arrays"):
+        keras_lrne.evolve(two_inputs(False), [x, x[:, :2], x], y, strategy=GA(4, 1),
+                          verbose=0)
+    with pytest.raises(ValueError, match=r"`x` has keys that are not inputs of the model: "
+                       r"\['c'\].*Received: x with keys \['a', 'b', 'c'\]"):
+        keras_lrne.evolve(two_inputs(True), {"a": x, "b": x[:, :2], "c": x}, y,
+                          strategy=GA(4, 1), verbose=0)
+    with pytest.raises(ValueError, match=r"`x` has no arrays for the inputs \['b'\]"):
+        keras_lrne.evolve(two_inputs(True), {"a": x}, y, strategy=GA(4, 1), verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_data` has keys that are not inputs"):
+        keras_lrne.evolve(two_inputs(True), {"a": x, "b": x[:, :2]}, y,
+                          validation_data=({"a": x, "b": x[:, :2], "c": x}, y),
+                          strategy=GA(4, 1), verbose=0)
+    # A compiled fitness's list is inputs, never (x, y): named, with the tuple to use.
+    with pytest.raises(ValueError, match=r"but `data` holds 2 arrays.*use a tuple: "
+                       r"`data=\(x, y\)`"):
+        keras_lrne.evolve(sequential_with_input(), keras_lrne.tasks.Fitness(
+            lambda outputs: keras.ops.mean(outputs), data=[x, x]), strategy=GA(4, 1),
+            verbose=0)
+
+
+def sequential_with_input(loss="sparse_categorical_crossentropy", units=3, seed=1):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units)])
+    model.compile(loss=loss)
+    return model
+
+
+@pytest.mark.parametrize("loss, units, targets, expected", [
+    ("sparse_categorical_crossentropy", 3, (8, 3), r"\(\) \(one integer class index"),
+    (keras.losses.SparseCategoricalCrossentropy(from_logits=True), 3, (8, 2, 1),
+     r"\(\) \(one integer class index"),
+    ("mse", 3, (8, 5), r"\(3,\) \(the shape of the output\)"),
+    ("categorical_crossentropy", 3, (8,), r"\(3,\) \(the shape of the output\)"),
+], ids=["sparse", "sparse-instance", "mse", "categorical"])
+def test_training_targets_of_the_wrong_shape_are_refused_before_the_run(loss, units, targets,
+                                                                       expected):
+    x, _ = classification_data(n=8)
+    y = np.zeros(targets, "int32" if "sparse" in str(loss).lower() else "float32")
+    model = sequential_with_input(loss, units)
+    with pytest.raises(ValueError, match=r"The targets `y` do not match the model's output "
+                       r"for the loss .*: each target must have shape " + expected +
+                       r".*output having shape \(3,\) per sample\. Received: y with target "
+                       r"shape " + re.escape(str(targets[1:]))):
+        keras_lrne.evolve(model, x, y, strategy=GA(4, 1), verbose=0)
+    # Also with validation data shaped like the model wants: the training targets are named.
+    with pytest.raises(ValueError, match=r"The targets `y` do not match"):
+        keras_lrne.evolve(model, x, y, validation_data=(x, np.zeros(8, y.dtype)),
+                          strategy=GA(4, 1), verbose=0)
+
+
+def test_targets_keras_pairs_up_and_losses_of_your_own_are_accepted():
+    x, labels = classification_data(n=8)
+    runs = [("mse", 1, labels.astype("float32")),  # (8,) against (8, 1)
+            ("mse", 1, labels.astype("float32")[:, None]),
+            ("sparse_categorical_crossentropy", 3, labels[:, None])]  # (8, 1) labels
+    for loss, units, y in runs:
+        keras_lrne.evolve(sequential_with_input(loss, units), x, y, strategy=GA(4, 1),
+                          verbose=0)
+
+    def first_output_error(y_true, y_pred):  # a loss of the user's: any target shape
+        return keras.ops.mean(keras.ops.square(y_pred[:, 0] - y_true[:, 0]))
+
+    keras_lrne.evolve(sequential_with_input(first_output_error), x, np.zeros((8, 7), "float32"),
+                      strategy=GA(4, 1), verbose=0)
 
 
 def test_a_two_input_run_resumes_to_the_uninterrupted_one(tmp_path):

@@ -90,3 +90,31 @@ def test_carracing_export_input_matches_preprocess():
     frames = np.random.default_rng(0).integers(0, 255, (2, 4, 96, 96, 3), dtype=np.uint8)
     got = ops.convert_to_numpy(task.export_input(ops.convert_to_tensor(frames)))
     np.testing.assert_allclose(got, task.preprocess(frames), atol=1e-6)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(4)
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_merge_lora_refuses_a_subclassed_model_naming_the_supported_kinds():
+    model = _Subclassed()
+    model(np.zeros((1, 3), "float32"))
+    model.hidden.enable_lora(2)
+    with pytest.raises(ValueError, match=r"`merge_lora` supports Sequential and functional "
+                       r"models.*Received: model='.*' of the subclassed class _Subclassed"):
+        keras_lrne.merge_lora(model)
+    # A functional model of the same layers merges.
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4)
+    functional = keras.Model(inputs, keras.layers.Dense(1)(hidden(inputs)))
+    hidden.enable_lora(2)
+    merged = keras_lrne.merge_lora(functional)
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    np.testing.assert_allclose(merged.predict(x, verbose=0), functional.predict(x, verbose=0),
+                               rtol=1e-6)

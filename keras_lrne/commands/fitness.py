@@ -15,6 +15,8 @@ import importlib.util
 import os
 import sys
 
+import numpy as np
+
 from keras_lrne.commands import arguments, run_directory
 from keras_lrne.commands.arguments import positive_float, positive_int
 from keras_lrne.commands.builders import make_strategy
@@ -43,8 +45,9 @@ def add_parser(commands, formatter_class):
     sub.add_argument("--model", type=reference, required=True, metavar="MODULE:BUILDER",
                      help="a function returning the Keras model to evolve")
     sub.add_argument("--data", type=reference, default=None, metavar="MODULE:FUNCTION",
-                     help="a function returning x or (x, y): the batches the compiled "
-                     "fitness is evaluated on (not with --per-member). Default: none")
+                     help="a function returning x or a tuple (x, y): the batches the "
+                     "compiled fitness is evaluated on; a list or dict is the model's "
+                     "inputs (not with --per-member). Default: none")
     sub.add_argument("--per-member", action="store_true",
                      help="call FUNCTION(model) in Python once per member (any code: "
                      "model.predict, a simulator, a subprocess)")
@@ -128,8 +131,12 @@ def make_task_and_model(args):
     data = None
     if args.data is not None:
         data = resolve(args.data, "--data")()
-        if isinstance(data, list) and len(data) == 2:
-            data = tuple(data)
+        if data is None or (not isinstance(data, (tuple, list, dict)) and np.ndim(data) == 0):
+            raise ValueError(
+                f"Received an invalid value for `--data`: {args.data!r} returned "
+                f"{type(data).__name__} {data!r:.60}, not data. It must return x (an "
+                "array, or a list or dict of arrays for several inputs) or a tuple (x, y). "
+                f"Received: --data={args.data!r}")
     task = Fitness(fn, data=data, per_member=args.per_member, maximize=not args.minimize)
     model = builder()
     if not isinstance(model, keras.Model):

@@ -10,7 +10,7 @@ from keras import ops
 
 from keras_lrne import backend as lrne_backend
 from keras_lrne import genome
-from keras_lrne._validation import check_bool, check_int, check_number
+from keras_lrne._validation import check_bool, check_int, check_number, warn_at_caller
 from keras_lrne.strategies import operators
 from keras_lrne.strategies.base import Strategy, as_specs
 
@@ -138,7 +138,9 @@ class OpenES(Strategy):
             `Embedding`, `Conv2D` and keras-lrne's `FactorizedDense` and
             `TiedEmbedding` compute `x @ mean` once for all members plus
             `(x @ A_i) @ transpose(B_i)` per member. Other layers get each member's
-            weights materialised (correct, without the saving).
+            weights materialised (correct, without the saving). A variable whose
+            `min(m, n)` is below `r` gets rank `min(m, n)` (a larger rank spans nothing
+            more and costs more than full-rank noise); one warning per run names them.
 
     Example:
 
@@ -202,15 +204,18 @@ class OpenES(Strategy):
         return optimizer, variables
 
     def _noise_layout(self, specs):
-        """Per spec `(shape, rows m, columns n, rank r or None)`: low-rank noise (`r`)
-        for tensors of 2+ dimensions when `perturbation_rank` is set, else full."""
+        """Per spec `(shape, rows m, columns n, rank r or None)`: low-rank noise (`r`,
+        `perturbation_rank` capped at `min(m, n)`) for tensors of 2+ dimensions when
+        `perturbation_rank` is set, else full."""
         rank = self.config.perturbation_rank
         layout = []
         for s in specs:
             shape = tuple(s.shape)
             low = rank is not None and len(shape) >= 2
             m = int(np.prod(shape[:-1])) if shape else 1
-            layout.append((shape, m, shape[-1] if shape else 1, rank if low else None))
+            n = shape[-1] if shape else 1
+            # A rank above min(m, n) spans no more and costs more: capped (see `_init`).
+            layout.append((shape, m, n, min(rank, m, n) if low else None))
         return layout
 
     def _compile(self, specs, optimizer, variables):
@@ -323,6 +328,18 @@ class OpenES(Strategy):
 
     # -- the contract ------------------------------------------------------------------------
     def _init(self, specs, seed):
+        rank = self.config.perturbation_rank
+        capped = [f"{spec.path} {tuple(spec.shape)}: rank {r}"
+                  for spec, (_, _, _, r) in zip(specs, self._noise_layout(specs))
+                  if r is not None and r < rank]
+        if capped:
+            warn_at_caller(
+                f"OpenES(perturbation_rank={rank}) is above min(m, n) of {len(capped)} "
+                "variables (m rows, n columns): their noise uses rank min(m, n) instead, "
+                "which already spans every direction a larger rank would (and costs less). "
+                f"Capped: {'; '.join(capped)}",
+                UserWarning,
+            )
         self._ops, mean, values, self._optimizer = self.operators(specs, seed)
         return OpenESState(
             mean=mean,

@@ -1,5 +1,7 @@
 """Tasks supply what a population is evaluated on, generation by generation."""
 
+import collections.abc
+
 import numpy as np
 
 
@@ -191,23 +193,36 @@ def as_arrays(x, y, argument, require_targets=True):
             f"Received no targets for `{argument}`: pass `y`, a tf.data.Dataset of `(x, y)`, "
             f"or a task such as `keras_lrne.tasks.LanguageModeling`. Received: y=None"
         )
+    separate = argument == "x"
+    _check_not_iterator(x, argument)
+    _check_not_iterator(y, "y" if separate else argument)
     x = map_arrays(_to_numpy, x)
     y = None if y is None else map_arrays(_to_numpy, y)
-    separate = argument == "x"
     x_leaves = leaves(x, argument)
     y_leaves = [] if y is None else leaves(y, "y" if separate else argument)
     for name, array in x_leaves + y_leaves:
-        if array.ndim == 0 or array.shape[0] == 0:
+        if array.ndim == 0:
+            raise ValueError(
+                f"Received a scalar for `{name}`: evolution evaluates the model on data, "
+                "arrays with a leading sample axis (a numpy array or tensor, or a dict or "
+                f"list of them). Received: {name}={array.item()!r:.100}"
+            )
+        if array.shape[0] == 0:
             raise ValueError(
                 f"Received an empty array for `{name}`: it needs a leading sample axis with "
                 f"at least one sample. Received: shape={array.shape}"
             )
+    if not separate and y is not None:  # `(x, y)` in one argument: its two parts
+        x_leaves = leaves(x, f"{argument}[0]")
+        y_leaves = leaves(y, f"{argument}[1]")
     counts = {name: array.shape[0] for name, array in x_leaves + y_leaves}
     if len(set(counts.values())) > 1:
         if len(counts) == 2 and y is not None and not is_structure(x) and not is_structure(y):
+            (x_name, _), (y_name, _) = x_leaves + y_leaves
             raise ValueError(
-                f"`{argument}` and its targets have different numbers of samples. "
-                f"Received: x.shape={x.shape}, y.shape={y.shape}"
+                f"`{argument}` and its targets have different numbers of samples "
+                f"({x.shape[0]} and {y.shape[0]}). Received: {x_name}.shape={x.shape}, "
+                f"{y_name}.shape={y.shape}"
             )
         listed = ", ".join(f"{name}: {n}" for name, n in counts.items())
         raise ValueError(
@@ -215,6 +230,18 @@ def as_arrays(x, y, argument, require_targets=True):
             f"dimension must agree). Received: {listed}"
         )
     return _check_finite(x, y, argument, separate_targets=separate)
+
+
+def _check_not_iterator(value, argument):
+    """Fails for a generator or iterator: evolution evaluates every member on the same
+    fixed arrays, which an iterator cannot give twice."""
+    if isinstance(value, collections.abc.Iterator) and not hasattr(value, "shape"):
+        raise ValueError(
+            f"Received a {type(value).__name__} for `{argument}`: generators and iterators "
+            "are not supported, because every member of every generation is evaluated on "
+            "the same samples. Pass arrays (e.g. `np.concatenate` what the generator "
+            f"yields) or a finite `tf.data.Dataset`. Received: {argument}={value!r:.100}"
+        )
 
 
 def _first_true(mask):
@@ -303,6 +330,108 @@ def _check_whole_labels(values, name, loss):
         "integer labels, or for soft labels a loss such as `categorical_crossentropy` with "
         f"one-hot or probability targets. Received: {name}[{index}]={values[first].item()!r}"
     )
+
+
+def _model_outputs(model, sample):
+    """The model's outputs, flat: symbolic ones, or those of a call on `sample`."""
+    import keras
+
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if not outputs:
+        outputs = model(sample, training=False)
+    return keras.tree.flatten(outputs)
+
+
+def _builtin_loss(loss):
+    """`loss` as Keras' own loss (function or `Loss` instance), or None for a loss of the
+    user's (whose target shapes may be anything)."""
+    import keras
+
+    if isinstance(loss, str):
+        try:
+            loss = keras.losses.get(loss)
+        except (ValueError, TypeError):
+            return None
+    module = getattr(type(loss) if isinstance(loss, keras.losses.Loss) else loss,
+                     "__module__", "") or ""
+    if not module.startswith("keras.") or "ctc" in _loss_name(loss).lower():
+        return None
+    return loss
+
+
+def _shapes_match(expected, received):
+    """Sample shapes that a Keras loss pairs up (trailing axes of size 1 aside)."""
+    expected, received = (list(shape) for shape in (expected, received))
+    while expected and expected[-1] == 1:
+        expected.pop()
+    while received and received[-1] == 1:
+        received.pop()
+    return len(expected) == len(received) and all(
+        e is None or e == r for e, r in zip(expected, received))
+
+
+def check_target_shapes(model, sample, targets, argument):
+    """Fails when targets are shaped unlike what the compiled loss needs of the model's
+    outputs, before any work (inside the compiled population call the error would be the
+    backend's, and on JAX it names shapes of one member).
+
+    Checked for Keras' own losses: sparse categorical cross-entropy takes one class index
+    per output position (the output's shape without its last axis), the others a target
+    shaped like the output (trailing axes of size 1 aside). Losses of your own, and
+    structures of targets that do not pair up with the outputs, are not checked.
+
+    Args:
+        model: the built, compiled model.
+        sample: a batch of inputs, used only when the model has no symbolic outputs.
+        targets: the training targets (an array, or a dict/list for several outputs).
+        argument: where the targets came from, for messages (`y`, or `x` for a dataset).
+    """
+    loss = getattr(model, "loss", None)
+    if targets is None or loss is None:
+        return
+    outputs = _model_outputs(model, sample)
+    try:
+        names = list(model.output_names)
+    except (AttributeError, ValueError):
+        names = []
+
+    def loss_of(i):
+        if isinstance(loss, dict):
+            return loss.get(names[i]) if i < len(names) else None
+        if isinstance(loss, (list, tuple)):
+            return loss[i] if i < len(loss) else None
+        return loss
+
+    if not is_structure(targets):
+        pairs = [(argument, targets, 0)] if len(outputs) == 1 else []
+    elif isinstance(targets, dict):
+        pairs = [(f"{argument}[{name!r}]", targets[name], i) for i, name in enumerate(names)
+                 if name in targets and i < len(outputs)]
+    else:
+        pairs = ([(f"{argument}[{i}]", t, i) for i, t in enumerate(targets)]
+                 if len(targets) == len(outputs) else [])
+    for name, values, i in pairs:
+        output_loss = _builtin_loss(loss_of(i))
+        if output_loss is None or is_structure(values):
+            continue
+        output = tuple(outputs[i].shape[1:])
+        received = tuple(np.shape(values)[1:])
+        sparse, _ = _sparse_loss_ignore_class(loss_of(i))
+        expected = output[:-1] if sparse else output
+        if _shapes_match(expected, received):
+            continue
+        part = "" if name == "y" or name.startswith("y[") else " (its targets)"
+        need = ("one integer class index per output position: the output's shape without "
+                "its last axis, the classes" if sparse else "the shape of the output")
+        raise ValueError(
+            f"The targets `{name}`{part} do not match the model's output for the loss "
+            f"{_loss_name(loss_of(i))}: each target must have shape {expected} ({need}), "
+            f"the model's output having shape {output} per sample. Received: {name} with "
+            f"target shape {received}"
+        )
 
 
 def check_sparse_labels(model, sample, labels):

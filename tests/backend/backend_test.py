@@ -1,6 +1,12 @@
 """Tests for the backend function set (keras_lrne.backend)."""
 
+import os
+import subprocess
+import sys
+
+import keras
 import numpy as np
+import pytest
 from keras import ops
 
 from keras_lrne import backend
@@ -49,3 +55,37 @@ def test_map_chunks_maps_in_order_and_matches_a_direct_map():
         lambda chunk: ops.sum(chunk[0], axis=-1) * chunk[1], [a, b], (3,)))
     expected = stacked[0].sum(-1) * stacked[1]
     np.testing.assert_allclose(bk.to_numpy(fn(*stacked)), expected)
+
+
+_SIX_RUNS = """
+import logging
+import keras, numpy as np, keras_lrne
+from keras_lrne.strategies import GA, OpenES
+
+messages = []
+handler = logging.Handler()
+handler.emit = lambda record: messages.append(record.getMessage())
+logging.getLogger("tensorflow").addHandler(handler)
+x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+for run in range(6):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    strategy = GA(4, 1) if run % 2 else OpenES(4, sigma=0.1, learning_rate=0.1)
+    keras_lrne.evolve(model, x, x[:, :1], strategy=strategy, generations=2, seed=run,
+                      verbose=0)
+print("TRACING WARNINGS", sum("retracing" in m for m in messages))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.config.backend() != "tensorflow",
+                    reason="TensorFlow's tf.function retracing warning")
+def test_many_runs_in_one_process_do_not_warn_about_retracing():
+    # In a fresh process: TensorFlow warns at most twice per function it counts, so
+    # earlier tests in this process could have used the warnings up.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    result = subprocess.run([sys.executable, "-c", _SIX_RUNS], env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "TRACING WARNINGS 0" in result.stdout, result.stdout + result.stderr[-4000:]
+    assert "retracing" not in result.stderr

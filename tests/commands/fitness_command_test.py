@@ -41,6 +41,25 @@ OBJECTIVE = textwrap.dedent('''
         return float(np.mean(np.argmax(model(x), axis=-1) == y))
 
 
+    def build_two_inputs():
+        keras.utils.set_random_seed(0)
+        a, b = keras.Input((4,), name="a"), keras.Input((2,), name="b")
+        return keras.Model([a, b], keras.layers.Dense(1)(keras.layers.Concatenate()([a, b])))
+
+
+    def two_inputs():  # a list: the model's two inputs, not (x, y)
+        x, _ = load_data()
+        return [x, x[:, :2]]
+
+
+    def mean_output(outputs):
+        return keras.ops.mean(outputs)
+
+
+    def a_scalar():
+        return 3.0
+
+
     not_a_function = 3
 ''')
 
@@ -84,7 +103,19 @@ def test_a_python_fitness_from_a_file_path(objective, tmp_path):
     assert summary["function"].endswith("python_accuracy")
 
 
+def test_a_list_from_data_is_the_inputs_of_a_two_input_model(objective, tmp_path):
+    out = tmp_path / "out"
+    assert run("my_objective:mean_output", "--model", "my_objective:build_two_inputs",
+               "--data", "my_objective:two_inputs", "--generations", "2",
+               "--output", str(out)) == 0
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["generations"] == 2
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["my_objective:accuracy", "--model", "my_objective:build_model", "--data",
+      "my_objective:a_scalar"], r"--data.*my_objective:a_scalar' returned float 3\.0, not "
+     r"data.*tuple \(x, y\)"),
     (["my_objective:accuracy", "--model", "my_objective:build_model"],
      "needs --data MODULE:FUNCTION"),
     (["my_objective:python_accuracy", "--model", "my_objective:build_model", "--per-member",

@@ -173,10 +173,15 @@ class BrokenReset(Drifting):
 
 def fitting_fitness(model):
     """A Python fitness (defined here: Ray ships it by value); members whose first kernel
-    entry is positive raise, so failures are named from the workers too."""
+    entry is large raise, and some return NaN or a string, so failures are named from the
+    workers too."""
     kernel = np.asarray(model.trainable_variables[0])
     if kernel[0, 0] > 0.5:
         raise ValueError(f"kernel[0, 0]={kernel[0, 0]:.3f}")
+    if kernel[0, 0] < -0.7:
+        return float("nan")
+    if kernel[0, 0] < -0.6:
+        return "0.5"
     x = np.linspace(-1, 1, 24, dtype="float32").reshape(6, 4)
     return float(-np.mean((model.predict(x, verbose=0)[:, 0] - x[:, 0]) ** 2))
 
@@ -192,9 +197,14 @@ def test_a_python_fitness_gives_the_same_run_on_two_workers(local_ray):
                 model, keras_lrne.tasks.Fitness(fitting_fitness, per_member=True),
                 strategy=GA(12, 3, mutation_rate=0.5), generations=3, seed=5, verbose=0,
                 distribution=distribution)
-        warned = [str(w.message) for w in caught if "fitness function raised" in str(w.message)]
+        warned = [str(w.message) for w in caught if "fitness function failed" in str(w.message)]
+        # Generation 0's first kernel entries: which members raise, or return NaN or text.
+        first = [keras_lrne.engine.rebuild_member(model, 0, m)[0][0, 0] for m in range(12)]
         runs.append((history.history, warned, [np.asarray(v) for v in model.trainable_variables]))
     (one, one_warned, one_weights), (two, two_warned, two_weights) = runs
+    not_numbers = sum(k < -0.6 for k in first)
+    assert not_numbers > 0
+    assert one["failed_members"][0] == sum(k > 0.5 for k in first) + not_numbers
     for key in ("fitness", "mean_fitness", "median_fitness", "failed_members", "loss"):
         assert one[key] == two[key], key
     assert sum(one["failed_members"]) > 0 and one_warned == two_warned

@@ -5,6 +5,8 @@ materialised forward; LoRA evolution changes the adapters only; runs resume and 
 bit-exactly.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -62,6 +64,31 @@ def test_perturbation_rank_is_validated_and_round_trips():
     es = OpenES(8, perturbation_rank=3)
     assert OpenES.from_config(es.get_config()).config == es.config
     assert OpenES(8).config.perturbation_rank is None
+
+
+def test_a_rank_above_a_variables_smaller_side_is_capped_with_one_warning():
+    es = OpenES(4, perturbation_rank=100000)
+    with pytest.warns(UserWarning, match=r"perturbation_rank=100000\) is above min\(m, n\) "
+                      r"of 2 variables.*variable_0 \(4, 8\): rank 4; variable_2 "
+                      r"\(3, 3, 2, 5\): rank 5") as record:
+        state = es.init([(4, 8), 8, (3, 3, 2, 5)], seed=0)
+    assert len([w for w in record if "perturbation_rank" in str(w.message)]) == 1
+    assert record[0].filename == __file__
+    population, _ = es.ask(state)
+    assert population[0].left.shape == (5, 4, 4) and population[0].right.shape == (5, 8, 4)
+    assert population[2].left.shape == (5, 18, 5)
+    # The capped noise is rank min(m, n) noise: the same members as asking for that rank.
+    members = []
+    for rank in (100000, 4):
+        es = OpenES(4, perturbation_rank=rank)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            members.append(_numpy(genome.materialize(es.ask(es.init([(4, 8)], seed=3))[0])))
+    np.testing.assert_array_equal(members[0][0], members[1][0])
+    # A rank every variable allows: no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OpenES(4, perturbation_rank=4).init([(4, 8), (3, 3, 2, 5)], seed=0)
 
 
 def test_low_rank_open_es_descends_a_matrix_objective_without_a_model():

@@ -1,14 +1,30 @@
 """TensorFlow implementation of the backend function set (see `keras_lrne.backend`)."""
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
 NAME = "tensorflow"
 
 
+def tf_function(fn, jit_compile=None):
+    """`tf.function(fn)` (no autograph, exact shapes), counted apart from other runs' functions.
+
+    TensorFlow warns about "retracing" when one Python function is traced 5 times in its
+    last 10 calls, and it counts the calls of every `tf.function` made from the same code
+    object together: the fresh closures of every `evolve()` run (one trace each) add up,
+    and from the fifth run in a process each run printed two warnings. Wrapped in a
+    `functools.partial` (which has no code object), each compiled function is counted on
+    its own, so a real retrace of one run's function still warns.
+    """
+    return tf.function(functools.partial(fn), jit_compile=jit_compile, autograph=False,
+                       reduce_retracing=False)
+
+
 def compile(fn):
     """Compiles `fn` with XLA; a fixed signature of tensors never retraces."""
-    return tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=False)
+    return tf_function(fn, jit_compile=True)
 
 
 class _FixedSignature:
@@ -39,7 +55,7 @@ def compile_random(fn):
     (benchmarks/README.md), so this is a graph function without XLA; it still never
     retraces for a fixed signature.
     """
-    return tf.function(fn, jit_compile=False, autograph=False, reduce_retracing=False)
+    return tf_function(fn, jit_compile=False)
 
 
 def barrier(x):

@@ -64,7 +64,9 @@ def per_device(fn, handle, sharded, rows=None):
     given whole to every replica. `fn` (XLA-compiled) returns a tensor whose leading axis
     is concatenated in replica order.
     """
-    body = tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=False)
+    from keras_lrne.backend.tensorflow import tf_function
+
+    body = tf_function(fn, jit_compile=True)
     strategy, count = handle.strategy, handle.size
 
     def run(*args):
@@ -91,7 +93,7 @@ def per_device(fn, handle, sharded, rows=None):
         out = strategy.run(replica)
         return tf.concat(strategy.experimental_local_results(out), axis=0)
 
-    return tf.function(run, autograph=False, reduce_retracing=False)
+    return tf_function(run)
 
 
 #: Reductions for which Keras divides a loss by the replica count inside a replica.
