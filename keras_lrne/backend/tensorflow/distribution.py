@@ -55,16 +55,19 @@ def _pad(values, rows):
     return tf.concat([values] * repeats, axis=0)[:rows]
 
 
-def per_device(fn, handle, sharded, rows=None):
+def per_device(fn, handle, sharded, rows=None, expands=False):
     """Compiles `fn` to run in every replica of `handle` on its slice of the population.
 
     Arguments flagged in `sharded` (tensors or lists of tensors with a leading population
     axis) are padded to `rows` rows by repeating members (`rows` a multiple of the
     replica count; None: no padding) and split along that axis; the other arguments are
-    given whole to every replica. `fn` (XLA-compiled) returns a tensor whose leading axis
-    is concatenated in replica order.
+    given whole to every replica. `fn` (XLA-compiled; with `expands`, a graph function
+    that expands members and calls XLA-compiled chunk evaluations, see
+    `compile_expanding`) returns a tensor whose leading axis is concatenated in replica
+    order.
     """
-    body = tf.function(fn, jit_compile=True, autograph=False, reduce_retracing=False)
+    body = tf.function(fn, jit_compile=not expands, autograph=False,
+                       reduce_retracing=False)
     strategy, count = handle.strategy, handle.size
 
     def run(*args):
