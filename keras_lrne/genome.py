@@ -266,10 +266,10 @@ class PopulationRecipe:
     records (not on which other members are expanded with it), so chunks, devices and
     Ray workers all build the same members bit for bit.
 
-    For code that wants dense tensors, a recipe also behaves like the list a strategy
-    used to return: `len(recipe)`, `recipe[j]` and iteration give the dense
-    `(P, *shape)` tensor of each variable (materialised once, on first use:
-    `materialize()`).
+    For code that wants the members themselves, a recipe also behaves like the list a
+    strategy used to return: `len(recipe)`, `recipe[j]` and iteration give each
+    variable's entry for every member, a `(P, *shape)` tensor or a `LowRankMembers`
+    (expanded once, on first use); `materialize()` gives dense tensors only.
 
     Args:
         expand: `expand(shared, *records) -> population`: a list with one entry per
@@ -303,7 +303,7 @@ class PopulationRecipe:
             raise ValueError("Received no `records`: a recipe needs at least one array "
                              "with one row per member. Received: records=()")
         self.host = bool(host)
-        self._dense = None
+        self._expanded = self._dense = None
 
     @property
     def size(self):
@@ -319,20 +319,26 @@ class PopulationRecipe:
             return list(self.expand(self.shared, *records))
         return list(_compiled(self.expand)(self.shared, *records))
 
+    def expanded(self):
+        """Every member, one entry per variable (`rows` of all members; cached)."""
+        if self._expanded is None:
+            self._expanded = self.rows(np.arange(self.size))
+        return self._expanded
+
     def materialize(self):
         """The dense `(P, *shape)` tensors of every member (cached)."""
         if self._dense is None:
-            self._dense = materialize(self.rows(np.arange(self.size)))
+            self._dense = materialize(self.expanded())
         return self._dense
 
     def __len__(self):
-        return len(self.materialize())
+        return len(self.expanded())
 
     def __getitem__(self, index):
-        return self.materialize()[index]
+        return self.expanded()[index]
 
     def __iter__(self):
-        return iter(self.materialize())
+        return iter(self.expanded())
 
     def __repr__(self):
         return (f"PopulationRecipe(size={self.size}, shared={len(self.shared)} tensors, "

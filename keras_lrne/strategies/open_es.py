@@ -347,7 +347,9 @@ class OpenES(Strategy):
         optimizer, variables = self._make_optimizer(specs)
         operators_ = self._compile(specs, optimizer, variables)
         mean = [ops.convert_to_tensor(v) for v in genome.initial_member(specs, seed, 0)]
-        values = [ops.convert_to_tensor(v.value) for v in optimizer.variables]
+        # Host copies: tensors, not the optimizer's variables (a compiled `update` called
+        # with variables would be traced again once it is called with its own outputs).
+        values = [ops.convert_to_tensor(ops.convert_to_numpy(v)) for v in optimizer.variables]
         # The optimizer object stays referenced by the compiled `update`.
         return operators_, mean, values, optimizer
 
