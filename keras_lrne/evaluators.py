@@ -218,7 +218,10 @@ class SupervisedEvaluator(Evaluator):
     def evaluate(self, population, generation, progress=None):
         """Returns `(losses, logs)`: one mean loss per member, and the generation's logs."""
         x, y = self.data(generation)
-        lrne_backend.get().block(population)  # the strategy may still run asynchronously
+        # The strategy may still run asynchronously.
+        lrne_backend.get().block(population.shared
+                                 if isinstance(population, genome.PopulationRecipe)
+                                 else population)
         start = time.perf_counter()
         losses = self._losses(population, generation, x, y, progress)
         seconds = max(time.perf_counter() - start, 1e-9)

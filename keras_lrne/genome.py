@@ -23,6 +23,7 @@ Example:
 
 import dataclasses
 import math
+import weakref
 from typing import NamedTuple
 
 import keras
@@ -250,9 +251,134 @@ class LowRankMembers(NamedTuple):
         return self.mean.dtype
 
 
+class PopulationRecipe:
+    """A population given by what makes its members, not by their weights.
+
+    A member of the paper's GA is (parent, seed), one of OpenES is (noise seed, sign):
+    a recipe holds the weights every member shares (the GA's survivors, OpenES's mean)
+    and, per member, the few numbers that make it (`records`). `Strategy.ask` returns
+    one; the engine's compiled evaluation expands it one chunk of members at a time
+    inside the compiled call, evaluates the chunk and drops it, so nothing of size
+    `P x (number of weights)` ever exists (see `docs/low_rank.md`).
+
+    Member `i` is `expand(shared, *[r[i:i + 1] for r in records])`: `expand` builds the
+    members whose records it is given, and a member's values depend only on its own
+    records (not on which other members are expanded with it), so chunks, devices and
+    Ray workers all build the same members bit for bit.
+
+    For code that wants the members themselves, a recipe also behaves like the list a
+    strategy used to return: `len(recipe)`, `recipe[j]` and iteration give each
+    variable's entry for every member, a `(P, *shape)` tensor or a `LowRankMembers`
+    (expanded once, on first use); `materialize()` gives dense tensors only.
+
+    Args:
+        expand: `expand(shared, *records) -> population`: a list with one entry per
+            evolvable variable, a `(members, *shape)` tensor or a `LowRankMembers`.
+            It is traced inside compiled functions (`keras.ops` and
+            `keras_lrne.backend` only), unless `host` is True. Keep one function object
+            per run: the engine compiles once per `expand`.
+        shared: a list of tensors shared by every member.
+        records: a tuple of arrays with one row per member (leading axis `P`).
+        host: True when `expand` is a host (Python/numpy) function that cannot be
+            traced (e.g. the GA's initial population, drawn by the layers' own
+            initializers): it is then called per chunk outside the compiled call.
+
+    Example:
+
+    >>> recipe, state = strategy.ask(state)
+    >>> recipe.size                       # members
+    >>> first_two = recipe.rows([0, 1])    # their weights, one entry per variable
+    """
+
+    def __init__(self, expand, shared, records, host=False):
+        if not callable(expand):
+            raise ValueError(
+                "Received an invalid value for `expand`, expected a function "
+                f"`expand(shared, *records)`. Received: expand={expand!r}"
+            )
+        self.expand = expand
+        self.shared = list(shared)
+        self.records = tuple(records)
+        if not self.records:
+            raise ValueError("Received no `records`: a recipe needs at least one array "
+                             "with one row per member. Received: records=()")
+        self.host = bool(host)
+        self._expanded = self._dense = None
+
+    @property
+    def size(self):
+        """The number of members `P`."""
+        return int(self.records[0].shape[0])
+
+    def rows(self, members):
+        """The members `members` (indices) as a population: one entry per variable,
+        a `(len(members), *shape)` tensor or a `LowRankMembers`."""
+        members = np.asarray(members, np.int32).reshape(-1)
+        records = [_take_rows(r, members) for r in self.records]
+        if self.host:
+            return list(self.expand(self.shared, *records))
+        return list(_compiled(self.expand)(self.shared, *records))
+
+    def expanded(self):
+        """Every member, one entry per variable (`rows` of all members; cached)."""
+        if self._expanded is None:
+            self._expanded = self.rows(np.arange(self.size))
+        return self._expanded
+
+    def materialize(self):
+        """The dense `(P, *shape)` tensors of every member (cached)."""
+        if self._dense is None:
+            self._dense = materialize(self.expanded())
+        return self._dense
+
+    def __len__(self):
+        return len(self.expanded())
+
+    def __getitem__(self, index):
+        return self.expanded()[index]
+
+    def __iter__(self):
+        return iter(self.expanded())
+
+    def __repr__(self):
+        return (f"PopulationRecipe(size={self.size}, shared={len(self.shared)} tensors, "
+                f"records={len(self.records)}, host={self.host})")
+
+
+def _take_rows(values, members):
+    if isinstance(values, np.ndarray):
+        return values[members]
+    return ops.take(values, ops.convert_to_tensor(members), axis=0)
+
+
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled(expand):
+    """`expand` compiled for use outside the engine's evaluation (cached)."""
+    compiled = _COMPILED.get(expand)
+    if compiled is None:
+        from keras_lrne import backend as lrne_backend
+
+        compiled = _COMPILED[expand] = lrne_backend.get().compile_random(
+            lambda shared, *records: expand(shared, *records))
+    return compiled
+
+
+def population_size(population):
+    """The number of members of a population: a `PopulationRecipe`, or a list of
+    `(P, *shape)` tensors / `LowRankMembers`."""
+    if isinstance(population, PopulationRecipe):
+        return population.size
+    first = population[0]
+    return int(first.shape[0])
+
+
 def materialize(population):
     """The dense population tensors `(P, *shape)` of a population whose entries may be
-    `LowRankMembers` (dense entries pass unchanged)."""
+    `LowRankMembers` (dense entries pass unchanged), or of a `PopulationRecipe`."""
+    if isinstance(population, PopulationRecipe):
+        return population.materialize()
     dense = []
     for entry in population:
         if isinstance(entry, LowRankMembers):

@@ -276,6 +276,9 @@ class PopulationFunctions:
         bk = lrne_backend.get()
         self._backend = bk
         self.evaluate = self.evaluate_group = None
+        self._population_size = population_size
+        # Compiled recipe evaluations, per (recipe `expand`, members per call).
+        self._recipe_functions = {}
         if self._loss_fn is None:
             return
         # Each run compiles its own functions, traced once; the backend keeps TensorFlow
@@ -290,11 +293,16 @@ class PopulationFunctions:
                                     [self.group_size, *v.shape[1:]]), population)
             return self._evaluate(group, means, *args)
 
+        def chunk(members, means, *args):
+            self.trace_counts["evaluate"] += 1
+            return self._chunk_losses(members, means, *args)
+
+        # One chunk of expanded members: compiled alone (a host recipe's chunks) and
+        # called from the recipe evaluations (XLA inside their graph on TensorFlow).
+        self._chunk = bk.compile_chunk(chunk)
         compiled = bk.compile(evaluate)
-        # A population may hold `LowRankMembers` entries: the compiled functions take
-        # their per-member factors (split along the member axis) and shared means apart.
-        self.evaluate = lambda population, *args: compiled(*split_population(population),
-                                                           *args)
+        self._dense_evaluate = compiled
+        self.evaluate = self._evaluate_any
         if self.group_size is None:
             return
         if distribution is None:
@@ -304,8 +312,84 @@ class PopulationFunctions:
             compiled_group = bk.per_device(
                 evaluate_group, distribution.handle,
                 (True, False, False, False, False, False, False), rows=rows)
-        self.evaluate_group = lambda population, *args: compiled_group(
-            *split_population(population), *args)
+        self._dense_group = compiled_group
+        self.evaluate_group = self._evaluate_group_any
+
+    # -- dispatch: dense populations and recipes ------------------------------------
+    def _evaluate_any(self, population, *args):
+        """`evaluate`: the losses of every member of `population` (a list of tensors,
+        `LowRankMembers` entries allowed, or a `keras_lrne.genome.PopulationRecipe`)."""
+        if isinstance(population, genome.PopulationRecipe):
+            if population.host:
+                return self._host_losses(population, np.arange(population.size), *args)
+            fn = self._recipe_function(population.expand, population.size)
+            return fn(population.shared, list(population.records),
+                      np.asarray(0, np.int32), *args)
+        # A population may hold `LowRankMembers` entries: the compiled functions take
+        # their per-member factors (split along the member axis) and shared means apart.
+        return self._dense_evaluate(*split_population(population), *args)
+
+    def _evaluate_group_any(self, population, start, *args):
+        """`evaluate_group` (see the class docstring), for a dense population or a
+        recipe (whose members are expanded chunk by chunk inside the compiled call)."""
+        if isinstance(population, genome.PopulationRecipe):
+            if population.host:
+                return self._host_group(population, int(start), *args)
+            fn = self._recipe_function(population.expand, self.group_size, group=True)
+            return fn(population.shared, list(population.records),
+                      np.asarray(start, np.int32), *args)
+        return self._dense_group(*split_population(population), start, *args)
+
+    def _recipe_function(self, expand, rows, group=False):
+        """The compiled evaluation of `rows` members of a recipe made by `expand`,
+        from member `start` (of every device's share with a distribution)."""
+        key = (expand, rows, group)
+        fn = self._recipe_functions.get(key)
+        if fn is not None:
+            return fn
+        bk = self._backend
+
+        def evaluate_recipe(shared, records, start, *args):
+            records = [ops.slice(r, [start] + [0] * (len(r.shape) - 1),
+                                 [rows, *r.shape[1:]]) for r in records]
+            return self._evaluate_recipe(expand, shared, records, *args)
+
+        if group and self.distribution is not None:
+            total = self.num_devices * self.distribution.members_per_device(
+                self._population_size)
+            fn = bk.per_device(evaluate_recipe, self.distribution.handle,
+                               (False, True, False, False, False, False, False),
+                               rows=total, expands=True)
+        else:
+            fn = bk.compile_expanding(evaluate_recipe)
+        self._recipe_functions[key] = fn
+        return fn
+
+    def _host_losses(self, recipe, members, frozen, non_trainable, x, y):
+        """The losses of `members` of a host recipe: each chunk expanded on the host,
+        then evaluated by the compiled chunk function (the last chunk padded)."""
+        chunk = min(self.chunk_size, len(members))
+        out = []
+        for begin in range(0, len(members), chunk):
+            rows = members[begin: begin + chunk]
+            padded = np.resize(rows, chunk)
+            values, means = split_population(recipe.rows(padded))
+            losses = self._backend.to_numpy(self._chunk(values, means, frozen,
+                                                        non_trainable, x, y))
+            out.append(losses[: len(rows)])
+        return np.concatenate(out)
+
+    def _host_group(self, recipe, start, *args):
+        """`evaluate_group` of a host recipe, laid out as the compiled groups are: for
+        each device, its members `start .. start + group_size - 1`."""
+        per_device = (self.distribution.members_per_device(self._population_size)
+                      if self.distribution is not None else recipe.size)
+        parts = []
+        for device in range(self.num_devices):
+            rows = device * per_device + np.arange(start, start + self.group_size)
+            parts.append(self._host_losses(recipe, np.minimum(rows, recipe.size - 1),
+                                           *args))
+        return np.concatenate(parts)
 
     # -- helpers -------------------------------------------------------------------
     def _plan_low_rank(self, model):
@@ -377,12 +461,57 @@ class PopulationFunctions:
         if padded != size:
             population = keras.tree.map_structure(
                 lambda v: ops.concatenate([v, v[: padded - size]], axis=0), population)
-        patched = self._patched_layers(population)
+
+        def chunk_losses(members):
+            return self._chunk_losses(members, means, frozen, non_trainable, x, y)
+
+        if num_chunks == 1:
+            losses = chunk_losses(population)
+        else:
+            stacked = keras.tree.map_structure(
+                lambda v: ops.reshape(v, (num_chunks, chunk) + tuple(v.shape[1:])), population)
+            losses = self._backend.map_chunks(chunk_losses, stacked, (chunk,))
+        return ops.reshape(losses, (-1,))[:size]
+
+    def _evaluate_recipe(self, expand, shared, records, frozen, non_trainable, x, y):
+        """The losses of the members `records` describe: each chunk of
+        `chunk_size` members is expanded from `shared` by `expand`, evaluated and
+        dropped (the last chunk is padded with the first members)."""
+        size = int(records[0].shape[0])
+        chunk = min(self.chunk_size, size)
+        num_chunks = -(-size // chunk)
+        padded = num_chunks * chunk
+        if padded != size:
+            records = [ops.concatenate([r, r[: padded - size]], axis=0) for r in records]
+        bk = self._backend
+
+        def chunk_losses(chunk_records):
+            members, means = split_population(expand(shared, *chunk_records))
+            # The members exactly as expanded (no fusion into the evaluation).
+            members = bk.barrier(members)
+            return self._chunk(members, means, frozen, non_trainable, x, y)
+
+        if num_chunks == 1:
+            losses = chunk_losses(records)
+        else:
+            stacked = [ops.reshape(r, (num_chunks, chunk) + tuple(r.shape[1:]))
+                       for r in records]
+            losses = bk.map_chunks(chunk_losses, stacked, (chunk,))
+        return ops.reshape(losses, (-1,))[:size]
+
+    def _chunk_losses(self, members, means, frozen, non_trainable, x, y):
+        """The mean loss of each member of one chunk over every batch of `x`: inside,
+        one vectorised (`keras.ops.vectorized_map`) `stateless_call` of all the
+        chunk's members per batch."""
+        members = list(members)
+        means = list(means)
+        chunk = keras.tree.flatten(members)[0].shape[0]
+        patched = self._patched_layers(members)
         num_batches = keras.tree.flatten(x)[0].shape[0]
         # `stateless_call` forwards keyword arguments to `call()` as they are.
         kwargs = {"training": False} if getattr(self.model, "_call_has_training_arg", True) else {}
 
-        def batch_losses(members, xb, yb):
+        def batch_losses(xb, yb):
             def member_loss(member):
                 values, deltas = self._member_values(member, means)
                 trainable = self.assemble(values, frozen)
@@ -394,23 +523,14 @@ class PopulationFunctions:
             with _vectorized.member_calls(), _low_rank.patched_calls(patched):
                 return ops.vectorized_map(member_loss, members)
 
-        def chunk_losses(members):
-            if num_batches == 1:
-                return batch_losses(members, batch(x, 0), batch(y, 0))
+        if num_batches == 1:
+            return batch_losses(batch(x, 0), batch(y, 0))
 
-            def body(k, total):
-                return total + batch_losses(members, batch(x, k), batch(y, k))
+        def body(k, total):
+            return total + batch_losses(batch(x, k), batch(y, k))
 
-            total = ops.fori_loop(0, num_batches, body, ops.zeros((chunk,), "float32"))
-            return total / num_batches
-
-        if num_chunks == 1:
-            losses = chunk_losses(population)
-        else:
-            stacked = keras.tree.map_structure(
-                lambda v: ops.reshape(v, (num_chunks, chunk) + tuple(v.shape[1:])), population)
-            losses = self._backend.map_chunks(chunk_losses, stacked, (chunk,))
-        return ops.reshape(losses, (-1,))[:size]
+        total = ops.fori_loop(0, num_batches, body, ops.zeros((chunk,), "float32"))
+        return total / num_batches
 
 
 def estimate_bytes_per_member_sample(model, x_sample):

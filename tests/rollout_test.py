@@ -63,7 +63,8 @@ def test_all_members_share_episode_seeds():
                  verbose=0)
     evaluator = model.evolution_run.evaluator.rollout
     state = model.evolution_state
-    same = [keras.ops.repeat(v[:1], 4, axis=0) for v in state.population]
+    population = model.evolution_run.strategy.ask(state)[0]
+    same = [keras.ops.repeat(v[:1], 4, axis=0) for v in population]
     _losses, returns, _ = evaluator.evaluate(same, generation=3)
     assert len(set(np.round(returns, 6).tolist())) == 1
 
@@ -123,7 +124,7 @@ def test_episode_steps_per_member_episode():
     task = EarlyStop("CartPole-v1", episodes=2, max_episode_steps=50)
     model, _ = run(task, generations=1, strategy=GA(4, 1))
     rollout = model.evolution_run.evaluator.rollout
-    population = model.evolution_state.population
+    population = model.evolution_run.strategy.ask(model.evolution_state)[0]
     _losses, _returns, logs = rollout.evaluate(population, generation=1)
     assert rollout.episode_steps.shape == (4 * 2,)
     assert int(rollout.episode_steps.sum()) == logs["env_steps"]

@@ -9,6 +9,10 @@ the small function set every backend module provides:
   cheapest call; on TensorFlow a call with another signature raises an error).
 - `compile_random(fn)`: compile a function dominated by random-number generation (the
   fastest way for the backend; not XLA on TensorFlow CPU).
+- `compile_expanding(fn)`: compile a function that expands population members from a
+  recipe (seeds: random kernels) and evaluates them chunk by chunk with functions made
+  by `compile_chunk(fn)` (on TensorFlow: a graph around XLA chunk evaluations, so that
+  members are drawn by the same kernels as everywhere else; on JAX: one `jax.jit`).
 - `map_chunks(fn, stacked, out_shape)`: a sequential map over the leading axis.
 - `seeded_normal(seeds, salt, shape, dtype)`: one standard-normal tensor of `shape` per
   entry of the int32 vector `seeds`, stacked to `(len(seeds), *shape)`; the values of row

@@ -74,8 +74,10 @@ class Strategy:
 
     - `_init(specs, seed) -> state`: the state of a new run. The state type must have the
       fields `generation`, `losses` and `best_loss`, which this class maintains.
-    - `_ask(state) -> (population, state)`: the members to evaluate, a list with one
-      `(members, *shape)` tensor per spec.
+    - `_ask(state) -> (population, state)`: the members to evaluate: a list with one
+      `(members, *shape)` tensor per spec, or a `keras_lrne.genome.PopulationRecipe`
+      (shared weights plus per-member records and the function that expands them:
+      what lets a population grow without its memory growing).
     - `_tell(state, losses) -> (state, logs)`: the next state from one loss per member
       (already sanitised: NaN and inf are +inf). `logs` may hold `"loss"`, the loss of
       the weights `best` returns (default: the lowest loss).
@@ -140,16 +142,22 @@ class Strategy:
     def ask(self, state):
         """Returns `(population, state)`: the members to evaluate next.
 
-        `population` is a list with one `(num_members, *shape)` tensor per variable.
+        `population` is a `keras_lrne.genome.PopulationRecipe` (the built-in
+        strategies: shared weights plus what makes each member, expanded by the engine
+        one chunk at a time inside its compiled evaluation), or a list with one
+        `(num_members, *shape)` tensor per variable. A recipe also indexes like that
+        list (`population[j]` materialises variable `j`).
         """
         population, state = self._ask(state)
-        size = int(population[0].shape[0])
+        size = genome.population_size(population)
         if size != self.num_members:
             raise ValueError(
                 f"{self.__class__.__name__}.ask returned {size} members, expected "
                 f"num_members={self.num_members}."
             )
-        return list(population), state
+        if not isinstance(population, genome.PopulationRecipe):
+            population = list(population)
+        return population, state
 
     def tell(self, state, losses):
         """Returns `(state, logs)` given one loss per member of the last `ask`.

@@ -25,20 +25,30 @@ class GAConfig:
 class GAState(NamedTuple):
     """State of a `GA` run.
 
+    A population is never held as weights: population 0 is `population_size`
+    independent initialisations (drawn from the run seed), and every later population
+    is its survivors plus, per member, the position of its parent among them and a
+    mutation seed (`ask` returns it as a `keras_lrne.genome.PopulationRecipe`).
+
     Attributes:
-        population: list of `(P, ...)` tensors, one per evolvable variable; after a
-            `tell`, the survivors (best first) then the children.
+        survivors: list of `(num_parents, ...)` tensors, one per evolvable variable:
+            the survivors of the last `tell`, best first (None before the first).
+        sources: for each member of the next population, the position among
+            `survivors` of the member it is made from (its own index in the initial
+            population before the first `tell`).
         generation: number of completed `tell` calls.
         seed: the run seed.
         losses: the last evaluated losses (sanitised, float64), or None.
         best_loss: best finite loss seen so far (inf before any).
-        parents: for each member of `population`, the index of the member of the previous
-            population it was made from (its own index in the initial population).
+        parents: for each member of the next population, the index of the member of
+            the previous population it was made from (its own index in the initial
+            population).
         seeds: for each member, the mutation seed applied to its parent, or -1 when it
             passed unchanged (survivors and initial members).
     """
 
-    population: list
+    survivors: list
+    sources: np.ndarray
     generation: int
     seed: int
     losses: object
@@ -62,6 +72,11 @@ class GA(Strategy):
     recorded as (parent index, seed), so any member can be rebuilt from the run seed and
     its chain (`model.rebuild_member`). After each generation the model holds the best
     survivor.
+
+    A member is its recipe: `ask` returns the survivors and each member's (parent
+    position, seed) as a `keras_lrne.genome.PopulationRecipe`, and the engine builds
+    each chunk of children inside its compiled evaluation, so memory does not grow with
+    the population beyond those records.
 
     (Normalization layers are frozen by `evolve(freeze_normalization=True)`; the paper's
     two-stage selection is a task setting, e.g. `CarRacing(reevaluate_top=...)`.)
@@ -103,7 +118,7 @@ class GA(Strategy):
                 ),
             )
         )
-        self._reproduce = None
+        self._rows = self._expand = self._initial = None
         #: Traces of the compiled operators (a run traces each once).
         self.trace_counts = {"reproduce": 0}
 
@@ -127,55 +142,20 @@ class GA(Strategy):
             for s in as_specs(specs)
         ]
 
-    def _sharded(self):
-        """The run's `PopulationParallel` (passed to `init`) when the population stays
-        split over its devices (JAX, a population that divides by the device count),
-        else None."""
-        active = getattr(self, "distribution", None)
-        if (active is not None and active.keeps_population_sharded
-                and active.shards_evenly(self.population_size)):
-            return active
-        return None
-
-    def _compile(self, specs, sharded=None):
-        """The compiled `reproduce(population, elite_idx, parent_idx, seeds)`; with
-        `sharded` (a `PopulationParallel`), one that makes every device's children on
-        that device."""
-        stds = np.concatenate([np.full((int(np.prod(s.shape)),), std, "float32")
-                               for s, std in zip(specs, self.noise_stds(specs))])
-        bk = lrne_backend.get()
-        if sharded is not None:
-            return self._compile_sharded(stds, sharded)
-        members = self._member_builder(stds)
-
-        def reproduce(population, elite_idx, parent_idx, seeds):
-            self.trace_counts["reproduce"] += 1
-            # The elites unchanged, then each child: its parent plus the noise of its seed
-            # (the rows `members` builds, as Ray workers and rebuilds do).
-            elites = int(elite_idx.shape[0])
-            source = ops.concatenate([ops.cast(elite_idx, "int32"),
-                                      ops.cast(parent_idx, "int32")], 0)
-            row_seeds = ops.concatenate([ops.full((elites,), -1, "int32"),
-                                         ops.cast(seeds, "int32")], 0)
-            return members(population, source, row_seeds, copies=elites)
-
-        return bk.compile_random(reproduce)
-
     def _member_builder(self, stds):
-        """`members(survivors, source, row_seeds, copies=None)`: row `i` is
-        `survivors[source[i]]`, plus the noise of `row_seeds[i]` unless it is negative.
-        The one implementation of a GA row: `reproduce` (one device or sharded), Ray
+        """`members(survivors, source, row_seeds)`: row `i` is `survivors[source[i]]`,
+        plus the noise of `row_seeds[i]` unless it is negative. The one implementation
+        of a GA row: the engine's expansion of each chunk, the survivors of `tell`, Ray
         workers' members and `rebuild` all build rows with it. Row `i`'s noise depends
-        only on `row_seeds[i]`, so any member can be re-created alone. With `copies` (a
-        Python int), the first `copies` rows are known to be copies (the survivors of
-        `reproduce`): no noise is drawn for them."""
+        only on `row_seeds[i]`, so any member can be re-created alone."""
         bk = lrne_backend.get()
 
-        def members(survivors, source, row_seeds, copies=None):
+        def members(survivors, source, row_seeds):
+            source = ops.cast(source, "int32")
+            row_seeds = ops.cast(row_seeds, "int32")
             shapes = [tuple(v.shape[1:]) for v in survivors]
             sizes = [int(np.prod(shape)) for shape in shapes]
-            drawn = row_seeds if copies is None else row_seeds[copies:]
-            noise = bk.barrier(bk.seeded_normal(ops.maximum(drawn, 0), 0,
+            noise = bk.barrier(bk.seeded_normal(ops.maximum(row_seeds, 0), 0,
                                                 (sum(sizes),), "float32"))
             noise = bk.barrier(noise * stds)
             unchanged = row_seeds < 0
@@ -183,54 +163,21 @@ class GA(Strategy):
             for values, shape, size in zip(survivors, shapes, sizes):
                 piece = ops.reshape(noise[:, offset: offset + size], (-1, *shape))
                 offset += size
-                if copies is None:
-                    base = ops.take(values, source, axis=0)
-                    keep = ops.reshape(unchanged, (-1,) + (1,) * len(shape))
-                    new.append(ops.where(keep, base, base + ops.cast(piece, values.dtype)))
-                else:
-                    kept = ops.take(values, source[:copies], axis=0)
-                    base = ops.take(values, source[copies:], axis=0)
-                    new.append(ops.concatenate(
-                        [kept, base + ops.cast(piece, values.dtype)], 0))
+                base = ops.take(values, source, axis=0)
+                keep = ops.reshape(unchanged, (-1,) + (1,) * len(shape))
+                new.append(ops.where(keep, base, base + ops.cast(piece, values.dtype)))
             return new
         return members
 
-    def _compile_sharded(self, stds, distribution):
-        """`reproduce` for a population sharded over `distribution`'s devices.
-
-        Only the survivors move: they are gathered onto every device, and each device
-        makes the members it holds (survivors pass unchanged, children are their
-        parent plus the noise of their seed), with `_member_builder`.
-        """
-        bk = lrne_backend.get()
-        handle = distribution.handle
-        num_parents = self.num_parents
-        local = bk.per_device(self._member_builder(stds), handle, (False, True, True))
-
-        def reproduce(population, elite_idx, parent_idx, seeds):
-            self.trace_counts["reproduce"] += 1
-            survivors = [bk.replicate(ops.take(v, elite_idx, axis=0), handle)
-                         for v in population]
-            # Each child's parent, as a position among the survivors.
-            position = ops.argmax(ops.cast(ops.equal(ops.expand_dims(parent_idx, 1),
-                                                     ops.expand_dims(elite_idx, 0)), "int32"),
-                                  axis=1)
-            source = ops.concatenate([ops.arange(num_parents, dtype="int32"),
-                                      ops.cast(position, "int32")], 0)
-            row_seeds = ops.concatenate([ops.full((num_parents,), -1, "int32"),
-                                         ops.cast(seeds, "int32")], 0)
-            return local(survivors, source, row_seeds)
-
-        return bk.compile_random(reproduce)
+    def _stds(self, specs):
+        return np.concatenate([np.full((int(np.prod(s.shape)),), std, "float32")
+                               for s, std in zip(specs, self.noise_stds(specs))])
 
     # -- rows, for Ray workers (`keras_lrne.distribution.worker_protocol`) ------------------
     def row_builder(self, specs):
         """The (uncompiled) GA row operator of `specs`: `members(survivors, source,
-        row_seeds)` (see `_member_builder`), what `reproduce` builds rows with."""
-        specs = as_specs(specs)
-        stds = np.concatenate([np.full((int(np.prod(s.shape)),), std, "float32")
-                               for s, std in zip(specs, self.noise_stds(specs))])
-        return self._member_builder(stds)
+        row_seeds)` (see `_member_builder`), what every GA member is built with."""
+        return self._member_builder(self._stds(as_specs(specs)))
 
     def row_sources(self, parents, seeds, rows):
         """`(positions among the survivors, seeds)` of `rows` of the population that
@@ -243,16 +190,30 @@ class GA(Strategy):
         row_seeds = np.where(rows < self.num_parents, -1, seeds[rows]).astype(np.int32)
         return source, row_seeds
 
+    def _operators(self, specs, seed):
+        """The run's `(rows, expand, initial)`: the compiled row operator, the
+        expansion of a recipe's chunk (traced by the engine) and the host expansion of
+        initial members."""
+        builder = self._member_builder(self._stds(specs))
+
+        def expand(survivors, source, row_seeds):
+            self.trace_counts["reproduce"] += 1
+            return builder(survivors, source, row_seeds)
+
+        def initial(shared, members):
+            values = [genome.initial_member(specs, seed, int(m)) for m in np.asarray(members)]
+            return [ops.convert_to_tensor(np.stack([v[j] for v in values]))
+                    for j in range(len(values[0]))]
+
+        return lrne_backend.get().compile_random(builder), expand, initial
+
     def _init(self, specs, seed):
-        sharded = self._sharded()
-        self._reproduce = self._compile(specs, sharded)
+        self._rows, self._expand, self._initial = self._operators(specs, seed)
         size = self.population_size
         index = np.arange(size, dtype=np.int32)
-        population = genome.initial_population(specs, seed, size)
-        if sharded is not None:
-            population = lrne_backend.get().shard(population, sharded.handle)
         return GAState(
-            population=population,
+            survivors=None,
+            sources=index,
             generation=0,
             seed=seed,
             losses=None,
@@ -261,27 +222,47 @@ class GA(Strategy):
             seeds=np.full((size,), -1, np.int32),
         )
 
+    def _recipe(self, state):
+        if self._expand is None:
+            raise RuntimeError("Call `init()` before `ask()`: the GA is not initialised.")
+        if state.survivors is None:  # population 0: independent initialisations
+            return genome.PopulationRecipe(self._initial, [], (state.sources,), host=True)
+        return genome.PopulationRecipe(self._expand, state.survivors,
+                                       (state.sources, state.seeds))
+
     def _ask(self, state):
-        return state.population, state
+        return self._recipe(state), state
 
     def _tell(self, state, losses):
-        if self._reproduce is None:
+        if self._expand is None:
             raise RuntimeError("Call `init()` before `tell()`: the GA is not initialised.")
         size, num_parents = self.population_size, self.num_parents
         rng = operators.generation_rng(state.seed, state.generation)
         elites = operators.truncation_selection(losses, num_parents)
         parents = operators.uniform_parents(rng, elites, size - num_parents)
         seeds = operators.child_seeds(rng, size - num_parents)
-        population = self._reproduce(state.population, elites, parents, seeds)
+        # The survivors are the elites' rows as they were evaluated; each child is its
+        # parent's row (a position among them) plus the noise of its seed.
+        recipe = self._recipe(state)
+        if recipe.host:
+            survivors = recipe.rows(elites)
+        else:
+            survivors = self._rows(state.survivors, state.sources[elites],
+                                   state.seeds[elites])
+        position = np.argmax(parents[:, None] == elites[None, :], axis=1)
         state = state._replace(
-            population=list(population),
+            survivors=list(survivors),
+            sources=np.concatenate([np.arange(num_parents),
+                                    position]).astype(np.int32),
             parents=np.concatenate([elites, parents]).astype(np.int32),
             seeds=np.concatenate([np.full((num_parents,), -1, np.int32), seeds]),
         )
         return state, {"loss": float(losses[elites[0]])}
 
     def _best(self, state):
-        return [v[0] for v in state.population]
+        if state.survivors is None:  # before the first `tell`: the first member
+            return [v[0] for v in self._recipe(state).rows([0])]
+        return [v[0] for v in state.survivors]
 
     def record(self, state):
         return {"parents": state.parents, "seeds": state.seeds}
@@ -296,11 +277,11 @@ class GA(Strategy):
             )
         specs = as_specs(specs)
         root, chain = chain_of(records["parents"], records["seeds"], generation, member)
-        reproduce = self._compile(specs)
+        rows = lrne_backend.get().compile_random(self._member_builder(self._stds(specs)))
         values = [ops.convert_to_tensor(v[None]) for v in genome.initial_member(specs, seed, root)]
-        empty, zero = np.zeros((0,), np.int32), np.zeros((1,), np.int32)
+        zero = np.zeros((1,), np.int32)
         for child_seed in chain:
-            values = reproduce(values, empty, zero, np.asarray([child_seed], np.int32))
+            values = rows(values, zero, np.asarray([child_seed], np.int32))
         bk = lrne_backend.get()
         return [bk.to_numpy(v)[0] for v in values]
 

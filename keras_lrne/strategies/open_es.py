@@ -16,6 +16,9 @@ from keras_lrne.strategies.base import Strategy, as_specs
 
 FITNESS_SHAPINGS = ("centered_rank", "z_score", "none")
 _NOISE_SALT = 1
+#: Bytes of regenerated noise the update holds at once: its weighted sum runs over
+#: chunks of seeds of at most this size (one chunk for every population that fits).
+UPDATE_BUDGET_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +222,10 @@ class OpenES(Strategy):
         return layout
 
     def _compile(self, specs, optimizer, variables):
-        """The compiled `(sample, perturb, update)` operators of a run."""
+        """The run's operators `(expand, perturb, update)`: `expand(mean, seeds, signs)`
+        builds the members of those seeds and signs (traced by the engine inside its
+        evaluation; sign 0 is the mean itself), `perturb` is it compiled, and `update`
+        the compiled step of the mean."""
         bk = lrne_backend.get()
         stds = [float(s.init_std) for s in specs]
         layout = self._noise_layout(specs)
@@ -230,6 +236,10 @@ class OpenES(Strategy):
                                     for n, std, (*_, r) in zip(sizes, stds, layout)])
         scale = 1.0 / (self.population_size * sigma)
         antithetic, decay = self.config.antithetic, self.config.weight_decay
+        # Noise rows the update regenerates at once: one chunk (today's single product)
+        # unless the rows of every seed would exceed the budget.
+        chunk = max(1, UPDATE_BUDGET_BYTES // (4 * max(1, sum(sizes))))
+        chunk = min(chunk, self.num_noise)
 
         def member_noise(seeds):
             """The one implementation of OpenES noise: row `i`, a standard normal over
@@ -241,10 +251,11 @@ class OpenES(Strategy):
             return (ops.reshape(piece[:, : m * r], (-1, m, r)),
                     ops.reshape(piece[:, m * r:], (-1, n, r)))
 
-        def perturb(mean, seeds, signs):
-            noise = bk.barrier(member_noise(seeds))
+        def expand(mean, seeds, signs):
+            noise = bk.barrier(member_noise(ops.cast(seeds, "int32")))
             noise = bk.barrier(noise * noise_std)
             signs = ops.cast(signs, "float32")
+            is_mean = ops.equal(signs, 0.0)
             members, offset = [], 0
             for m_, (shape, m, n, r), size, std in zip(mean, layout, sizes, stds):
                 piece = noise[:, offset: offset + size]
@@ -252,53 +263,69 @@ class OpenES(Strategy):
                 if r:
                     left, right = factors(piece, m, n, r)
                     left = left * (signs * (sigma * std / math.sqrt(r)))[:, None, None]
+                    right = right * ops.cast(~is_mean, right.dtype)[:, None, None]
                     members.append(genome.LowRankMembers(
                         m_, ops.cast(left, m_.dtype), ops.cast(right, m_.dtype)))
                 else:
                     piece = ops.reshape(piece * signs[:, None], (-1, *shape))
-                    members.append(m_[None] + ops.cast(piece, m_.dtype))
+                    keep = ops.reshape(is_mean, (-1,) + (1,) * len(shape))
+                    members.append(ops.where(keep, m_[None],
+                                             m_[None] + ops.cast(piece, m_.dtype)))
             return members
 
-        def sample(mean, seeds, signs):
-            members = perturb(mean, seeds, signs)
-            if not self.config.mean_evaluation:
-                return members
-            out = []  # the mean is the last member
-            for p, m in zip(members, mean):
-                if isinstance(p, genome.LowRankMembers):
-                    zero = ops.zeros((1, *p.left.shape[1:]), p.left.dtype)
-                    out.append(genome.LowRankMembers(
-                        m, ops.concatenate([p.left, zero], 0),
-                        ops.concatenate([p.right, ops.zeros_like(p.right[:1])], 0)))
-                else:
-                    out.append(ops.concatenate([p, m[None]], 0))
-            return out
-
-        def update(mean, optimizer_values, seeds, weights):
-            # The gradient of the expected loss in units of each tensor's init std,
-            # estimated from the regenerated noise, then one optimizer step there.
+        def gradient(seeds, weights):
+            """`[sum_i w_i eps_i]` per tensor (full rank; for low rank
+            `sum_i w_i A_i B_i^T / sqrt(r)`), times `scale`."""
             eps = member_noise(seeds)
-            if antithetic:
-                weights = weights[0::2] - weights[1::2]
             flat = ops.matmul(weights[None, :], eps)[0] * scale
-            z = [m / std for m, std in zip(mean, stds)]
             grads, offset = [], 0
-            for (shape, m, n, r), size, zi in zip(layout, sizes, z):
+            for (shape, m, n, r), size in zip(layout, sizes):
                 piece = eps[:, offset: offset + size]
                 offset += size
                 if r:  # sum_i w_i A_i B_i^T / sqrt(r), full rank
                     left, right = factors(piece, m, n, r)
                     grad = ops.einsum("i,imr,inr->mn", weights, left, right)
-                    grad = ops.reshape(grad * (scale / math.sqrt(r)), shape)
+                    grads.append(ops.reshape(grad * (scale / math.sqrt(r)), shape))
                 else:
-                    grad = ops.reshape(flat[offset - size: offset], shape)
-                grads.append(grad + decay * zi if decay else grad)
+                    grads.append(ops.reshape(flat[offset - size: offset], shape))
+            return grads
+
+        def chunked_gradient(seeds, weights):
+            """`gradient` accumulated over chunks of `chunk` seeds, so that the noise of
+            all seeds never exists at once (padding seeds get weight 0)."""
+            count = -(-int(seeds.shape[0]) // chunk)
+            pad = count * chunk - int(seeds.shape[0])
+            seeds = ops.concatenate([seeds, ops.zeros((pad,), seeds.dtype)], 0)
+            weights = ops.concatenate([weights, ops.zeros((pad,), weights.dtype)], 0)
+            seeds = ops.reshape(seeds, (count, chunk))
+            weights = ops.reshape(weights, (count, chunk))
+
+            def body(i, total):
+                part = gradient(seeds[i], weights[i])
+                return [a + b for a, b in zip(total, part)]
+
+            zero = [ops.zeros(shape, "float32") for shape, *_ in layout]
+            return ops.fori_loop(0, count, body, zero)
+
+        def update(mean, optimizer_values, seeds, weights):
+            # The gradient of the expected loss in units of each tensor's init std,
+            # estimated from the regenerated noise, then one optimizer step there.
+            seeds = ops.cast(seeds, "int32")
+            weights = ops.cast(weights, "float32")
+            if antithetic:
+                weights = weights[0::2] - weights[1::2]
+            if int(seeds.shape[0]) <= chunk:
+                grads = gradient(seeds, weights)
+            else:
+                grads = chunked_gradient(seeds, weights)
+            z = [m / std for m, std in zip(mean, stds)]
+            if decay:
+                grads = [g + decay * zi for g, zi in zip(grads, z)]
             z, optimizer_values = bk.apply_optimizer(optimizer, variables, optimizer_values,
                                                      grads, z)
             return [zi * std for zi, std in zip(z, stds)], list(optimizer_values)
 
-        return (bk.compile_random(sample), bk.compile_random(perturb),
-                bk.compile_random(update))
+        return expand, bk.compile_random(expand), bk.compile_random(update)
 
     def member_seeds(self, noise_seeds):
         """Per member: its noise seed and sign (+1, or -1 for the mirrored twin)."""
@@ -317,12 +344,17 @@ class OpenES(Strategy):
         replay the run with).
 
         Returns:
-            `((sample, perturb, update), mean, optimizer_values, optimizer)`.
+            `((expand, perturb, update), mean, optimizer_values, optimizer)`:
+            `expand(mean, seeds, signs)` builds members (traced inside the engine's
+            evaluation), `perturb` is it compiled, `update(mean, optimizer_values,
+            noise_seeds, weights)` steps the mean.
         """
         optimizer, variables = self._make_optimizer(specs)
         operators_ = self._compile(specs, optimizer, variables)
         mean = [ops.convert_to_tensor(v) for v in genome.initial_member(specs, seed, 0)]
-        values = [ops.convert_to_tensor(v.value) for v in optimizer.variables]
+        # Host copies: tensors, not the optimizer's variables (a compiled `update` called
+        # with variables would be traced again once it is called with its own outputs).
+        values = [ops.convert_to_tensor(ops.convert_to_numpy(v)) for v in optimizer.variables]
         # The optimizer object stays referenced by the compiled `update`.
         return operators_, mean, values, optimizer
 
@@ -354,8 +386,12 @@ class OpenES(Strategy):
         if self._ops is None:
             raise RuntimeError("Call `init()` before `ask()`: OpenES is not initialised.")
         noise_seeds = self.noise_seeds(state.seed, state.generation)
-        population = self._ops[0](state.mean, *self.member_seeds(noise_seeds))
-        return population, state._replace(noise_seeds=noise_seeds)
+        seeds, signs = self.member_seeds(noise_seeds)
+        if self.config.mean_evaluation:  # the mean is the last member: sign 0
+            seeds = np.append(seeds, np.int32(0)).astype(np.int32)
+            signs = np.append(signs, np.int32(0)).astype(np.int32)
+        recipe = genome.PopulationRecipe(self._ops[0], state.mean, (seeds, signs))
+        return recipe, state._replace(noise_seeds=noise_seeds)
 
     def _tell(self, state, losses):
         _, perturb, update = self._ops

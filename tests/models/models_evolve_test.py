@@ -113,7 +113,7 @@ def test_mutation_noise_is_scaled_by_init_std():
     evolve(model, x, y, generations=1, strategy=strategy, population_batch_size=100)
     run, state = model.evolution_run, model.evolution_state
     parent = model.rebuild_member(0, int(state.parents[0]))
-    for spec, values in zip(run.evolvable, state.population):
+    for spec, values in zip(run.evolvable, run.strategy.ask(state)[0]):
         children = keras.ops.convert_to_numpy(values)[1:]
         noise = (children - np.asarray(parent[run.evolvable.index(spec)])[None]).ravel()
         rate = 0.1 if spec.factor else 0.01
@@ -126,7 +126,8 @@ def test_rebuild_member_is_exact_and_lineage_round_trips():
     model = small_model()
     evolve(model, x, y, generations=4)
     state = model.evolution_state
-    population = [keras.ops.convert_to_numpy(v) for v in state.population]
+    population = [keras.ops.convert_to_numpy(v)
+                  for v in model.evolution_run.strategy.ask(state)[0]]
     assert model.lineage.num_generations == 5
     for member in (0, 5, 11):
         rebuilt = model.rebuild_member(4, member)

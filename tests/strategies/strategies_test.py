@@ -53,7 +53,7 @@ def test_mutation_changes_every_member_but_survivors():
     population, state = ga.ask(state)
     state, _ = ga.tell(state, sphere(population))
     before = keras.ops.convert_to_numpy(population[0])
-    after = keras.ops.convert_to_numpy(state.population[0])
+    after = keras.ops.convert_to_numpy(ga.ask(state)[0][0])
     np.testing.assert_array_equal(after[:2], before[state.parents[:2]])
     for i in range(2, 6):
         assert not np.allclose(after[i], before[state.parents[i]])

@@ -23,6 +23,19 @@ def compile_random(fn):
     return jax.jit(fn)
 
 
+def compile_expanding(fn):
+    """Compiles a function that builds population members from seeds and evaluates
+    them (`jax.jit`: one program; `barrier` keeps the members bit-identical to those
+    every other path builds)."""
+    return jax.jit(fn)
+
+
+def compile_chunk(fn):
+    """Compiles the evaluation of one chunk of members (`jax.jit`; inlined when called
+    from another compiled function)."""
+    return jax.jit(fn)
+
+
 def barrier(x):
     """Stops XLA from fusing across `x` (no fused multiply-add through it), so a
     computation gives bit-identical results whatever the population size it was

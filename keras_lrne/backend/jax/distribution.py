@@ -70,15 +70,17 @@ def _pad(values, rows):
     return jnp.concatenate([values] * repeats, axis=0)[:rows]
 
 
-def per_device(fn, handle, sharded, rows=None):
+def per_device(fn, handle, sharded, rows=None, expands=False):
     """Compiles `fn` to run on every device of `handle` on its slice of the population.
 
     Arguments flagged in `sharded` (tensors or lists of tensors with a leading population
     axis) are split along that axis, after being padded to `rows` rows by repeating
     members (`rows` must be a multiple of the device count; None: no padding); the other
     arguments are replicated. `fn` returns a tensor (or list) whose leading axis is
-    concatenated in device order.
+    concatenated in device order. `expands` (a body that builds members from a recipe)
+    changes nothing on JAX: everything is one program.
     """
+    del expands
     in_specs = tuple(P(AXIS) if s else P() for s in sharded)
     body = jax.shard_map(fn, mesh=handle.mesh, in_specs=in_specs, out_specs=P(AXIS),
                          check_vma=False)

@@ -58,6 +58,21 @@ def compile_random(fn):
     return tf_function(fn, jit_compile=False)
 
 
+def compile_expanding(fn):
+    """Compiles a function that builds population members from seeds (random kernels)
+    and evaluates them with functions made by `compile_chunk`: a graph function
+    without XLA (TensorFlow's XLA random kernels draw other numbers than its graph
+    kernels, and members must be the ones every other path builds), whose XLA-compiled
+    chunk evaluations run inside it. It never retraces for a fixed signature."""
+    return tf_function(fn, jit_compile=False)
+
+
+def compile_chunk(fn):
+    """Compiles the evaluation of one chunk of members with XLA (also callable from a
+    `compile_expanding` function, where it runs as one XLA cluster)."""
+    return compile(fn)
+
+
 def barrier(x):
     """No-op: random functions are not XLA-compiled on TensorFlow (see `compile_random`)."""
     return x

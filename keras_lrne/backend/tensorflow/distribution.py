@@ -55,18 +55,20 @@ def _pad(values, rows):
     return tf.concat([values] * repeats, axis=0)[:rows]
 
 
-def per_device(fn, handle, sharded, rows=None):
+def per_device(fn, handle, sharded, rows=None, expands=False):
     """Compiles `fn` to run in every replica of `handle` on its slice of the population.
 
     Arguments flagged in `sharded` (tensors or lists of tensors with a leading population
     axis) are padded to `rows` rows by repeating members (`rows` a multiple of the
     replica count; None: no padding) and split along that axis; the other arguments are
-    given whole to every replica. `fn` (XLA-compiled) returns a tensor whose leading axis
-    is concatenated in replica order.
+    given whole to every replica. `fn` (XLA-compiled; with `expands`, a graph function
+    that expands members and calls XLA-compiled chunk evaluations, see
+    `compile_expanding`) returns a tensor whose leading axis is concatenated in replica
+    order.
     """
     from keras_lrne.backend.tensorflow import tf_function
 
-    body = tf_function(fn, jit_compile=True)
+    body = tf_function(fn, jit_compile=not expands)
     strategy, count = handle.strategy, handle.size
 
     def run(*args):
