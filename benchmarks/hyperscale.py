@@ -44,6 +44,7 @@ The last line printed is one JSON object with the keys of the issue's table
 """
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -53,7 +54,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import low_rank_population as lrp  # noqa: E402
+import low_rank_population as lrp
 
 SETTINGS = ("rank1", "rank4", "lora4", "full_rank", "ga", "ga_materialized")
 POPULATIONS = {"rank1": "256,4096,65536,262144", "rank4": "256,4096,65536",
@@ -112,6 +113,32 @@ def make_strategy(setting, size):
     return OpenES(size, perturbation_rank=rank, mean_evaluation=False)
 
 
+def timed_generation(bk, strategy, functions, tail, setting, baseline, state):
+    """One whole generation (`ask`, the evaluation of every member, `tell`): returns
+    `(state, losses, seconds and peak resident memory over `baseline`)`."""
+    import numpy as np
+
+    from keras_lrne import genome
+
+    lrp.release_free_memory()
+    lrp.reset_peak_rss()
+    start = time.perf_counter()
+    population, state = strategy.ask(state)
+    if setting == "ga_materialized":
+        population = genome.materialize(population)
+    bk.block(population if isinstance(population, list) else population.shared)
+    asked = time.perf_counter()
+    losses = np.asarray(bk.to_numpy(functions.evaluate(population, *tail)))
+    evaluated = time.perf_counter()
+    del population
+    state, _ = strategy.tell(state, losses)
+    bk.block(strategy.best(state))
+    done = time.perf_counter()
+    return state, losses, {"ask": asked - start, "eval": evaluated - asked,
+                           "generation": done - start,
+                           "rss": lrp.peak_rss_bytes() - baseline}
+
+
 def worker(args):
     import keras
     import numpy as np
@@ -163,25 +190,8 @@ def worker(args):
                 # are built from their seeds alone.
                 state, _ = strategy.tell(state, rng.normal(size=size))
 
-            def generation(state):
-                lrp.release_free_memory()
-                lrp.reset_peak_rss()
-                start = time.perf_counter()
-                population, state = strategy.ask(state)
-                if setting == "ga_materialized":
-                    population = genome.materialize(population)
-                bk.block(population if isinstance(population, list) else population.shared)
-                asked = time.perf_counter()
-                losses = np.asarray(bk.to_numpy(functions.evaluate(population, *tail)))
-                evaluated = time.perf_counter()
-                del population
-                state, _ = strategy.tell(state, losses)
-                bk.block(strategy.best(state))
-                done = time.perf_counter()
-                return state, losses, {"ask": asked - start, "eval": evaluated - asked,
-                                       "generation": done - start,
-                                       "rss": lrp.peak_rss_bytes() - baseline}
-
+            generation = functools.partial(timed_generation, bk, strategy, functions,
+                                           tail, setting, baseline)
             start = time.perf_counter()
             state, losses, _ = generation(state)
             record["first_generation_seconds"] = time.perf_counter() - start
