@@ -30,6 +30,13 @@ compiled program's memory analysis, `vs_inference`):
    8, 8 tokens].
 6. `low_rank_mlp`: the 4-layer MLP of width 1,024, P=4,096, 65,536 and 262,144, chunk
    4,096, one row per member [P=8 and 32, chunk 8, width 64].
+7. `hyperscale_rank1`: `hyperscale.py`, whole generations (ask, evaluation, tell) of
+   `OpenES(P, perturbation_rank=1)` on the "full" LM, P=4,096 and 262,144, chunk 1,024,
+   one sequence of 128 tokens per member: seconds per generation, peak resident memory,
+   `vs_inference_generation` at P=4,096 (the EGGROLL anchor: 0.91 on one H100) [P=8 and
+   32, chunk 8, 8 tokens].
+8. `hyperscale_ga`: `hyperscale.py`, whole steady-state generations of `GA(P, 16)` on the
+   same LM, P=4,096 and 65,536 [P=8 and 32].
 
 On the accelerator machine (Python 3.12; no network), after building the wheel folder
 on a machine that has one (see benchmarks/README.md, "Device check"):
@@ -102,35 +109,53 @@ SIZES = {
 }
 
 
-#: The `--low-rank` section: `low_rank_population.py` arguments at GPU sizes and at
-#: `--tiny` ones, and the time limit (the two add up to 540 s: one 600 s device call).
+#: The `--low-rank` section: `low_rank_population.py` (and `hyperscale.py`) arguments at
+#: GPU sizes and at `--tiny` ones, and the time limit (they add up to 570 s: one 600 s
+#: device call).
 #: The memory guard (estimated OpenES noise) is given explicitly: the script's default
 #: reads the host's memory, not the accelerator's.
 LOW_RANK = {
     "low_rank_lm": (
         ["--models", "lm", "--populations", "4096,65536,262144", "--chunk-size", "1024",
          "--sequences", "1", "--sequence-length", "128", "--inference-population", "65536",
-         "--repeats", "3", "--max-seconds", "20", "--setting-timeout", "75",
+         "--repeats", "2", "--max-seconds", "20", "--setting-timeout", "45",
          "--memory-limit-gb", "56"],
         ["--models", "lm", "--populations", "8,32", "--chunk-size", "8",
          "--sequence-length", "8", "--inference-population", "32", "--repeats", "1"],
-        330),
+        200),
     "low_rank_mlp": (
         ["--models", "mlp", "--populations", "4096,65536,262144", "--chunk-size", "4096",
          "--mlp-samples", "1", "--inference-population", "65536", "--repeats", "3",
-         "--max-seconds", "20", "--setting-timeout", "50", "--memory-limit-gb", "56"],
+         "--max-seconds", "20", "--setting-timeout", "25", "--memory-limit-gb", "56"],
         ["--models", "mlp", "--populations", "8,32", "--chunk-size", "8", "--mlp-width",
          "64", "--inference-population", "32", "--repeats", "1"],
-        210),
+        110),
+    "hyperscale_rank1": (
+        ["--settings", "rank1", "--populations", "4096,262144", "--chunk-size", "1024",
+         "--sequence-length", "128", "--inference-population", "4096", "--repeats", "2",
+         "--inference-repeats", "3", "--setting-timeout", "125", "--memory-limit-gb", "56"],
+        ["--settings", "rank1", "--populations", "8,32", "--chunk-size", "8",
+         "--sequence-length", "8", "--inference-population", "32", "--repeats", "1",
+         "--inference-repeats", "1"],
+        130),
+    "hyperscale_ga": (
+        ["--settings", "ga", "--populations", "4096,65536", "--chunk-size", "1024",
+         "--sequence-length", "128", "--repeats", "2", "--setting-timeout", "125",
+         "--memory-limit-gb", "56"],
+        ["--settings", "ga", "--populations", "8,32", "--chunk-size", "8",
+         "--sequence-length", "8", "--repeats", "1"],
+        130),
 }
 
 
 def low_rank_measurements(tiny):
     """`[(name, argv, timeout_s)]` of the `--low-rank` section."""
-    script = os.path.join(HERE, "low_rank_population.py")
-    return [(name, [sys.executable, script, *(small if tiny else gpu)],
-             240 if tiny else limit)
-            for name, (gpu, small, limit) in LOW_RANK.items()]
+    plan = []
+    for name, (gpu, small, limit) in LOW_RANK.items():
+        script = "hyperscale.py" if name.startswith("hyperscale") else "low_rank_population.py"
+        plan.append((name, [sys.executable, os.path.join(HERE, script),
+                            *(small if tiny else gpu)], 240 if tiny else limit))
+    return plan
 
 
 def measurements(tiny):

@@ -491,7 +491,11 @@ def worker(args):
             start = time.perf_counter()
             state, population, losses, _ = generation(state)
             record["warmup_seconds"] = time.perf_counter() - start
-            members = keras.tree.flatten(pop.split_population(population)[0])
+            # What the evaluation receives: a recipe's shared weights and per-member
+            # records (a list of tensors' members, for a population of your own).
+            members = (population.shared + list(population.records)
+                       if isinstance(population, genome.PopulationRecipe)
+                       else keras.tree.flatten(pop.split_population(population)[0]))
             record["population_bytes"] = int(sum(
                 int(np.prod(t.shape)) * np.dtype(keras.backend.standardize_dtype(t.dtype)).itemsize
                 for t in members))
