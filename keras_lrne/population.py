@@ -1,6 +1,8 @@
 """Population tensors <-> model variables, and the compiled population functions.
 
-A population is a list with one tensor per *evolvable* trainable variable of a model,
+A population is a `keras_lrne.genome.PopulationRecipe` (what the built-in strategies
+ask for: shared weights plus per-member seeds, expanded one chunk at a time inside the
+compiled call), or a list with one tensor per *evolvable* trainable variable of a model,
 each with a leading population axis `(P, *variable.shape)`. Frozen trainable variables
 (normalization layers by default) and non-trainable variables are shared by all members.
 
