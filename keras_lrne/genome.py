@@ -211,6 +211,75 @@ def initial_member(specs, seed, member):
     return values
 
 
+class _GivenSeed(keras.random.SeedGenerator):
+    """A seed generator whose next seed is `[value, 0]` for a given integer tensor: the
+    seed Keras draws from the Python integer `value`, so an initializer called with it
+    inside a vectorised function draws what it draws with `seed=value` eagerly."""
+
+    def __init__(self):
+        super().__init__(seed=0)
+        self.value = None
+
+    def next(self, ordered=True):
+        value = ops.cast(self.value, self.backend.random_seed_dtype())
+        return ops.stack([value, ops.zeros_like(value)])
+
+
+_DRAWS = weakref.WeakKeyDictionary()
+
+
+def _member_draw(spec):
+    """`draw(member_seeds) -> (len(member_seeds), *spec.shape)`: the initial values of
+    `spec` for several members at once, each drawn as `initial_member` draws it."""
+    if spec.initializer is not None and "seed" not in spec.initializer.get_config():
+        return None  # an initializer without a seed: drawn member by member
+    generator = _GivenSeed()
+    if spec.initializer is None:
+        def one(member_seed):
+            generator.value = member_seed
+            return keras.random.normal(spec.shape, stddev=spec.init_std, dtype=spec.dtype,
+                                       seed=generator)
+    else:
+        config = dict(spec.initializer.get_config(), seed=generator)
+        initializer = spec.initializer.__class__(**config)
+
+        def one(member_seed):
+            generator.value = member_seed
+            return initializer(spec.shape, dtype=spec.dtype)
+
+    from keras_lrne import backend as lrne_backend
+
+    return lrne_backend.get().draw_per_seed(one, spec.shape, spec.dtype)
+
+
+def initial_members(specs, seed, members):
+    """`initial_member` of several members at once, stacked: one `(len(members), *shape)`
+    numpy array per evolvable spec, equal to stacking `initial_member(specs, seed, m)`
+    for each `m` in `members`, drawn in one call per variable."""
+    members = [int(m) for m in np.asarray(members).reshape(-1)]
+    values = []
+    for spec in specs:
+        if not spec.evolvable:
+            continue
+        if spec.lora or (spec.initializer is not None and _is_constant_initializer(
+                spec.initializer)):
+            # The same for every member (LoRA factors, constant initializers).
+            one = initial_member([spec], seed, members[0] if not spec.lora else 0)[0]
+            values.append(np.repeat(one[None], len(members), axis=0))
+            continue
+        draw = _DRAWS.get(spec)
+        if draw is None:
+            draw = _member_draw(spec)
+            if draw is None:
+                values.append(np.stack([initial_member([spec], seed, m)[0]
+                                        for m in members]))
+                continue
+            _DRAWS[spec] = draw
+        seeds = np.asarray([derive_seed(seed, 0, m, spec.index) for m in members], np.int32)
+        values.append(np.asarray(keras.ops.convert_to_numpy(draw(seeds)), dtype=spec.dtype))
+    return values
+
+
 def initial_population(specs, seed, population_size):
     """Stacks `population_size` independent initial members into population tensors."""
     members = [initial_member(specs, seed, i) for i in range(population_size)]

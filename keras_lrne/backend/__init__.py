@@ -17,6 +17,8 @@ the small function set every backend module provides:
 - `seeded_normal(seeds, salt, shape, dtype)`: one standard-normal tensor of `shape` per
   entry of the int32 vector `seeds`, stacked to `(len(seeds), *shape)`; the values of row
   `i` depend only on `(seeds[i], salt)`, so any member's noise can be regenerated alone.
+- `draw_per_seed(fn, shape, dtype)`: `draw(seeds)` stacks `fn(seed)` for every seed,
+  each the numbers `fn` draws for that seed alone (members' initial values at once).
 - `barrier(x)`: keeps the compiler from fusing across `x`, so results do not depend on
   the shapes a function was compiled for.
 - `block(tree)`: waits for asynchronously dispatched work (JAX) to finish.

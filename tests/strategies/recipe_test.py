@@ -201,3 +201,24 @@ def test_generation_memory_is_flat_in_the_population_size(tmp_path):
         # Within 1.5x of a small population's (and far below the materialised 2.2 GB).
         assert big <= 1.5 * small + 64 * 2**20, (name, small, big)
         assert big < 1 * 2**30, (name, big)
+
+
+def test_initial_members_drawn_together_equal_those_drawn_alone():
+    def model(lora):
+        keras.utils.set_random_seed(0)
+        built = keras.Sequential([keras.Input((6,)),
+                                  keras.layers.Dense(12, kernel_initializer="orthogonal"),
+                                  lrl.FactorizedDense(8, rank=2),
+                                  keras.layers.Dense(4, kernel_initializer="lecun_uniform",
+                                                     bias_initializer="ones")])
+        if lora:  # the adapters are the same for every member
+            built.layers[0].enable_lora(2)
+        return built
+
+    for lora in (False, True):
+        specs = [s for s in genome.collect_variable_specs(model(lora)) if s.evolvable]
+        together = genome.initial_members(specs, 3, [0, 4, 9])
+        alone = [genome.initial_member(specs, 3, m) for m in (0, 4, 9)]
+        assert len(together) == len(specs) == (2 if lora else 7)
+        for j, values in enumerate(together):
+            np.testing.assert_array_equal(values, np.stack([a[j] for a in alone]))

@@ -36,6 +36,18 @@ def compile_chunk(fn):
     return jax.jit(fn)
 
 
+def draw_per_seed(fn, shape, dtype):
+    """`draw(seeds)`: `fn(seed)` (a random draw of `shape` from one int32 seed) for
+    every seed, stacked: `jax.vmap`, not compiled as a whole (compiled, XLA would fuse
+    the draw's scaling and round differently from the eager draw of one member)."""
+    del shape, dtype
+
+    def draw(seeds):
+        return jax.vmap(fn)(jnp.asarray(seeds))
+
+    return draw
+
+
 def barrier(x):
     """Stops XLA from fusing across `x` (no fused multiply-add through it), so a
     computation gives bit-identical results whatever the population size it was

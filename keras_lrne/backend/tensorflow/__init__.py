@@ -73,6 +73,17 @@ def compile_chunk(fn):
     return compile(fn)
 
 
+def draw_per_seed(fn, shape, dtype):
+    """`draw(seeds)`: `fn(seed)` (a random draw of `shape` from one int32 seed) for
+    every seed, stacked; one graph function (TensorFlow's graph kernels draw the numbers
+    its eager calls draw)."""
+    def draw(seeds):
+        return tf.map_fn(fn, seeds, fn_output_signature=tf.TensorSpec(tuple(shape), dtype),
+                         parallel_iterations=16)
+
+    return tf_function(draw, jit_compile=False)
+
+
 def barrier(x):
     """No-op: random functions are not XLA-compiled on TensorFlow (see `compile_random`)."""
     return x
