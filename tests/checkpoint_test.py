@@ -20,7 +20,7 @@ def _in_thread(target):
     def run():
         try:
             box["value"] = target()
-        except BaseException as error:  # noqa: BLE001 - handed back to the test
+        except BaseException as error:
             box["error"] = error
 
     thread = threading.Thread(target=run, name="other-run")
@@ -143,9 +143,8 @@ def test_only_the_temporary_files_of_gone_writers_are_removed(tmp_path):
         left.write_text("partial")
         dead = tmp_path / f".model.old-{gone.pid}-1-abcdef01.keras"
         dead.mkdir()
-        with checkpoint.atomic_path(tmp_path / "model.keras") as tmp:
-            with open(tmp, "w") as f:
-                f.write("model")
+        with checkpoint.atomic_path(tmp_path / "model.keras") as tmp, open(tmp, "w") as f:
+            f.write("model")
         assert left.exists() and not dead.exists()
     finally:
         live.kill()

@@ -243,7 +243,7 @@ def test_a_second_run_in_another_thread_is_refused_naming_the_directory(tmp_path
         try:
             box["history"] = small_run(tmp_path, generations=3, callbacks=[
                 keras.callbacks.BackupAndRestore(str(backup)), Pause()])
-        except BaseException as error:  # noqa: BLE001 - handed back to the test
+        except BaseException as error:
             box["error"] = error
 
     thread = threading.Thread(target=first, name="first-run")
@@ -274,7 +274,8 @@ def test_a_resumed_csv_log_is_byte_identical_to_an_uninterrupted_one(tmp_path):
     straight, _, _ = control_run([keras.callbacks.CSVLogger(straight_log)], generations=4)
 
     def text(path):  # the file as written, its timing cells blanked
-        lines = open(path, newline="").read().split("\r\n")
+        with open(path, newline="") as f:
+            lines = f.read().split("\r\n")
         header = lines[0].split(",")
         timing = {i for i, key in enumerate(header) if key in TIMING}
         return [",".join("" if i in timing else cell for i, cell in enumerate(line.split(",")))
