@@ -156,3 +156,14 @@ def test_the_output_lock_file_goes_with_the_run(tmp_path):
     with run_directory.lock(str(tmp_path)):
         assert (tmp_path / run_directory.LOCK_FILE).is_file()
     assert not (tmp_path / run_directory.LOCK_FILE).exists()
+
+
+def test_the_outputs_list_names_what_the_commands_write():
+    from keras_lrne.commands import lora
+    from keras_lrne.generation import TOKENIZER_FILE
+    from keras_lrne.playback import EVALUATION_FILE
+
+    assert run_directory.RUN_OUTPUTS[0] == run_directory.SUMMARY_FILE  # removed first
+    assert {TOKENIZER_FILE, EVALUATION_FILE} <= set(run_directory.RUN_OUTPUTS)
+    assert set(run_directory.RESUMABLE_INPUTS) == {lora.PRETRAINED_WEIGHTS,
+                                                   lora.PRETRAINED_INFO}
