@@ -72,9 +72,9 @@ def _load_file(path):
     """Imports the `.py` file at `path` under a private module name (so a file called
     `json.py` never replaces a module of that name), with its folder importable (after
     the installed packages, so that a file there never hides one of them)."""
-    path = os.path.abspath(path)
+    given, path = path, os.path.abspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such file: {path!r}")
+        raise FileNotFoundError(f"No such file: {given!r}")
     module_name = USER_MODULE_PREFIX + hashlib.sha256(path.encode()).hexdigest()[:16]
     module = sys.modules.get(module_name)
     if module is not None and getattr(module, "__file__", None) == path:
