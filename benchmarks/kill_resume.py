@@ -1,23 +1,23 @@
-"""Random SIGKILLs against `keras-lrne lm` (or `keras-lrne fitness`), each followed by
+"""Random SIGKILLs against `keras-lrne lm` (or `fitness`, or `control`), each followed by
 `--resume`: how many runs end identical to an uninterrupted run?
 
 Each trial starts a fresh run, kills it with SIGKILL at a moment drawn uniformly over an
 uninterrupted run's duration (start-up, generations, backup writes, the final output
 writes), then runs the same command with `--resume` until it completes. The trial counts
-as identical when `history.csv` (timing columns aside), `lineage.npz` and `summary.json`
-(timings and the output path aside) equal the uninterrupted run's, and no temporary file
-or backup is left behind.
+as identical when `history.csv` (byte for byte, its timing cells aside), `lineage.npz`
+and `summary.json` (timings and the output path aside) equal the uninterrupted run's, and
+no temporary file, backup or lock file is left behind.
 
 `--command fitness` runs `keras-lrne fitness` on a compiled accuracy fitness of a plain
-`keras.Sequential` (a module written to the temporary directory).
+`keras.Sequential` (a module written to the temporary directory); `--command control` a
+CartPole policy (its History holds integer logs: `env_steps`, `failed_members`).
 
 Usage:
     python benchmarks/kill_resume.py --trials 30 [--generations 6] [--seed 0]
-                                     [--command lm|fitness]
+                                     [--command lm|fitness|control]
 """
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -30,7 +30,8 @@ import time
 import numpy as np
 
 TIMING = {"generation_seconds", "member_evals_per_second", "member_tokens_per_second",
-          "wall_seconds", "evolution_seconds", "first_stage_seconds"}
+          "wall_seconds", "evolution_seconds", "first_stage_seconds", "frames_per_second",
+          "policy_share"}
 
 
 OBJECTIVE = """
@@ -59,6 +60,8 @@ def _command(output, generations, resume=False, command="lm", objective=None):
     if command == "fitness":
         run = ["fitness", f"{objective}:accuracy", "--model", f"{objective}:build_model",
                "--data", f"{objective}:load_data"]
+    elif command == "control":
+        run = ["control", "--env", "CartPole-v1", "--max-episode-steps", "50"]
     else:
         run = ["lm", "--sequence-length", "16", "--num-sequences", "8", "--vocab-size", "128"]
     return [sys.executable, "-m", "keras_lrne.cli", *run, "--population", "8", "--parents",
@@ -80,7 +83,10 @@ def _run(cmd, delay=None):
 
 def _fingerprint(output):
     with open(os.path.join(output, "history.csv"), newline="") as f:
-        rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+        lines = f.read().split("\r\n")  # the bytes as written (csv's line terminator)
+    timing = {i for i, key in enumerate(lines[0].split(",")) if key in TIMING}
+    rows = [",".join("" if i in timing else cell for i, cell in enumerate(line.split(",")))
+            for line in lines]
     with open(os.path.join(output, "summary.json")) as f:
         summary = json.load(f)
     summary["summary"] = {k: v for k, v in summary["summary"].items() if k not in TIMING}
@@ -95,7 +101,7 @@ def main():
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--generations", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--command", choices=("lm", "fitness"), default="lm")
+    parser.add_argument("--command", choices=("lm", "fitness", "control"), default="lm")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     root = tempfile.mkdtemp(prefix="lrne_kill_")
@@ -124,8 +130,8 @@ def main():
         code, err = _run(command(output, resume=True))
         ok = code == 0
         if ok:
-            leftovers = [n for n in os.listdir(output)
-                         if ".tmp-" in n or ".old-" in n or n == "backup"]
+            leftovers = [n for n in os.listdir(output) if ".tmp-" in n or ".old-" in n
+                         or n in ("backup", ".keras-lrne.lock")]
             ok = not leftovers and _fingerprint(output) == expected
         identical += ok
         state = "killed" if was_killed else "had finished"

@@ -16,9 +16,9 @@ disk and renamed over the previous one (`atomic_write`), so a crash leaves eithe
 or the new file; a truncated or corrupted checkpoint fails the digest check and is
 reported, never used.
 
-One process at a time: `BackupLock` holds an exclusive lock on `backup_dir/lock` for the
-whole run, and a second process gets an error naming the directory and the process that
-holds it.
+One run at a time: `BackupLock` holds an exclusive lock on `backup_dir/lock` for the
+whole run, and a second run (in another process, or in another thread of this one) gets an
+error naming the directory and who holds it.
 """
 
 import contextlib
@@ -27,10 +27,13 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import sys
+import threading
 import time
+import uuid
 
 import numpy as np
 
@@ -55,11 +58,36 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
+#: Temporary names this process is writing now (they are never stale).
+_WRITING = set()
+_WRITING_GUARD = threading.Lock()
+#: The process id in a temporary name: `...tmp-PID-THREAD-RANDOM...` (or `tmp-PID`).
+_TEMP_PID = re.compile(r"\.(?:tmp|old)-(\d+)(?:-|\.|$)")
+
+
+def _writer_tag():
+    """`PID-THREAD-RANDOM`: a temporary name no other writer (process or thread) uses."""
+    return f"{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def _writing(*paths):
+    """Marks `paths` as being written by this process while the block runs."""
+    paths = {os.path.abspath(p) for p in paths}
+    with _WRITING_GUARD:
+        _WRITING.update(paths)
+    try:
+        yield
+    finally:
+        with _WRITING_GUARD:
+            _WRITING.difference_update(paths)
+
+
 def atomic_write(path, data):
     """Writes `data` (bytes or str) to `path` so that a crash leaves the old or new file.
 
-    The bytes go to `path.tmp-PID`, are flushed to disk, renamed over `path`, and the
-    directory entry is flushed too.
+    The bytes go to a temporary name unique to this writer (`path.tmp-PID-THREAD-RANDOM`),
+    are flushed to disk, renamed over `path`, and the directory entry is flushed too.
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -67,17 +95,18 @@ def atomic_write(path, data):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     _remove_stale(f"{glob.escape(path)}.tmp-*")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    tmp = f"{path}.tmp-{_writer_tag()}"
+    with _writing(tmp):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
     _fsync_directory(directory)
 
 
@@ -88,7 +117,7 @@ def atomic_path(path):
     For writers that take a path (Keras' `model.save`, `model.export`, matplotlib): the
     file or directory they write appears at `path` only once complete. A directory that
     already exists at `path` is replaced. The temporary name keeps `path`'s extension
-    (Keras checks it).
+    (Keras checks it) and is unique to this writer.
     """
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
@@ -96,28 +125,56 @@ def atomic_path(path):
     for kind in ("tmp", "old"):
         _remove_stale(os.path.join(glob.escape(directory),
                                    f".{glob.escape(stem)}.{kind}-*{glob.escape(ext)}"))
-    tmp = os.path.join(directory, f".{stem}.tmp-{os.getpid()}{ext}")
-    try:
-        yield tmp
-        if os.path.isdir(tmp) and os.path.isdir(path):
-            old = os.path.join(directory, f".{stem}.old-{os.getpid()}{ext}")
-            _remove(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+    tag = _writer_tag()
+    tmp = os.path.join(directory, f".{stem}.tmp-{tag}{ext}")
+    old = os.path.join(directory, f".{stem}.old-{tag}{ext}")
+    with _writing(tmp, old):
+        try:
+            yield tmp
+            if os.path.isdir(tmp) and os.path.isdir(path):
+                os.replace(path, old)
+                os.replace(tmp, path)
+                _remove(old)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            _remove(tmp)
+            raise
     _fsync_directory(directory)
 
 
+def _pid_alive(pid):
+    """Whether process `pid` runs on this machine (True where that cannot be told)."""
+    if os.name == "nt":  # os.kill would terminate it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def _is_stale(path):
+    """Whether a temporary file was left by a writer that is gone: a process that no
+    longer runs, or this process when no thread of it is writing that name."""
+    match = _TEMP_PID.search(os.path.basename(path))
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        with _WRITING_GUARD:
+            return path not in _WRITING
+    return not _pid_alive(pid)
+
+
 def _remove_stale(pattern):
-    """Removes what a crashed writer left under temporary names (writers are locked out
-    of each other's directories, so these are never another live process's)."""
+    """Removes what crashed writers left under temporary names; a live writer's
+    temporary file (another process's, or another thread's) is left alone."""
     for stale in glob.glob(pattern):
-        _remove(stale)
+        if _is_stale(os.path.abspath(stale)):
+            _remove(stale)
 
 
 def _remove(path):
@@ -228,81 +285,131 @@ def streaming_digest(*arrays):
 
 
 class BackupInUseError(RuntimeError):
-    """Another process holds a backup directory's lock."""
+    """Another run (in another process, or another thread) holds a directory's lock."""
 
 
+#: The locks this process holds: `{lock file's real path: _Holding}`.
 _HELD = {}
+_HELD_GUARD = threading.Lock()
+
+
+class _Holding:
+    """One held lock: its descriptor, who holds it and how many times it was entered."""
+
+    def __init__(self, fd, owner, info):
+        self.fd, self.owner, self.info = fd, owner, info
+        self.thread = threading.get_ident()
+        self.count = 1
+
+
+def _describe(info):
+    try:
+        info = json.loads(info) if isinstance(info, str) else info
+        where = (f"thread {info['thread']!r} of this process" if info.get("thread")
+                 else f"process {info.get('pid')} on {info.get('host')!r}")
+        return f"{where} ({info.get('command')!r}, since {info.get('since')})"
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return "another process"
 
 
 class BackupLock:
-    """An exclusive, per-process re-entrant lock on a backup directory.
+    """An exclusive lock on a directory, held by one run.
 
     Held for the whole of a run (and by the CLI until its outputs are written), so two
-    processes never write one backup. The lock file records who holds it; the operating
-    system releases the lock when the holder dies, even by SIGKILL.
+    runs never write one directory: a second run is refused whether it runs in another
+    process or in another thread of this one. The lock is re-entrant only for its owner in
+    the thread that took it (`owner`: by default the `BackupLock` object itself, so a
+    code path that acquires the same object twice nests; another object given the same
+    `owner` nests too). The lock file records who holds it; the operating system releases
+    the lock when the holder dies, even by SIGKILL.
 
     Args:
-        directory: the backup directory (created if needed).
+        directory: the directory (created if needed).
         name: the lock file's name in `directory`.
         what: how errors call `directory`.
+        owner: the run the lock is held for (see above). Default: this object.
+        remove: remove the lock file when the lock is released for the last time (while
+            it is still held, so no other run can be holding that file).
     """
 
-    def __init__(self, directory, name=LOCK_FILE, what="backup directory"):
+    def __init__(self, directory, name=LOCK_FILE, what="backup directory", owner=None,
+                 remove=False):
         self.directory = os.fspath(directory)
         self.what = what
         self.path = os.path.join(self.directory, name)
         self._key = os.path.realpath(self.path)
-        self._acquired = False
+        self._owner = self if owner is None else owner
+        self._remove = remove
+        self._acquired = 0
+
+    def _in_use(self, who):
+        return BackupInUseError(
+            f"The {self.what} {self.directory!r} is in use by {who}. Two runs cannot share "
+            f"one {self.what}: wait for that run to finish or stop it, or use another "
+            f"{self.what}."
+        )
 
     def acquire(self):
-        held = _HELD.get(self._key)
-        if held is not None:
-            held[1] += 1
-            self._acquired = True
+        with _HELD_GUARD:
+            held = _HELD.get(self._key)
+            if held is not None:
+                if held.thread != threading.get_ident() or held.owner is not self._owner:
+                    raise self._in_use(_describe(held.info))
+                held.count += 1
+                self._acquired += 1
+                return self
+            os.makedirs(self.directory, exist_ok=True)
+            fd = self._lock_file()
+            thread = threading.current_thread()
+            info = {"pid": os.getpid(), "host": socket.gethostname(),
+                    "command": " ".join(sys.argv)[:300],
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+            _HELD[self._key] = _Holding(fd, self._owner, {**info, "thread": thread.name})
+            self._acquired += 1
             return self
-        os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _lock_file(self):
+        """Opens and locks the lock file; returns its descriptor."""
         try:
             import fcntl
         except ImportError:  # no POSIX locks (Windows): run unlocked
-            fcntl = None
-        if fcntl is not None:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
                 os.close(fd)
-                try:
-                    info = json.loads(holder)
-                    who = (f"process {info.get('pid')} on {info.get('host')!r} "
-                           f"({info.get('command')!r}, since {info.get('since')})")
-                except ValueError:
-                    who = "another process"
-                raise BackupInUseError(
-                    f"The {self.what} {self.directory!r} is in use by {who}. Two runs "
-                    f"cannot share one {self.what}: wait for that run to finish or stop "
-                    f"it, or use another {self.what}."
-                ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "command": " ".join(sys.argv)[:300],
-                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        _HELD[self._key] = [fd, 1]
-        self._acquired = True
-        return self
+                raise self._in_use(_describe(holder)) from None
+            # A holder removes the file before releasing it: a lock taken on a file that
+            # is no longer at `path` guards nothing; take the one there now.
+            try:
+                now = os.stat(self.path)
+            except FileNotFoundError:
+                now = None
+            mine = os.fstat(fd)
+            if now is not None and (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev):
+                return fd
+            os.close(fd)
 
     def release(self):
         if not self._acquired:
             return
-        self._acquired = False
-        held = _HELD.get(self._key)
-        if held is None:
-            return
-        held[1] -= 1
-        if held[1] == 0:
-            del _HELD[self._key]
-            os.close(held[0])  # closing the descriptor releases the flock
+        self._acquired -= 1
+        with _HELD_GUARD:
+            held = _HELD.get(self._key)
+            if held is None:
+                return
+            held.count -= 1
+            if held.count == 0:
+                del _HELD[self._key]
+                if self._remove:
+                    with contextlib.suppress(OSError):
+                        os.remove(self.path)  # still locked: nobody else holds this file
+                os.close(held.fd)  # closing the descriptor releases the flock
 
     def __enter__(self):
         return self.acquire()
@@ -401,6 +508,22 @@ def state_from_arrays(template, arrays, meta, prefix="state/"):
     return replace_state(template, **changes)
 
 
+def logged_value(value):
+    """A log value as Keras' callbacks receive it: a Python float where it converts to
+    one (`keras.callbacks.CallbackList` converts every value so), else unchanged.
+
+    The History a checkpoint holds is kept in this form, so that a resumed run's History
+    and `CSVLogger` file hold the same values, written the same way (`90.0`, not `90`),
+    as an uninterrupted run's.
+    """
+    if isinstance(value, float):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
 def save_run(path, strategy_state, lineage, history, task_state, settings, stopped=False):
     """Atomically writes everything needed to continue a run to `path`.
 
@@ -450,7 +573,7 @@ def restore_run(checkpoint, path, settings, template, lineage, task):
         lineage.record(**{name: arrays[f"lineage/{name}"][g] for name in records})
     if meta.get("task_state") and hasattr(task, "set_state"):
         task.set_state(meta["task_state"])
-    history = {k: list(v) for k, v in meta["history"].items()}
+    history = {k: [logged_value(x) for x in v] for k, v in meta["history"].items()}
     return state, history, bool(meta.get("stopped"))
 
 
@@ -495,7 +618,7 @@ class RunBackup:
         """
         try:
             os.makedirs(self.directory, exist_ok=True)
-            probe = os.path.join(self.directory, f".lrne_write_test-{os.getpid()}")
+            probe = os.path.join(self.directory, f".lrne_write_test-{_writer_tag()}")
             with open(probe, "w") as f:
                 f.write("ok")
             os.remove(probe)
@@ -569,7 +692,8 @@ def rewrite_csv_loggers(callbacks, history, generations):
             for generation in range(generations):
                 writer.on_epoch_end(
                     generation,
-                    {k: v[generation] for k, v in history.items() if generation < len(v)},
+                    {k: logged_value(v[generation]) for k, v in history.items()
+                     if generation < len(v)},
                 )
             writer.on_train_end()
     return loggers

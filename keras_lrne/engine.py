@@ -553,8 +553,8 @@ def _run_generations(model, task, run, state, settings, history, start, stopped,
         state, logs = run.step(state, generation, progress)
         model._evolution_state = state
         logs["generation_seconds"] = time.perf_counter() - generation_start
-        for key, value in logs.items():
-            history.setdefault(key, []).append(value)
+        for key, value in logs.items():  # as the callbacks see them (Python floats)
+            history.setdefault(key, []).append(checkpoint.logged_value(value))
         if backup is not None:
             backup.save(state, lineage, history, task, settings, generation)
         progress.advance_to(evaluator.steps, logs)

@@ -68,9 +68,13 @@ def load_run(directory):
         tokenizer=kind)`.
 
     Raises:
-        ValueError: naming the file at fault.
+        ValueError: naming the file at fault, or when `directory` holds a run that has not
+            finished (no `summary.json` beside its backup or lock file).
     """
+    from keras_lrne.commands.run_directory import check_finished
+
     directory = os.fspath(directory)
+    check_finished(directory)
     model_path = os.path.join(directory, MODEL_FILE)
     if not os.path.isfile(model_path):
         raise ValueError(

@@ -13,6 +13,9 @@ from keras_lrne import _replay
 from keras_lrne._validation import check_int
 from keras_lrne.export import POLICY_MARKER
 
+#: The keys of `keras_lrne_policy.json` that loading and playing a policy need.
+POLICY_KEYS = ("observation_shape", "observation_dtype")
+
 
 class RecordError(RuntimeError):
     """Raised when `play(..., record=...)` cannot render the episode."""
@@ -44,11 +47,35 @@ def find_policy_dir(directory):
     )
 
 
+def check_run_finished(directory):
+    """Refuses `directory` when it is (or is the `policy/` folder of) the output directory
+    of a `keras-lrne` run that has not finished: its policy may be missing or an earlier
+    run's (see `keras_lrne.commands.run_directory.check_finished`)."""
+    from keras_lrne.commands.run_directory import check_finished
+
+    directory = os.path.abspath(os.fspath(directory))
+    check_finished(directory)
+    if os.path.basename(directory) == "policy":
+        check_finished(os.path.dirname(directory))
+
+
+def _check_marker(marker, path, keys):
+    """Raises a ValueError naming the marker file and every key of `keys` it lacks."""
+    missing = sorted(key for key in keys if key not in marker)
+    if missing:
+        raise ValueError(
+            f"{os.path.join(path, POLICY_MARKER)!r} is not a valid keras-lrne policy "
+            f"marker: it lacks the key(s) {', '.join(map(repr, missing))}. Export the "
+            "policy again (keras_lrne.export_policy, or the run that wrote it)."
+        )
+
+
 def load_policy(directory):
     """Loads an exported policy: returns `(serve, marker)`.
 
     Args:
-        directory: a policy directory or a run's output directory (see `find_policy_dir`).
+        directory: a policy directory or a run's output directory (see `find_policy_dir`);
+            a run's directory must hold a finished run (its `summary.json`).
 
     Returns:
         `serve`, a callable mapping a batch of raw observations to a numpy batch of
@@ -56,6 +83,7 @@ def load_policy(directory):
     """
     from keras_lrne._tf import import_tensorflow
 
+    check_run_finished(directory)
     tf = import_tensorflow("Playing an exported policy")
 
     path = find_policy_dir(directory)
@@ -67,11 +95,13 @@ def load_policy(directory):
                 f"{path!r} is not a valid keras-lrne policy: its {POLICY_MARKER} cannot be "
                 f"read ({error})."
             ) from None
-    if marker.get("format") != "keras_lrne_policy":
+    if not isinstance(marker, dict) or marker.get("format") != "keras_lrne_policy":
+        found = marker.get("format") if isinstance(marker, dict) else marker
         raise ValueError(
             f"{path!r} is not a keras-lrne policy: {POLICY_MARKER} has format="
-            f"{marker.get('format')!r}, expected 'keras_lrne_policy'."
+            f"{found!r}, expected 'keras_lrne_policy'."
         )
+    _check_marker(marker, path, POLICY_KEYS)
     try:
         loaded = tf.saved_model.load(path)
     except Exception as error:  # OSError, IndexError, tf.errors.OpError, DecodeError, ...

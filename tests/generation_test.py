@@ -92,3 +92,13 @@ def test_output_size():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5)])
     assert generation.output_size(model) == 5
     assert np.shape(model(np.zeros((1, 3))))[-1] == 5
+
+
+def test_an_unfinished_run_is_not_read(run_dir, tmp_path):
+    directory = _copy_run(run_dir, tmp_path)
+    (directory / "backup").mkdir()  # interrupted (or an --overwrite started over it)
+    with pytest.raises(ValueError, match=r"holds a keras-lrne run that has not finished.*"
+                                         r"--resume"):
+        generation.load_run(directory)
+    (directory / "summary.json").write_text("{}")
+    assert generation.load_run(directory)[1] == "word"

@@ -19,7 +19,8 @@ def policy_dir(tmp_path_factory):
                                input_signature=[tf.TensorSpec((None, 3), tf.float32)])
     tf.saved_model.save(module, str(directory))
     (directory / POLICY_MARKER).write_text(json.dumps(
-        {"format": "keras_lrne_policy", "observation_dtype": "float32"}))
+        {"format": "keras_lrne_policy", "observation_shape": [3],
+         "observation_dtype": "float32"}))
     return directory
 
 
@@ -41,3 +42,39 @@ def test_truncated_policy_files_are_reported_as_such(policy_dir, tmp_path, name)
     with pytest.raises(ValueError, match=r"could not be loaded: .*truncated or corrupt") as e:
         load_policy(directory)
     assert repr(str(directory)) in str(e.value)
+
+
+@pytest.mark.parametrize("drop", [["observation_dtype"],
+                                  ["observation_dtype", "observation_shape"]])
+def test_a_marker_with_missing_keys_is_named(policy_dir, tmp_path, capsys, drop):
+    from keras_lrne import cli
+
+    directory = tmp_path / "policy"
+    shutil.copytree(policy_dir, directory)
+    marker = {"format": "keras_lrne_policy", "env": "Pendulum-v1",
+              "observation_shape": [3], "observation_dtype": "float32"}
+    for key in drop:
+        del marker[key]
+    (directory / POLICY_MARKER).write_text(json.dumps(marker))
+    path = repr(str(directory / POLICY_MARKER))
+    message = f"lacks the key(s) {', '.join(map(repr, drop))}"
+    with pytest.raises(ValueError, match=r"not a valid keras-lrne policy marker") as info:
+        load_policy(directory)
+    assert path in str(info.value) and message in str(info.value)
+    for command in ("evaluate", "play"):  # an error, not a traceback
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, str(directory)])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_the_policy_of_an_unfinished_run_is_not_played(policy_dir, tmp_path):
+    # `--overwrite` killed after its first backup, in a directory whose old policy stayed.
+    run = tmp_path / "run"
+    shutil.copytree(policy_dir, run / "policy")
+    (run / "backup").mkdir()
+    for directory in (run, run / "policy"):
+        with pytest.raises(ValueError, match=r"holds a keras-lrne run that has not finished"):
+            load_policy(directory)
+    (run / "summary.json").write_text("{}")  # the run finished: its summary is written last
+    assert load_policy(run)[1]["format"] == "keras_lrne_policy"

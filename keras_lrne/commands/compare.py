@@ -77,6 +77,9 @@ def held_out(args, output):
         print(f"[keras-lrne] held-out evaluation of {output}: {episodes} episodes",
               flush=True)
         result = evaluate(output, episodes=episodes, seed=0)
+    print(f"[keras-lrne] {output}: held-out return {result['mean_return']:.1f} ± "
+          f"{result['ci95_half_width']:.1f} (95% CI) over {result['episodes']} episodes",
+          flush=True)
     row = {"heldout_return": result["mean_return"]}
     if "human_normalized_score" in result:
         row["heldout_hns"] = result["human_normalized_score"]

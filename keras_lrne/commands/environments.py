@@ -113,11 +113,20 @@ def run_once(args, make):
             args, model, task, strategy, output, mode=mode, plot=plot,
             summary_of=summary_of, extra_outputs=[policy])
     logs = history.history
-    print(f"[keras-lrne] {label}: elite return "
-          f"{logs['episode_return'][0]:.1f} -> {logs['episode_return'][-1]:.1f} in "
-          f"{summary['generations']} generations ({summary['wall_seconds']:.1f} s); wrote "
-          f"{output}", flush=True)
+    print(f"[keras-lrne] {label}: {outcome(logs)} in {summary['generations']} generations "
+          f"({summary['wall_seconds']:.1f} s); wrote {output}", flush=True)
     return summary, logs
+
+
+def outcome(logs):
+    """What a run's returns say, in words: the best elite return and the last
+    generation's mean. Each generation plays new episodes (the elite's return is its
+    best member's on them), so the last elite's return is no measure of progress; the
+    held-out evaluation is (`keras-lrne evaluate`)."""
+    text = f"best elite return {max(logs['episode_return']):.1f}"
+    if logs.get("mean_return"):
+        text += f", last generation's mean return {logs['mean_return'][-1]:.1f}"
+    return text + " (training episodes)"
 
 
 def run(args, argv, make):

@@ -6,10 +6,12 @@
 `FUNCTION` is a `keras_lrne.tasks.Fitness` function: `fn(outputs[, y])` on batches of
 `--data` (compiled, `keras.ops` only), or with `--per-member` `fn(model)` in plain
 Python. `--model` names a function that returns the Keras model (built, or built on the
-data). `MODULE` is an importable module name or a path to a `.py` file.
+data). `MODULE` is an importable module name or a path to a `.py` file (loaded under a
+private module name, its folder importable).
 """
 
 import argparse
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -65,22 +67,54 @@ def add_parser(commands, formatter_class):
     return sub
 
 
-def _load_module(name):
-    """Imports `name`: a module name, or a path to a `.py` file (imported as its stem)."""
-    if name.endswith(".py") or os.sep in name:
-        path = os.path.abspath(name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No such file: {name!r}")
-        module_name = os.path.splitext(os.path.basename(path))[0]
-        if module_name in sys.modules and getattr(sys.modules[module_name], "__file__",
-                                                  None) == path:
-            return sys.modules[module_name]
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        module.__keras_lrne_loaded_from_file__ = True
+#: The prefix of the private module names that files given by path are loaded under.
+USER_MODULE_PREFIX = "_keras_lrne_user_"
+
+
+def _load_file(path):
+    """Imports the `.py` file at `path` under a private module name (so a file called
+    `json.py` never replaces a module of that name), with its folder importable (after
+    the installed packages, so that a file there never hides one of them)."""
+    given, path = path, os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such file: {given!r}")
+    module_name = USER_MODULE_PREFIX + hashlib.sha256(path.encode()).hexdigest()[:16]
+    module = sys.modules.get(module_name)
+    if module is not None and getattr(module, "__file__", None) == path:
         return module
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.append(folder)  # the file's own imports of its neighbours
+    before = set(sys.modules)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    # The modules of its folder it imported: Ray workers (which cannot import from
+    # this machine's folder) receive them by value with the file.
+    module.__keras_lrne_local_modules__ = sorted(
+        name for name in set(sys.modules) - before if _from_folder(name, folder))
+    return module
+
+
+def _from_folder(name, folder):
+    """Whether the module `name` is imported from `folder` itself (its top-level module
+    is `folder/TOP.py` or the package `folder/TOP/`), not e.g. from a virtual
+    environment inside it."""
+    top = name.split(".")[0]
+    path = getattr(sys.modules.get(top), "__file__", None)
+    return bool(path) and os.path.dirname(os.path.abspath(path)) in (
+        folder, os.path.join(folder, top))
+
+
+def _load_module(name):
+    """Imports `name`: a module name, or a path to a `.py` file (see `_load_file`)."""
+    if name.endswith(".py") or os.sep in name:
+        return _load_file(name)
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` would find it
     try:
@@ -102,13 +136,14 @@ def resolve(text, option):
         raise ValueError(
             f"Received an invalid value for `{option}`: {module_name!r} has no function "
             f"{name!r}. Received: {option}={text!r}")
-    if getattr(module, "__keras_lrne_loaded_from_file__", False):
+    if module.__name__.startswith(USER_MODULE_PREFIX):
         try:  # Ray workers cannot import a file loaded by path: send it by value
             import ray
-
-            ray.cloudpickle.register_pickle_by_value(module)
         except ImportError:
-            pass
+            return value
+        for local in (module.__name__, *module.__keras_lrne_local_modules__):
+            if local in sys.modules:
+                ray.cloudpickle.register_pickle_by_value(sys.modules[local])
     return value
 
 

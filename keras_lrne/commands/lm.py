@@ -265,9 +265,10 @@ def run_variant(args, task, variant, output):
                 "member_tokens_per_second": float(np.median(logs["member_tokens_per_second"])),
                 "member_tokens_per_generation": (strategy.num_members * task.num_sequences
                                                  * args.sequence_length),
+                "vocab_size": int(task.vocab_size),
                 **baselines,
             }
-            return summary, {"task": task.get_config(), "strategy": strategy.get_config()}
+            return summary, {"task": lora.task_record(task), "strategy": strategy.get_config()}
 
         extra = []
         if task.vectorizer is not None:

@@ -163,6 +163,15 @@ def evolvable_count(model):
                    if is_lora_variable(v)))
 
 
+def task_record(task):
+    """The `LanguageModeling` task's settings for `summary.json`: its configuration with
+    `vocab_size` the run's real vocabulary size (the model's output size; a text
+    tokenizer keeps at most the size asked for), and the size asked for as
+    `requested_vocab_size`."""
+    return {**task.get_config(), "vocab_size": int(task.vocab_size),
+            "requested_vocab_size": int(task.requested_vocab_size)}
+
+
 # -- `keras-lrne lm --lora` ----------------------------------------------------------------
 def _pretraining_settings(args):
     settings = run_directory.run_settings(args)
@@ -301,9 +310,10 @@ def run_lora(args, task, make_pretraining_task, make_model, output):
                 "first_fitness": logs["fitness"][0], "final_fitness": logs["fitness"][-1],
                 "wall_seconds": wall,
                 "evolution_seconds": float(sum(logs.get("generation_seconds", []))),
+                "vocab_size": int(task.vocab_size),
                 **baselines,
             }
-            return summary, {"task": task.get_config(), "strategy": strategy.get_config(),
+            return summary, {"task": task_record(task), "strategy": strategy.get_config(),
                              "lora_layers": adapted}
 
         extra = []

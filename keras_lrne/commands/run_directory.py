@@ -5,9 +5,13 @@ checkpoint (Keras' `BackupAndRestore` plus keras-lrne's own state); when it ends
 output is written atomically, `summary.json` (the finished marker) last, and only then is
 the backup removed. A kill at any moment therefore leaves either a backup that
 `--resume` continues, or a finished run that `--resume` leaves as it is.
+
+A new run (`--overwrite`, or a directory holding no finished run) first removes
+`summary.json`, then every other output an earlier run left (`RUN_OUTPUTS`), so a
+`summary.json` always belongs to the outputs beside it: `keras-lrne evaluate`, `play` and
+`generate` refuse a run directory without one (`check_finished`).
 """
 
-import contextlib
 import csv
 import json
 import os
@@ -16,8 +20,21 @@ import time
 
 #: The file whose presence marks a run as finished (written last).
 SUMMARY_FILE = "summary.json"
-#: The lock file that keeps two processes out of one output directory.
+#: The lock file that keeps two runs out of one output directory (removed when the run
+#: ends; left behind only by a run that was killed).
 LOCK_FILE = ".keras-lrne.lock"
+#: The backup directory of a run, in its output directory.
+BACKUP_DIR = "backup"
+#: Everything a run writes into its output directory, `summary.json` first: a new run
+#: removes them all (in this order) before it starts.
+RUN_OUTPUTS = (
+    SUMMARY_FILE, "history.csv", "model.keras", "saved_model", "policy", "lineage.npz",
+    "tokenizer.json", "evaluation.json", "loss.png", "return.png", "fitness.png",
+    "accuracy.png",
+)
+#: What `lm --lora` reads back on `--resume` before its first backup exists: kept by a
+#: `--resume` that starts from the beginning, removed by any other new run.
+RESUMABLE_INPUTS = ("pretrained.weights.h5", "pretrained.json")
 #: Arguments that say how a command was invoked, not what the run is.
 INVOCATION_ARGS = ("resume", "overwrite")
 #: Arguments that do not change what a run computes, so a finished run may be reused
@@ -43,10 +60,12 @@ def make_output_dir(output):
 
 
 def lock(output):
-    """The lock that keeps other processes out of `output` while a run uses it."""
+    """The lock that keeps other runs (processes or threads) out of `output` while a run
+    uses it; its file is removed when the run releases it."""
     from keras_lrne import checkpoint
 
-    return checkpoint.BackupLock(output, name=LOCK_FILE, what="output directory")
+    return checkpoint.BackupLock(output, name=LOCK_FILE, what="output directory",
+                                 remove=True)
 
 
 def _state(output):
@@ -54,8 +73,54 @@ def _state(output):
     from keras_lrne import checkpoint
 
     finished = os.path.isfile(os.path.join(output, SUMMARY_FILE))
-    interrupted = os.path.lexists(os.path.join(output, "backup", checkpoint.STATE_FILE))
+    interrupted = os.path.lexists(os.path.join(output, BACKUP_DIR, checkpoint.STATE_FILE))
     return finished, interrupted
+
+
+def clear_outputs(output, keep=()):
+    """Removes every output of an earlier run from `output`, `summary.json` first (from
+    then on the directory holds no finished run), its backup last; returns the names
+    removed. The names in `keep` stay."""
+    removed = []
+    for name in (*RUN_OUTPUTS, *RESUMABLE_INPUTS, BACKUP_DIR):
+        path = os.path.join(output, name)
+        if name in keep or not os.path.lexists(path):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        removed.append(name)
+    return removed
+
+
+def check_finished(directory):
+    """Refuses a run's output directory whose outputs may not belong to one finished run.
+
+    A directory that holds `summary.json` is a finished run (a new run removes it before
+    anything else); one that holds a backup or a run's lock file but no summary is a run
+    that was interrupted, is still running, or was being replaced: its outputs may be
+    missing or an earlier run's. Any other directory (e.g. a policy exported with
+    `keras_lrne.export_policy`) is not a run's output directory and passes.
+
+    Raises:
+        ValueError: naming the directory, what it lacks and what to do.
+    """
+    directory = os.fspath(directory)
+    if os.path.isfile(os.path.join(directory, SUMMARY_FILE)):
+        return
+    if os.path.lexists(os.path.join(directory, BACKUP_DIR)):
+        why = f"its {BACKUP_DIR}/ is there but no {SUMMARY_FILE}: the run was interrupted"
+    elif os.path.lexists(os.path.join(directory, LOCK_FILE)):
+        why = (f"it has no {SUMMARY_FILE} but a run's lock file ({LOCK_FILE}): a run is "
+               "writing it, or one was stopped before it finished")
+    else:
+        return
+    raise ValueError(
+        f"{directory!r} holds a keras-lrne run that has not finished ({why}), so its "
+        "outputs may be missing or left from an earlier run. Finish it first: run the "
+        "same command with --resume (or wait for the running one to end)."
+    )
 
 
 def prepare_output(args, output):
@@ -65,17 +130,14 @@ def prepare_output(args, output):
     leaves it as it is, `--overwrite` replaces it. An interrupted run's backup is
     continued with `--resume` and never overwritten without `--overwrite`.
     """
-    backup = os.path.join(output, "backup")
+    backup = os.path.join(output, BACKUP_DIR)
     finished, interrupted = _state(output)
     if args.overwrite:
         if args.resume:
             raise ValueError("`--resume` and `--overwrite` exclude each other. Received both.")
-        shutil.rmtree(backup, ignore_errors=True)
-        # The old run is no longer finished: a kill before the new one ends must not
-        # make --resume take the old summary for the new run's.
-        for name in (SUMMARY_FILE, "history.csv"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(output, name))
+        # Every output of the old run goes, its summary first: a kill before the new run
+        # ends must leave nothing that passes for the new run's (or a finished run).
+        clear_outputs(output)
         return "new"
     if args.resume:
         if finished:
@@ -86,6 +148,7 @@ def prepare_output(args, output):
             return "resume"
         print(f"[keras-lrne] --resume: no backup in {backup!r} yet; starting from the "
               "beginning.", flush=True)
+        _clear_unfinished(output, keep=RESUMABLE_INPUTS)
         return "new"
     if interrupted:
         raise ValueError(
@@ -97,7 +160,17 @@ def prepare_output(args, output):
             f"{output!r} holds a finished run ({SUMMARY_FILE}). Pass --overwrite to replace "
             "it, or choose another --output."
         )
+    _clear_unfinished(output)
     return "new"
+
+
+def _clear_unfinished(output, keep=()):
+    """Removes what an unfinished earlier run left in `output` (outputs without their
+    summary: e.g. an `--overwrite` killed while it removed them), and says so."""
+    removed = clear_outputs(output, keep)
+    if removed:
+        print(f"[keras-lrne] {output!r} held outputs of a run that did not finish "
+              f"({', '.join(removed)}); removed them before starting.", flush=True)
 
 
 def check_ready(args, output, also=()):
@@ -120,14 +193,24 @@ def run_settings(args):
     return {k: v for k, v in vars(args).items() if k not in INVOCATION_ARGS}
 
 
-def write_summary(output, summary, args, **details):
+def write_summary(output, summary, args, generations=None, **details):
     """Writes the finished marker `summary.json`: the summary, the run's settings and
-    `details`, atomically."""
+    `details`, atomically.
+
+    `generations`, when given, is how many generations the run holds: it is recorded as
+    the `generations` setting (what was run), and the `--generations` asked for, when it
+    differs (e.g. `--resume --generations 1` of a run that had completed 2), as
+    `requested_generations`.
+    """
     from keras_lrne import checkpoint
 
+    settings = run_settings(args)
+    if generations is not None and settings.get("generations") != generations:
+        details["requested_generations"] = settings.get("generations")
+        settings["generations"] = generations
     checkpoint.atomic_write(
         os.path.join(output, SUMMARY_FILE),
-        json.dumps({"summary": summary, "args": run_settings(args), **details}, indent=2,
+        json.dumps({"summary": summary, "args": settings, **details}, indent=2,
                    default=str),
     )
 
@@ -143,6 +226,9 @@ def check_settings(output, args, also=()):
     now = json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in ignored},
                                 default=str))
     before = {k: v for k, v in stored["args"].items() if k not in ignored}
+    if "requested_generations" in stored and now.get("generations") == stored[
+            "requested_generations"]:
+        now["generations"] = before.get("generations")  # the same command line again
     # Keys only one side has come from another keras-lrne version's arguments.
     changed = sorted(k for k in set(now) & set(before) if now[k] != before[k])
     if changed:
@@ -212,7 +298,7 @@ def evolve_and_save(args, model, task, strategy, output, *, mode, plot, summary_
     from keras_lrne.commands.builders import make_distribution
     from keras_lrne.plotting import plot_histories
 
-    backup = os.path.join(output, "backup")
+    backup = os.path.join(output, BACKUP_DIR)
     start = time.perf_counter()
     history = engine.evolve(
         model, task, strategy=strategy, generations=args.generations, seed=args.seed,
@@ -235,7 +321,8 @@ def evolve_and_save(args, model, task, strategy, output, *, mode, plot, summary_
         with checkpoint.atomic_path(os.path.join(output, name)) as tmp:
             write(tmp)
     checkpoint.atomic_write(os.path.join(output, "lineage.npz"), model.lineage.to_bytes())
-    summary, details = summary_of(history.history, len(history.epoch), round(wall, 2))
-    write_summary(output, summary, args, **details)
+    generations = len(history.epoch)  # what the run holds, whatever --generations says
+    summary, details = summary_of(history.history, generations, round(wall, 2))
+    write_summary(output, summary, args, generations=generations, **details)
     shutil.rmtree(backup, ignore_errors=True)  # the run is complete: its summary exists
     return summary, history

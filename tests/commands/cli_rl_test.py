@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pytest
@@ -54,6 +55,52 @@ def test_rl_commands_write_results(tmp_path, argv):
     assert again["episode_seeds"] == result["episode_seeds"]
     assert evaluate(out, episodes=2, seed=4, write=False)["episode_seeds"] != \
         result["episode_seeds"]
+
+
+@pytest.mark.backend_independent
+def test_evaluate_never_plays_the_policy_of_a_replaced_run(tmp_path, capsys, monkeypatch):
+    from keras_lrne import checkpoint
+
+    out = tmp_path / "ctl"
+    argv = ["control", "--env", "Pendulum-v1", "--max-episode-steps", "10", "--population",
+            "3", "--parents", "1", "--generations", "2", "--verbose", "0", "--output",
+            str(out)]
+    assert cli.main(argv) == 0
+    # The run ends with what its returns say: not "elite return A -> B", which read as a
+    # regression (each generation plays new episodes).
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    logs = list(csv.DictReader((out / "history.csv").open()))
+    best = max(float(row["episode_return"]) for row in logs)
+    assert f"best elite return {best:.1f}, last generation's mean return " \
+        f"{float(logs[-1]['mean_return']):.1f} (training episodes) in 2 generations" in last
+    assert "->" not in last
+    assert not (out / ".keras-lrne.lock").exists()  # a finished run leaves no lock file
+    # Run it again with --overwrite and another seed; it is killed after its first backup.
+    original = checkpoint.save_run
+
+    def save_then_crash(*args, **kwargs):
+        original(*args, **kwargs)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(checkpoint, "save_run", save_then_crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        cli.main([*argv, "--overwrite", "--seed", "5"])
+    monkeypatch.setattr(checkpoint, "save_run", original)
+    # Nothing of the old run is left: the new run's backup and log (killed before its
+    # first row) only.
+    assert sorted(p.name for p in out.iterdir()) == ["backup", "history.csv"]
+    assert not list(csv.DictReader((out / "history.csv").open()))
+    for command in (["evaluate", str(out)], ["play", str(out)],
+                    ["evaluate", str(out / "policy")]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(command)
+        assert info.value.code == 2
+        assert "holds a keras-lrne run that has not finished" in capsys.readouterr().err
+    assert not (out / "evaluation.json").exists()
+    # Finished with --resume, it is evaluated (and records the seed it ran with).
+    assert cli.main([*argv, "--seed", "5", "--resume"]) == 0
+    assert cli.main(["evaluate", str(out), "--episodes", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["args"]["seed"] == 5
 
 
 def test_rl_commands_take_open_es(tmp_path):

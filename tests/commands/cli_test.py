@@ -154,6 +154,56 @@ def test_lm_resume_after_an_interruption(tmp_path, monkeypatch):
     assert not (out / "backup").exists()
 
 
+@pytest.mark.backend_independent
+def test_lm_resume_records_the_generations_the_run_holds(tmp_path, monkeypatch, capsys):
+    from keras_lrne import checkpoint
+
+    out = tmp_path / "run"
+    original, saves = checkpoint.save_run, []
+
+    def crash_after_two(*args, **kwargs):
+        original(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(checkpoint, "save_run", crash_after_two)
+    with pytest.raises(RuntimeError, match="killed"):
+        cli.main(["lm", *TINY, "--generations", "3", "--output", str(out)])
+    monkeypatch.setattr(checkpoint, "save_run", original)
+    # Resumed with fewer generations than it completed: it holds 2, and says so.
+    assert cli.main(["lm", *TINY, "--generations", "1", "--output", str(out),
+                     "--resume"]) == 0
+    assert "in 2 generations" in capsys.readouterr().out
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["summary"]["generations"] == 2
+    assert stored["args"]["generations"] == 2 and stored["requested_generations"] == 1
+    with open(out / "history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    # The same command again finds the finished run.
+    assert cli.main(["lm", *TINY, "--generations", "1", "--output", str(out),
+                     "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out
+
+
+@pytest.mark.backend_independent
+def test_lm_summary_records_the_real_vocabulary_and_no_lock_stays(tmp_path):
+    out = tmp_path / "run"
+    # The default corpus has fewer distinct characters than the 2,048 asked for.
+    assert cli.main(["lm", *TINY, "--vocab-size", "2048", "--generations", "1",
+                     "--output", str(out)]) == 0
+    vocabulary = json.loads((out / "tokenizer.json").read_text())["vocabulary"]
+    stored = json.loads((out / "summary.json").read_text())
+    assert len(vocabulary) < 2048
+    assert stored["summary"]["vocab_size"] == len(vocabulary)
+    assert stored["summary"]["uniform_loss"] == pytest.approx(np.log(len(vocabulary)))
+    assert stored["task"]["vocab_size"] == len(vocabulary)
+    assert stored["task"]["requested_vocab_size"] == stored["args"]["vocab_size"] == 2048
+    assert sorted(p.name for p in out.iterdir()) == [
+        "history.csv", "lineage.npz", "loss.png", "model.keras", "saved_model",
+        "summary.json", "tokenizer.json"]  # no lock file, no backup
+
+
 def test_lm_resume_with_a_corrupted_backup_fails_clearly(tmp_path, capsys):
     backup = tmp_path / "run" / "backup"
     backup.mkdir(parents=True)

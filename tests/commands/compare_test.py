@@ -158,7 +158,7 @@ def test_compare_ranks_with_fit(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compare_strategies_on_an_environment(tmp_path):
+def test_compare_strategies_on_an_environment(tmp_path, capsys):
     out = tmp_path / "cartpole"
     assert cli.main(["control", "--env", "CartPole-v1", "--population", "4", "--parents",
                      "1", "--generations", "2", "--max-episode-steps", "20", "--verbose",
@@ -177,6 +177,7 @@ def test_compare_strategies_on_an_environment(tmp_path):
     lineage = json.loads((out / "es" / "seed_7" / "summary.json").read_text())
     assert lineage["args"]["strategy"] == "es" and lineage["args"]["seed"] == 7
     report = (out / "comparison.md").read_text()
+    printed = capsys.readouterr().out
     assert "ga vs es, final elite return (training episodes) (paired, n = 2)" in report
     # Every finished run's elite is played on held-out episodes (keras-lrne evaluate).
     for run in runs:
@@ -184,6 +185,10 @@ def test_compare_strategies_on_an_environment(tmp_path):
                                  / "evaluation.json").read_text())
         assert evaluation["episodes"] == 3
         assert float(run["heldout_return"]) == pytest.approx(evaluation["mean_return"])
+        # ...and each run's output says what the held-out episodes gave.
+        assert (f"{out / run['variant'] / ('seed_' + run['seed'])}: held-out return "
+                f"{evaluation['mean_return']:.1f} ± {evaluation['ci95_half_width']:.1f} "
+                "(95% CI) over 3 episodes") in printed
     assert "ga vs es, held-out return (paired, n = 2)" in report
     assert "biased upwards by selection" in report
 

@@ -1,8 +1,11 @@
 """`keras-lrne fitness MODULE:FUNCTION --model MODULE:BUILDER`: a fitness of your own from
 the command line (a module by name or by path), its outputs, resume and refusals."""
 
+import csv
 import json
+import os
 import re
+import subprocess
 import sys
 import textwrap
 
@@ -133,3 +136,76 @@ def test_bad_references_are_named(objective, tmp_path, capsys, argv, message):
         run(*argv, "--output", str(tmp_path / "out"))
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+# A file named like a standard module, importing a neighbour of its own.
+SHADOWING = textwrap.dedent('''
+    import keras
+    import numpy as np
+
+    import fitness_neighbour
+
+
+    def build_model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+
+
+    def score(model):
+        return float(np.mean(model(np.ones((2, 4))))) + fitness_neighbour.OFFSET
+
+
+    def offset():
+        return fitness_neighbour.OFFSET + 1
+''')
+
+
+@pytest.fixture()
+def json_py(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "json.py").write_text(SHADOWING)
+    (folder / "fitness_neighbour.py").write_text("OFFSET = 0.25\n")
+    saved = {name: sys.modules.get(name) for name in ("json", "fitness_neighbour")}
+    path = list(sys.path)
+    yield folder / "json.py"
+    for name, module in saved.items():  # whatever happened, leave the process as it was
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
+    sys.path[:] = path
+
+
+def test_a_file_is_loaded_privately_with_its_folder_importable(json_py, tmp_path):
+    import json as standard_json
+
+    out = tmp_path / "out"
+    assert run(f"{json_py}:score", "--model", f"{json_py}:build_model", "--per-member",
+               "--generations", "2", "--output", str(out)) == 0
+    assert sys.modules["json"] is standard_json  # not replaced by the user's json.py
+    assert json.loads((out / "summary.json").read_text())["summary"]["generations"] == 2
+    # Ray workers cannot import from this folder: the function and its neighbour travel
+    # by value, so a process without the folder on its path runs them.
+    import ray
+
+    from keras_lrne.commands import fitness
+
+    payload = ray.cloudpickle.dumps(fitness.resolve(f"{json_py}:offset", "MODULE:FUNCTION"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read())())"
+    result = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True,
+                            cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode().strip() == "1.25"
+
+
+@pytest.mark.slow
+def test_a_file_loaded_by_path_runs_on_ray_workers(json_py, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    out = tmp_path / "out"
+    assert run(f"{json_py}:score", "--model", f"{json_py}:build_model", "--per-member",
+               "--generations", "2", "--workers", "1", "--output", str(out)) == 0
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["failed_members"] for row in rows] == ["0.0", "0.0"]  # none failed there

@@ -224,6 +224,79 @@ def test_the_lock_is_released_when_evolve_fails(tmp_path):
     assert not checkpoint._HELD  # nothing stays locked in this process
 
 
+@pytest.mark.backend_independent
+def test_a_second_run_in_another_thread_is_refused_naming_the_directory(tmp_path):
+    import threading
+
+    backup = tmp_path / "b"
+    entered, release = threading.Event(), threading.Event()
+
+    class Pause(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                entered.set()
+                release.wait(60)
+
+    box = {}
+
+    def first():
+        try:
+            box["history"] = small_run(tmp_path, generations=3, callbacks=[
+                keras.callbacks.BackupAndRestore(str(backup)), Pause()])
+        except BaseException as error:
+            box["error"] = error
+
+    thread = threading.Thread(target=first, name="first-run")
+    thread.start()
+    try:
+        assert entered.wait(120)
+        with pytest.raises(checkpoint.BackupInUseError) as info:
+            small_run(tmp_path, callbacks=[keras.callbacks.BackupAndRestore(str(backup))])
+        assert str(backup) in str(info.value) and "thread 'first-run'" in str(info.value)
+    finally:
+        release.set()
+        thread.join(120)
+    assert "error" not in box, box.get("error")
+    # The first run was not disturbed: it ends as an uninterrupted run does.
+    assert box["history"].history["loss"] == small_run(tmp_path).history["loss"]
+    assert not checkpoint._HELD
+
+
+def test_a_resumed_csv_log_is_byte_identical_to_an_uninterrupted_one(tmp_path):
+    # Integer logs (env_steps, failed_members) went through the checkpoint as `90` and
+    # `0` and came back written so, where an uninterrupted run writes `90.0` and `0.0`.
+    backup, log, straight_log = (str(tmp_path / n) for n in ("b", "log.csv", "straight.csv"))
+    with pytest.raises(RuntimeError, match="power cut"):
+        control_run([keras.callbacks.BackupAndRestore(backup),
+                     keras.callbacks.CSVLogger(log), Stop()], generations=4)
+    resumed, _, _ = control_run([keras.callbacks.BackupAndRestore(backup),
+                                 keras.callbacks.CSVLogger(log, append=True)], generations=4)
+    straight, _, _ = control_run([keras.callbacks.CSVLogger(straight_log)], generations=4)
+
+    def text(path):  # the file as written, its timing cells blanked
+        with open(path, newline="") as f:
+            lines = f.read().split("\r\n")
+        header = lines[0].split(",")
+        timing = {i for i, key in enumerate(header) if key in TIMING}
+        return [",".join("" if i in timing else cell for i, cell in enumerate(line.split(",")))
+                for line in lines]
+
+    assert {"failed_members", "env_steps"} <= set(text(log)[0].split(","))
+    assert len(text(log)) == 6  # a header, 4 rows, the final line break
+    assert text(log) == text(straight_log)
+    # The History holds the same values of the same types.
+    for key in straight.history:
+        if key not in TIMING:
+            assert resumed.history[key] == straight.history[key], key
+            assert ([type(v) for v in resumed.history[key]]
+                    == [type(v) for v in straight.history[key]]), key
+
+
+# Columns measured in seconds (or from them): they differ between any two runs.
+TIMING = {"generation_seconds", "member_evals_per_second", "first_stage_seconds",
+          "frames_per_second", "policy_share", "member_tokens_per_second"}
+
+
 def _settings_run(tmp_path, backup, x=None, y=None, activation=None, loss="mse"):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 4)).astype("float32") if x is None else x
