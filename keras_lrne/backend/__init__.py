@@ -19,6 +19,9 @@ the small function set every backend module provides:
   `i` depend only on `(seeds[i], salt)`, so any member's noise can be regenerated alone.
 - `draw_per_seed(fn, shape, dtype)`: `draw(seeds)` stacks `fn(seed)` for every seed,
   each the numbers `fn` draws for that seed alone (members' initial values at once).
+- `fold(body, count, init)`: a sequential loop, one iteration's memory at a time.
+- `weighted_outer_sum(weights, left, right)`: `sum_i w_i left_i @ right_i^T` without
+  building the `P` products (OpenES's low-rank update).
 - `barrier(x)`: keeps the compiler from fusing across `x`, so results do not depend on
   the shapes a function was compiled for.
 - `block(tree)`: waits for asynchronously dispatched work (JAX) to finish.

@@ -17,8 +17,11 @@ from keras_lrne.strategies.base import Strategy, as_specs
 FITNESS_SHAPINGS = ("centered_rank", "z_score", "none")
 _NOISE_SALT = 1
 #: Bytes of regenerated noise the update holds at once: its weighted sum runs over
-#: chunks of seeds of at most this size (one chunk for every population that fits).
-UPDATE_BUDGET_BYTES = 256 * 2**20
+#: chunks of seeds of at most this size, so a generation's memory does not grow with
+#: the population. Populations whose noise fits are summed in one product, as before
+#: chunking existed; larger ones are accumulated chunk by chunk, which rounds the sum
+#: differently (by float32 rounding only).
+UPDATE_BUDGET_BYTES = 64 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +287,7 @@ class OpenES(Strategy):
                 offset += size
                 if r:  # sum_i w_i A_i B_i^T / sqrt(r), full rank
                     left, right = factors(piece, m, n, r)
-                    grad = ops.einsum("i,imr,inr->mn", weights, left, right)
+                    grad = bk.weighted_outer_sum(weights, left, right)
                     grads.append(ops.reshape(grad * (scale / math.sqrt(r)), shape))
                 else:
                     grads.append(ops.reshape(flat[offset - size: offset], shape))
@@ -305,7 +308,7 @@ class OpenES(Strategy):
                 return [a + b for a, b in zip(total, part)]
 
             zero = [ops.zeros(shape, "float32") for shape, *_ in layout]
-            return ops.fori_loop(0, count, body, zero)
+            return bk.fold(body, count, zero)
 
         def update(mean, optimizer_values, seeds, weights):
             # The gradient of the expected loss in units of each tensor's init std,

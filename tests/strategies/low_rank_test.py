@@ -357,3 +357,18 @@ def test_low_rank_open_es_plays_an_environment():
     history = model.evolve(task, strategy=OpenES(4, perturbation_rank=1), generations=2,
                            seed=0, verbose=0)
     assert np.isfinite(history.history["episode_return"]).all()
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_the_low_rank_update_sums_the_weighted_products_of_the_factors(rank):
+    from keras_lrne import backend as lrne_backend
+
+    rng = np.random.default_rng(rank)
+    weights = rng.normal(size=(6,)).astype("float32")
+    left = rng.normal(size=(6, 5, rank)).astype("float32")
+    right = rng.normal(size=(6, 4, rank)).astype("float32")
+    expected = sum(w * a @ b.T for w, a, b in zip(weights, left, right))
+    got = lrne_backend.get().weighted_outer_sum(*(keras.ops.convert_to_tensor(v)
+                                                  for v in (weights, left, right)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, rtol=1e-5,
+                               atol=1e-5)

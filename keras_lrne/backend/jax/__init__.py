@@ -48,6 +48,17 @@ def draw_per_seed(fn, shape, dtype):
     return draw
 
 
+def fold(body, count, init):
+    """`for i in range(count): value = body(i, value)` (`jax.lax.fori_loop`)."""
+    return jax.lax.fori_loop(0, count, body, init)
+
+
+def weighted_outer_sum(weights, left, right):
+    """`sum_i weights[i] * left[i] @ transpose(right[i])` for `left (P, m, r)` and
+    `right (P, n, r)` (XLA contracts the einsum without building `(P, m, n)`)."""
+    return jnp.einsum("i,imr,inr->mn", weights, left, right)
+
+
 def barrier(x):
     """Stops XLA from fusing across `x` (no fused multiply-add through it), so a
     computation gives bit-identical results whatever the population size it was

@@ -84,6 +84,27 @@ def draw_per_seed(fn, shape, dtype):
     return tf_function(draw, jit_compile=False)
 
 
+def fold(body, count, init):
+    """`for i in range(count): value = body(i, value)`, one iteration at a time (a
+    `tf.while_loop` runs 10 in parallel by default, holding 10 iterations' memory)."""
+    _, value = tf.while_loop(lambda i, _: i < count,
+                             lambda i, value: (i + 1, body(i, value)),
+                             (tf.constant(0), init), parallel_iterations=1)
+    return value
+
+
+def weighted_outer_sum(weights, left, right):
+    """`sum_i weights[i] * left[i] @ transpose(right[i])` for `left (P, m, r)` and
+    `right (P, n, r)`, as one `(m, P r) @ (P r, n)` product. (`tf.einsum("i,imr,inr->mn")`
+    builds the `(P, m, n)` products first: 1 GiB and 3.6 s at P=4,096 for the LM's
+    embedding, where this takes twice the factors' memory.)"""
+    count, m, r = left.shape
+    n = right.shape[1]
+    scaled = tf.transpose(left * weights[:, None, None], (1, 0, 2))
+    right = tf.transpose(right, (0, 2, 1))  # (P, r, n): rows in the order of `scaled`
+    return tf.matmul(tf.reshape(scaled, (m, count * r)), tf.reshape(right, (count * r, n)))
+
+
 def barrier(x):
     """No-op: random functions are not XLA-compiled on TensorFlow (see `compile_random`)."""
     return x
