@@ -25,9 +25,9 @@ timed generations (one if a generation exceeds 10 s). `peak_rss_bytes` is the pe
 resident memory of a timed generation (VmHWM, reset through /proc/self/clear_refs after
 `malloc_trim`) minus the process's resident memory once the model, data and population
 functions were built (before any population). `peak_bytes_ratio` divides the value at
-the largest population that ran (65,536 by default) by the value at P=256. A population whose materialised
-baseline would exceed `--memory-limit-gb` is skipped (memory guard), as are larger ones
-after a failure.
+the largest population that ran (65,536 by default) by the value at P=256. A population
+whose materialised baseline would exceed `--memory-limit-gb` is skipped (memory guard),
+as are larger ones after a failure.
 
 `vs_inference_generation` (rank1 at `--inference-population`, 4,096): member-tokens/s of
 a whole generation over plain batched inference of the base model on the same total
