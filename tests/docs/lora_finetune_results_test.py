@@ -41,20 +41,23 @@ def test_each_seeds_histories_end_at_its_results(path):
     assert directory.name == f"seed_{results['seed']}"
     pretrain = _rows(directory / "pretrain.csv")
     evolution = _rows(directory / "evolution.csv")
-    fit = _rows(directory / "fit_continued.csv")
+    fits = {name: _rows(directory / f"{name}_continued.csv") for name in ("fit", "fit_low_lr")}
     # Held-out exact match: the last epoch of pretraining is the pretrained model, the
-    # last generation's val_fitness is the evolved model, the continued fit()'s last
+    # last generation's val_fitness is the evolved model, each continued fit()'s last
     # epoch is its model.
     assert float(pretrain[-1]["val_exact_match"]) == pytest.approx(
         results["before"]["exact_match"], abs=1e-6)
     assert float(evolution[-1]["val_fitness"]) == pytest.approx(
         results["after_evolution"]["exact_match"], abs=1e-6)
-    assert float(fit[-1]["val_exact_match"]) == pytest.approx(
-        results["after_fit"]["exact_match"], abs=1e-6)
+    for name, rows in fits.items():
+        assert float(rows[-1]["val_exact_match"]) == pytest.approx(
+            results[f"after_{name}"]["exact_match"], abs=1e-6)
+        assert max(float(row["val_exact_match"]) for row in rows) == pytest.approx(
+            results["heldout_during"][name]["max"], abs=1e-6)
+        # Each fit() baseline had the evolution's wall time (checked per batch).
+        assert results[f"{name}_seconds"] >= results["evolution_seconds"]
     assert len(evolution) == results["generations"]
     assert len(pretrain) * 250 == results["pretrain_steps"]
     assert float(evolution[-1]["fitness"]) == pytest.approx(results["final_fitness"], abs=1e-6)
-    # The fit() baseline had the evolution's wall time (checked per batch).
-    assert results["fit_seconds"] >= results["evolution_seconds"]
-    for model in ("before", "after_evolution", "after_fit"):
+    for model in ("before", "after_evolution", "after_fit", "after_fit_low_lr"):
         assert results[model]["exact_match"] == results[model]["greedy_exact_match"]
