@@ -31,8 +31,8 @@ fit()-continued models and ends with one JSON line of results. With `--output DI
 writes `pretrain.csv`, `evolution.csv`, `fit_continued.csv` and
 `fit_low_lr_continued.csv` (Keras `CSVLogger`: per generation, the population's exact
 match on its training problems and `val_fitness`, the held-out exact match; per epoch of
-`--epoch-steps` batches for the fits, `val_exact_match`) and `results.json`. About 25
-minutes on a shared 2-core CPU with the defaults.
+`--epoch-steps` batches for the fits, `val_exact_match`) and `results.json`. About 12-18
+minutes per seed on a shared 2-core CPU with the defaults.
 
     python examples/lora_finetune.py --seed 0 --output runs/lora_finetune/seed_0
 
