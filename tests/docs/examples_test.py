@@ -61,16 +61,53 @@ def test_custom_fitness_accuracy_equals_argmax_accuracy():
 
 
 @pytest.mark.slow
-def test_lora_finetune_example():
+def test_lora_finetune_example(tmp_path):
+    import json
+
     results, history = load("lora_finetune").main(
-        ["--pretrain-seconds", "1", "--population", "4", "--generations", "2",
-         "--num-sequences", "4", "--rank", "2"])
+        ["--digits", "2", "--pretrain-steps", "20", "--epoch-steps", "10", "--population",
+         "4", "--generations", "2", "--fitness-problems", "8", "--rank", "2",
+         "--fit-seconds", "1", "--output", str(tmp_path)])
     assert len(history.history["fitness"]) == 2 and results["generations"] == 2
-    for key in ("heldout_accuracy", "heldout_loss", "train_accuracy"):
-        assert {f"{key}_before", f"{key}_after"} <= set(results)
-    # Every member starts at the pretrained model: generation 0's elite is the base.
-    assert history.history["fitness"][0] == pytest.approx(results["train_accuracy_before"],
-                                                          abs=1e-4)
+    assert results["heldout_problems"] == 2000
+    assert results["fit_steps"] >= 1 and results["fit_low_lr_steps"] >= 1
+    for model in ("before", "after_evolution", "after_fit", "after_fit_low_lr"):
+        scores = results[model]
+        # Teacher-forced exact match is greedy decoding's, problem for problem.
+        assert scores["exact_match"] == scores["greedy_exact_match"]
+        assert 0 <= scores["exact_match"] <= scores["digit_accuracy"] <= 1
+    # Held-out exact match after evolution is the last generation's val_fitness.
+    assert history.history["val_fitness"][-1] == pytest.approx(
+        results["after_evolution"]["exact_match"], abs=1e-6)
+    for name in ("pretrain.csv", "evolution.csv", "fit_continued.csv",
+                 "fit_low_lr_continued.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+
+
+def test_lora_finetune_problems_are_split_once_and_encoded_as_text():
+    import numpy as np
+
+    example = load("lora_finetune")
+    train, dev, heldout = example.split_problems(2)
+    assert (len(train), len(dev), len(heldout)) == (6000, 2000, 2000)
+    every = np.concatenate([train, dev, heldout])
+    assert np.array_equal(np.sort(every), np.arange(10_000))  # disjoint, all problems
+    again = example.split_problems(2)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (train, dev, heldout)))
+    x, y = example.encode([123 * 1000 + 456, 999 * 1000 + 999], 3)
+    text = ["".join(example.VOCABULARY[t] for t in row) for row in np.c_[x, y[:, -1]]]
+    assert text == ["123+456=0579", "999+999=1998"]
+    assert np.array_equal(x[:, 1:], y[:, :-1])
+    # The reward: 1 only when every answer digit is the argmax.
+    logits = np.full((2, 11, 12), -1.0, "float32")
+    np.put_along_axis(logits, y[..., None], 1.0, axis=-1)
+    logits[1, 7, :] = 0.0
+    logits[1, 7, 5] = 2.0  # second problem: its first answer digit is wrong
+    assert float(example.exact_match(logits, y)) == 0.5
+    logits[1, 2, :] = 5.0  # a prompt position does not count
+    assert float(example.exact_match(logits, y)) == 0.5
+    assert np.asarray(example.exact_match_metric(y, logits)).tolist() == [1.0, 0.0]
 
 
 @pytest.mark.slow
