@@ -21,7 +21,7 @@ _NOISE_SALT = 1
 #: the population. Populations whose noise fits are summed in one product, as before
 #: chunking existed; larger ones are accumulated chunk by chunk, which rounds the sum
 #: differently (by float32 rounding only).
-UPDATE_BUDGET_BYTES = 64 * 2**20
+UPDATE_BUDGET_BYTES = 16 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
