@@ -357,7 +357,8 @@ class OpenES(Strategy):
         mean = [ops.convert_to_tensor(v) for v in genome.initial_member(specs, seed, 0)]
         # Host copies: tensors, not the optimizer's variables (a compiled `update` called
         # with variables would be traced again once it is called with its own outputs).
-        values = [ops.convert_to_tensor(ops.convert_to_numpy(v)) for v in optimizer.variables]
+        to_numpy = lrne_backend.get().to_numpy
+        values = [ops.convert_to_tensor(to_numpy(v.value)) for v in optimizer.variables]
         # The optimizer object stays referenced by the compiled `update`.
         return operators_, mean, values, optimizer
 
