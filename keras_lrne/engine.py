@@ -250,7 +250,9 @@ def assign(model, evolvable, weights):
     """
     variables = model.trainable_variables
     for spec, values in zip(evolvable, weights):
-        variables[spec.index].assign(values)
+        # A copy: on JAX a variable would otherwise hold the strategy's own buffer, which
+        # Keras' `evaluate()`/`fit()` donate to their compiled step (and so delete).
+        variables[spec.index].assign(keras.ops.copy(values))
 
 
 def rebuild_member(model, generation, member, assign_weights=False):
@@ -315,8 +317,8 @@ def evolve(model, x=None, y=None, validation_data=None, strategy=None, generatio
         y: targets for array input (a dict or list of arrays for several outputs); None
             otherwise.
         validation_data: `(x_val, y_val)` or a dataset of them; the loss of the
-            model's weights on it is logged as `val_loss`. Defaults to the task's
-            validation data.
+            model's weights on it is logged as `val_loss` (and the compiled metrics
+            as `val_<name>`). Defaults to the task's validation data.
         strategy: a `keras_lrne.strategies.Strategy`. Defaults to
             `GA(population_size=64, num_parents=8)`.
         generations: number of generations (epochs), a positive integer.
@@ -339,6 +341,9 @@ def evolve(model, x=None, y=None, validation_data=None, strategy=None, generatio
         A `keras.callbacks.History` whose `history` dict holds, per generation,
         `loss` (of the weights the model holds), `mean_loss` and `median_loss` (over
         members with a finite loss), `val_loss` when there is validation data, the
+        metrics given to `compile(metrics=...)` as `fit()` names them (`accuracy`,
+        `val_accuracy`: of the weights the model holds, on the generation's data and
+        the validation data, computed by `model.evaluate()`), the
         strategy's own logs, throughput (`member_evals_per_second`, plus
         `member_tokens_per_second` for token data) and `generation_seconds`, the
         generation's wall time (its sum over a History is the run's compute time,
