@@ -324,8 +324,11 @@ def evolve(model, x=None, y=None, validation_data=None, strategy=None, generatio
         generations: number of generations (epochs), a positive integer.
         callbacks: list of `keras.callbacks.Callback`.
         verbose: "auto", 0, 1 or 2, as in `fit()`.
-        seed: integer run seed (random if None). A run is deterministic for a
-            fixed seed on one backend and machine.
+        seed: integer run seed. A run is deterministic for a fixed seed on one
+            backend and machine. If None, it is drawn from NumPy's global generator,
+            so `keras.utils.set_random_seed(...)` before `evolve()` makes the run
+            repeat (as it makes `fit()` repeat); without it each run differs. A run
+            resumed by `BackupAndRestore` keeps its checkpoint's seed.
         population_batch_size: members evaluated in one vectorised call. Automatic by
             default, from the device memory and the model's output size.
         batch_size: samples per member per call (must divide the number of samples;
@@ -477,8 +480,11 @@ def _evolve(model, task, validation_data, validation, strategy, generations, cal
         # ModelCheckpoint) read `model.optimizer`, which only compile() creates.
         model.optimizer = None
     if seed is None:
+        # A resumed run keeps its checkpoint's seed; otherwise the seed comes from the
+        # global NumPy generator, which `keras.utils.set_random_seed` seeds (as it seeds
+        # Keras' own initializers): a seeded program repeats, an unseeded one differs.
         seed = (resume[1]["settings"]["seed"] if resume else
-                int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF))
+                int(np.random.randint(0, 2**31 - 1)))
     run = _prepare(model, task, strategy, seed, freeze_normalization, validation,
                    population_batch_size, batch_size, distribution)
     devices = distribution if isinstance(distribution, PopulationParallel) else None

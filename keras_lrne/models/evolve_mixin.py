@@ -61,8 +61,11 @@ class EvolveMixin:
             generations: number of generations (epochs), a positive integer.
             callbacks: list of `keras.callbacks.Callback`.
             verbose: "auto", 0, 1 or 2, as in `fit()`.
-            seed: integer run seed (random if None). A run is deterministic for a
-                fixed seed on one backend and machine.
+            seed: integer run seed. A run is deterministic for a fixed seed on one
+                backend and machine. If None, it is drawn from NumPy's global generator,
+                so `keras.utils.set_random_seed(...)` before `evolve()` makes the run
+                repeat (as it makes `fit()` repeat); without it each run differs. A run
+                resumed by `BackupAndRestore` keeps its checkpoint's seed.
             population_batch_size: members evaluated in one vectorised call. Automatic by
                 default, from the device memory and the model's output size.
             batch_size: samples per member per call (must divide the number of samples;
