@@ -1,5 +1,8 @@
 """Tests for the backend function set (keras_lrne.backend)."""
 
+import logging
+
+import keras
 import numpy as np
 from keras import ops
 
@@ -49,3 +52,18 @@ def test_map_chunks_maps_in_order_and_matches_a_direct_map():
         lambda chunk: ops.sum(chunk[0], axis=-1) * chunk[1], [a, b], (3,)))
     expected = stacked[0].sum(-1) * stacked[1]
     np.testing.assert_allclose(bk.to_numpy(fn(*stacked)), expected)
+
+
+def test_quiet_vectorization_drops_only_the_bitcast_fallback_notice(caplog):
+    bk = backend.get()
+    logger = logging.getLogger("tensorflow")
+    bitcast = "Using a while_loop for converting Bitcast cause there is no registered converter"
+    other = "Using a while_loop for converting Foo cause there is no registered converter"
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        with bk.quiet_vectorization():
+            logger.warning(bitcast)
+            logger.warning(other)
+        logger.warning(bitcast)  # outside the context: shown
+    messages = [r.getMessage() for r in caplog.records]
+    dropped = keras.config.backend() == "tensorflow"  # nothing to drop on JAX
+    assert messages == ([other, bitcast] if dropped else [bitcast, other, bitcast])
