@@ -199,6 +199,11 @@ def _kill_loop(harness, args_for, kills, rng, first_args, seconds):
     return killed, out
 
 
+# The kill points are the command line's file writes (checkpoint, CSV rows, model.keras,
+# the SavedModel, lineage, summary, the backup's removal): Python code that is the same on
+# every backend. That a resumed run continues exactly as an uninterrupted one is checked
+# on each backend by the Python-API test below and tests/models/resume_test.py.
+@pytest.mark.backend_independent
 def test_cli_survives_sigkills_at_random_moments(tmp_path, harness):
     rng = np.random.default_rng(0)
     straight = tmp_path / "straight"
