@@ -16,6 +16,7 @@ the engine picks the evaluator.
 
 import json
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -29,6 +30,7 @@ from keras_lrne.evaluators import (
     Progress,
     PythonFitnessEvaluator,
     SupervisedEvaluator,
+    compiled_metrics,
     plan_groups,
     tokens_per_sample,
 )
@@ -434,9 +436,38 @@ def evolve(model, x=None, y=None, validation_data=None, strategy=None, generatio
             backup.close(completed)
 
 
+def _check_compiled_metrics(model, task, targets):
+    """Metrics given to `compile()` are logged as `fit()` logs them, by `model.evaluate()`
+    on data with targets. Without a loss (Keras' `evaluate()` refuses it too) they are
+    refused before any work; on a task without `(x, y)` data (an environment, a Python
+    fitness, a fitness of the outputs alone) a warning says they are not logged."""
+    metrics = compiled_metrics(model)
+    if metrics is None:
+        return
+    if not task.supervised or _is_python_fitness(task):
+        kind = ("a Python fitness (per_member=True)" if _is_python_fitness(task)
+                else "an environment task")
+        reason = f"{kind} has no `(x, y)` data to compute them on"
+    elif targets is None:
+        reason = "the data has no targets `y` to compare the outputs with"
+    elif getattr(model, "loss", None) is None:
+        raise ValueError(
+            "The metrics given to `compile()` cannot be logged without a loss: Keras' "
+            "`evaluate()`, which computes them, needs one. Add `loss=...` to `compile()`, "
+            f"or compile without `metrics`. Received: loss=None, metrics={metrics!r}"
+        )
+    else:
+        return
+    warnings.warn(
+        f"The metrics given to `compile()` are not logged: {reason}. "
+        f"Received: metrics={metrics!r}", UserWarning, stacklevel=5)
+
+
 def _prepare(model, task, strategy, seed, freeze_normalization, validation,
              population_batch_size, batch_size, distribution):
     """Builds the model if needed, checks it against the task, returns the `Run`."""
+    if not task.supervised or _is_python_fitness(task):
+        _check_compiled_metrics(model, task, None)
     if _is_python_fitness(task):
         if not model.built or not model.trainable_variables:
             raise ValueError(
@@ -459,6 +490,7 @@ def _prepare(model, task, strategy, seed, freeze_normalization, validation,
             f"Received: loss={getattr(model, 'loss', None)!r}"
         )
     x0, y0 = task.train_data(0)
+    _check_compiled_metrics(model, task, y0)
     _check_input_shape(model, x0)
     first = keras.tree.map_structure(lambda a: a[:1], x0)
     if not model.built or not model.trainable_variables:

@@ -170,10 +170,11 @@ class Evaluator:
 
 
 def compiled_metrics(model):
-    """Whether `model.compile()` was given `metrics` or `weighted_metrics`."""
+    """The `metrics` (else `weighted_metrics`) given to `model.compile()`, or None."""
     config = getattr(getattr(model, "_compile_config", None), "config", None) or {}
-    return bool(getattr(model, "compiled", False)
-                and (config.get("metrics") or config.get("weighted_metrics")))
+    if not getattr(model, "compiled", False):
+        return None
+    return config.get("metrics") or config.get("weighted_metrics") or None
 
 
 def metric_logs(model, x, y, batch_size, prefix=""):

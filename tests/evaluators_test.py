@@ -89,3 +89,36 @@ def test_compiled_metrics_survive_a_resume(tmp_path):
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     assert [float(r["accuracy"]) for r in rows] == pytest.approx(straight.history["accuracy"])
+
+
+def test_metrics_without_a_loss_are_refused_and_without_data_named_in_a_warning():
+    x, y = classification(16, 0)
+
+    def accuracy(logits, labels):
+        predicted = keras.ops.cast(keras.ops.argmax(logits, axis=-1), "int32")
+        return keras.ops.mean(keras.ops.cast(keras.ops.equal(predicted, labels), "float32"))
+
+    def mean_output(outputs):
+        return keras.ops.mean(outputs)
+
+    class NoWork(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            raise AssertionError("the run started")
+
+    no_loss = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    no_loss.compile(metrics=["accuracy"])  # Keras' evaluate() refuses it too
+    with pytest.raises(ValueError, match="without a loss") as info:
+        no_loss.evolve(keras_lrne.tasks.Fitness(accuracy, data=(x, y)), strategy=GA(4, 1),
+                       seed=0, verbose=0, callbacks=[NoWork()])
+    assert "Received: loss=None, metrics=['accuracy']" in str(info.value)
+    # Where there is nothing to compute them on (KerasHub models compile metrics by
+    # default), the run goes on and says so.
+    for task, reason in [
+        (keras_lrne.tasks.Fitness(mean_output, data=x), "no targets"),
+        (keras_lrne.tasks.Fitness(lambda model: 0.0, per_member=True), "Python fitness"),
+        (keras_lrne.tasks.Environment("CartPole-v1", max_episode_steps=5), "environment"),
+    ]:
+        with pytest.warns(UserWarning, match=reason) as record:
+            history = classifier().evolve(task, strategy=GA(4, 1), seed=0, verbose=0)
+        assert "Received: metrics=['accuracy']" in str(record[0].message)
+        assert not {"accuracy", "val_accuracy"} & set(history.history)
