@@ -30,6 +30,7 @@ from keras_lrne.evaluators import (
     Progress,
     PythonFitnessEvaluator,
     SupervisedEvaluator,
+    compiled_metrics,
     plan_groups,
     tokens_per_sample,
 )
@@ -252,7 +253,9 @@ def assign(model, evolvable, weights):
     """
     variables = model.trainable_variables
     for spec, values in zip(evolvable, weights):
-        variables[spec.index].assign(values)
+        # A copy: on JAX a variable would otherwise hold the strategy's own buffer, which
+        # Keras' `evaluate()`/`fit()` donate to their compiled step (and so delete).
+        variables[spec.index].assign(keras.ops.copy(values))
 
 
 _assign_weights = assign  # `rebuild_member`'s argument `assign` shadows the function
@@ -328,15 +331,18 @@ def evolve(model, x=None, y=None, validation_data=None, strategy=None, generatio
         y: targets for array input (a dict or list of arrays for several outputs); None
             otherwise.
         validation_data: `(x_val, y_val)` or a dataset of them; the loss of the
-            model's weights on it is logged as `val_loss`. Defaults to the task's
-            validation data.
+            model's weights on it is logged as `val_loss` (and the compiled metrics
+            as `val_<name>`). Defaults to the task's validation data.
         strategy: a `keras_lrne.strategies.Strategy`. Defaults to
             `GA(population_size=64, num_parents=8)`.
         generations: number of generations (epochs), a positive integer.
         callbacks: list of `keras.callbacks.Callback`.
         verbose: "auto", 0, 1 or 2, as in `fit()`.
-        seed: integer run seed (random if None). A run is deterministic for a
-            fixed seed on one backend and machine.
+        seed: integer run seed. A run is deterministic for a fixed seed on one
+            backend and machine. If None, it is drawn from NumPy's global generator,
+            so `keras.utils.set_random_seed(...)` before `evolve()` makes the run
+            repeat (as it makes `fit()` repeat); without it each run differs. A run
+            resumed by `BackupAndRestore` keeps its checkpoint's seed.
         population_batch_size: members evaluated in one vectorised call. Automatic by
             default, from the device memory and the model's output size.
         batch_size: samples per member per call (must divide the number of samples;
@@ -352,6 +358,9 @@ def evolve(model, x=None, y=None, validation_data=None, strategy=None, generatio
         A `keras.callbacks.History` whose `history` dict holds, per generation,
         `loss` (of the weights the model holds), `mean_loss` and `median_loss` (over
         members with a finite loss), `val_loss` when there is validation data, the
+        metrics given to `compile(metrics=...)` as `fit()` names them (`accuracy`,
+        `val_accuracy`: of the weights the model holds, on the generation's data and
+        the validation data, computed by `model.evaluate()`), the
         strategy's own logs, throughput (`member_evals_per_second`, plus
         `member_tokens_per_second` for token data) and `generation_seconds`, the
         generation's wall time (its sum over a History is the run's compute time,
@@ -439,9 +448,38 @@ def evolve(model, x=None, y=None, validation_data=None, strategy=None, generatio
             backup.close(completed)
 
 
+def _check_compiled_metrics(model, task, targets):
+    """Metrics given to `compile()` are logged as `fit()` logs them, by `model.evaluate()`
+    on data with targets. Without a loss (Keras' `evaluate()` refuses it too) they are
+    refused before any work; on a task without `(x, y)` data (an environment, a Python
+    fitness, a fitness of the outputs alone) a warning says they are not logged."""
+    metrics = compiled_metrics(model)
+    if metrics is None:
+        return
+    if not task.supervised or _is_python_fitness(task):
+        kind = ("a Python fitness (per_member=True)" if _is_python_fitness(task)
+                else "an environment task")
+        reason = f"{kind} has no `(x, y)` data to compute them on"
+    elif targets is None:
+        reason = "the data has no targets `y` to compare the outputs with"
+    elif getattr(model, "loss", None) is None:
+        raise ValueError(
+            "The metrics given to `compile()` cannot be logged without a loss: Keras' "
+            "`evaluate()`, which computes them, needs one. Add `loss=...` to `compile()`, "
+            f"or compile without `metrics`. Received: loss=None, metrics={metrics!r}"
+        )
+    else:
+        return
+    warnings.warn(
+        f"The metrics given to `compile()` are not logged: {reason}. "
+        f"Received: metrics={metrics!r}", UserWarning, stacklevel=5)
+
+
 def _prepare(model, task, strategy, seed, freeze_normalization, validation,
              population_batch_size, batch_size, distribution):
     """Builds the model if needed, checks it against the task, returns the `Run`."""
+    if not task.supervised or _is_python_fitness(task):
+        _check_compiled_metrics(model, task, None)
     if _is_python_fitness(task):
         if not model.built or not model.trainable_variables:
             raise ValueError(
@@ -464,6 +502,7 @@ def _prepare(model, task, strategy, seed, freeze_normalization, validation,
             f"Received: loss={getattr(model, 'loss', None)!r}"
         )
     x0, y0 = task.train_data(0)
+    _check_compiled_metrics(model, task, y0)
     _check_input_shape(model, x0, _inputs_argument(task))
     first = keras.tree.map_structure(lambda a: a[:1], x0)
     if not model.built or not model.trainable_variables:
@@ -487,8 +526,11 @@ def _evolve(model, task, validation_data, validation, strategy, generations, cal
         # ModelCheckpoint) read `model.optimizer`, which only compile() creates.
         model.optimizer = None
     if seed is None:
+        # A resumed run keeps its checkpoint's seed; otherwise the seed comes from the
+        # global NumPy generator, which `keras.utils.set_random_seed` seeds (as it seeds
+        # Keras' own initializers): a seeded program repeats, an unseeded one differs.
         seed = (resume[1]["settings"]["seed"] if resume else
-                int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF))
+                int(np.random.randint(0, 2**31 - 1)))
     run = _prepare(model, task, strategy, seed, freeze_normalization, validation,
                    population_batch_size, batch_size, distribution)
     devices = distribution if isinstance(distribution, PopulationParallel) else None

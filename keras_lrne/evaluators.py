@@ -170,6 +170,36 @@ class Evaluator:
         """Releases what the evaluator holds (environments, workers)."""
 
 
+def compiled_metrics(model):
+    """The `metrics` (else `weighted_metrics`) given to `model.compile()`, or None."""
+    config = getattr(getattr(model, "_compile_config", None), "config", None) or {}
+    if not getattr(model, "compiled", False):
+        return None
+    return config.get("metrics") or config.get("weighted_metrics") or None
+
+
+def metric_logs(model, x, y, batch_size, prefix=""):
+    """The compiled metrics of the weights `model` holds on `(x, y)`, named as `fit()`
+    names them (`accuracy`; with `prefix="val_"`, `val_accuracy`).
+
+    Computed by `model.evaluate()`: Keras' own metric objects in its compiled test step,
+    one call for the held weights (never per member). The loss is left out: `evolve()`
+    logs its own.
+
+    Args:
+        model: a model compiled with `metrics` (or `weighted_metrics`).
+        x: inputs; y: targets (an array, or a dict/list of them).
+        batch_size: samples per step (a divisor of the sample count: one compiled shape).
+        prefix: put before every name ("val_" for validation data).
+
+    Returns:
+        A dict of floats.
+    """
+    results = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+    return {f"{prefix}{name}": float(value) for name, value in results.items()
+            if name != "loss"}
+
+
 def fitness_logs(losses, maximize):
     """`mean_fitness` and `median_fitness` of the finite member losses of a fitness task."""
     sign = 1.0 if maximize else -1.0
@@ -182,7 +212,10 @@ class SupervisedEvaluator(Evaluator):
 
     The objective is the one `functions` was compiled with: the model's compiled loss,
     or minus a compiled `keras_lrne.tasks.Fitness` (pass `maximize`, which then logs
-    `fitness`, `mean_fitness` and `median_fitness` besides `loss`).
+    `fitness`, `mean_fitness` and `median_fitness` besides `loss`). When the model was
+    compiled with `metrics` (`model.compile(..., metrics=["accuracy"])`), `validate`
+    also logs them as `fit()` does, for the weights the model holds: on the data of the
+    generation (`accuracy`) and on the validation data (`val_accuracy`).
 
     Args:
         functions: the run's `keras_lrne.population.PopulationFunctions`.
@@ -192,7 +225,8 @@ class SupervisedEvaluator(Evaluator):
         batch_size: samples per member per compiled batch (divides the sample count).
         data: `generation -> (x, y)`; `x` and `y` are arrays or dicts/lists of arrays
             (`y` None for a fitness without targets).
-        validation: `(x_val, y_val)` or None; logged as `val_loss`.
+        validation: `(x_val, y_val)` or None; logged as `val_loss` (and the compiled
+            metrics as `val_<name>`).
         validation_batch_size: samples per batch of the validation call.
         tokens_per_sample: tokens per sample, for `member_tokens_per_second`, or None.
         maximize: None for a loss; True or False for a fitness (see above).
@@ -208,16 +242,21 @@ class SupervisedEvaluator(Evaluator):
         self.tokens_per_sample = tokens_per_sample
         self.maximize = maximize
         self.val = None
+        self.validation = validation
+        self.validation_batch_size = None
         if validation is not None:
             x_val, y_val = validation
-            size = validation_batch_size or pop.num_samples(x_val)
+            size = self.validation_batch_size = (validation_batch_size
+                                                 or pop.num_samples(x_val))
             self.val = (pop.to_tensors(pop.batch_data(x_val, size)),
                         pop.to_tensors(pop.batch_data(y_val, size)))
         self._cached = (None, None, None)
+        self._generation_data = None  # the (x, y) of the last evaluated generation
 
     def evaluate(self, population, generation, progress=None):
         """Returns `(losses, logs)`: one mean loss per member, and the generation's logs."""
         x, y = self.data(generation)
+        self._generation_data = (x, y)
         # The strategy may still run asynchronously.
         lrne_backend.get().block(population.shared
                                  if isinstance(population, genome.PopulationRecipe)
@@ -267,20 +306,39 @@ class SupervisedEvaluator(Evaluator):
             logs["fitness"] = -float(logs["loss"]) if self.maximize else float(logs["loss"])
 
     def validate(self, weights):
-        """`{"val_loss": ...}` of `weights` (one tensor per evolvable variable) on the
-        validation data (and `val_fitness` for a fitness task), or `{}` without
-        validation data."""
+        """The logs of `weights` (one tensor per evolvable variable, which the model
+        holds): `val_loss` on the validation data (and `val_fitness` for a fitness
+        task), and the model's compiled metrics on the generation's data and on the
+        validation data (`accuracy`, `val_accuracy`); `{}` without either."""
+        logs = self._metric_logs()
         if self.val is None:
-            return {}
+            return logs
         functions = self.functions
         member = [keras.ops.expand_dims(v, 0) for v in weights]
         loss = functions.evaluate(member, functions.frozen_values(),
                                   functions.non_trainable_values(), self.val[0], self.val[1])
         loss = float(lrne_backend.get().to_numpy(loss)[0])
-        logs = {"val_loss": loss}
+        logs["val_loss"] = loss
         if self.maximize is not None:
             logs["val_fitness"] = -loss if self.maximize else loss
+        if self.validation[1] is not None and compiled_metrics(self.functions.model):
+            logs.update(metric_logs(self.functions.model, *self.validation,
+                                    self.validation_batch_size, prefix="val_"))
         return logs
+
+    def _metric_logs(self):
+        """The compiled metrics of the held weights on the last generation's data."""
+        model = self.functions.model
+        if self._generation_data is None or not compiled_metrics(model):
+            return {}
+        x, y = self._generation_data
+        if y is None:  # a fitness on inputs alone: nothing to compare with
+            return {}
+        samples = pop.num_samples(x)
+        # One member: as many samples per step as a group of members takes.
+        size = pop.largest_divisor_at_most(
+            samples, self.batch_size * self.functions.chunk_size)
+        return metric_logs(model, x, y, size)
 
 
 class PythonFitnessEvaluator(Evaluator):

@@ -522,7 +522,8 @@ class PopulationFunctions:
                                                           **kwargs)
                 return self._loss_fn(yb, y_pred)
 
-            with _vectorized.member_calls(), _low_rank.patched_calls(patched):
+            with (_vectorized.member_calls(), _low_rank.patched_calls(patched),
+                  lrne_backend.get().quiet_vectorization()):
                 return ops.vectorized_map(member_loss, members)
 
         if num_batches == 1:

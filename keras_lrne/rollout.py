@@ -134,7 +134,7 @@ class RolloutEvaluator:
             )
             return ops.reshape(ops.cast(out, "float32"), (-1,))
 
-        with _vectorized.member_calls():
+        with _vectorized.member_calls(), lrne_backend.get().quiet_vectorization():
             return ops.vectorized_map(one, (list(weights), obs))
 
     # -- evaluation ------------------------------------------------------------------------

@@ -1,12 +1,47 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the JAX compilation cache of the test run."""
 
+import importlib.util
 import os
 import subprocess
 import sys
 
-import keras
-import numpy as np
-import pytest
+
+def _use_a_jax_compilation_cache():
+    """Points JAX's persistent compilation cache at the repository's ignored `.ci-cache/`.
+
+    Set in the environment before Keras (and so JAX) is imported, so the pytest-xdist
+    workers and every subprocess they start (kill-and-resume loops, fresh-process reload
+    checks, examples) share it: a program compiled once, such as the same tiny model in
+    another process, is loaded instead of compiled again. Every program is cached (no
+    minimum compile time or size). Variables the caller set win (an empty
+    `JAX_COMPILATION_CACHE_DIR` turns the cache off); TensorFlow ignores them, and a
+    missing or unwritable directory only costs the compilations.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, ".ci-cache", "jax"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    if importlib.util.find_spec("filelock") is not None:
+        # A size limit makes JAX lock the cache while it reads or writes an entry, so
+        # concurrent processes never read a half-written one (4 GiB: never reached).
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
+    if "jax" in sys.modules:  # imported already (by a plugin): JAX read its variables
+        import jax
+
+        for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+                     "JAX_COMPILATION_CACHE_MAX_SIZE"):
+            if name in os.environ:
+                value = os.environ[name]
+                jax.config.update(name.lower(), value if name.endswith("DIR") else
+                                  type(jax.config.values[name.lower()])(value))
+
+
+_use_a_jax_compilation_cache()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 _LOAD_SCRIPT = """
 import sys, numpy as np, keras, keras_lrne.layers

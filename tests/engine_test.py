@@ -321,3 +321,38 @@ def test_a_two_input_run_resumes_to_the_uninterrupted_one(tmp_path):
         keras_lrne.evolve(two_inputs(True), other, y, strategy=GA(8, 2), generations=4,
                           seed=6, verbose=0,
                           callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "b2"))])
+
+
+class _PowerCut(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("power cut")
+
+
+def test_set_random_seed_makes_an_unseeded_run_repeat(tmp_path):
+    x, y = classification_data(32)
+
+    def run(callbacks=(), generations=2):
+        model = sequential()  # keras.utils.set_random_seed(1), as a Keras user writes
+        history = keras_lrne.evolve(model, x, y, strategy=GA(6, 2), generations=generations,
+                                    verbose=0, callbacks=list(callbacks))  # seed=None
+        return model.lineage.seed, history.history["loss"], weights(model)
+
+    first, second = run(), run()
+    assert first[0] == second[0] and first[1] == second[1]
+    for a, b in zip(first[2], second[2]):
+        np.testing.assert_array_equal(a, b)
+    # Without set_random_seed in between, the global generator moves on: a new seed.
+    model = sequential()
+    seeds = set()
+    for _ in range(2):
+        keras_lrne.evolve(model, x, y, strategy=GA(6, 2), generations=1, verbose=0)
+        seeds.add(model.lineage.seed)
+    assert len(seeds) == 2
+    # A resumed run keeps its checkpoint's seed, whatever the global generator says.
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="power cut"):
+        run([keras.callbacks.BackupAndRestore(backup), _PowerCut()])
+    np.random.seed(12345)
+    resumed = run([keras.callbacks.BackupAndRestore(backup)])
+    assert resumed[0] == first[0] and resumed[1] == first[1]

@@ -14,6 +14,9 @@ the small function set every backend module provides:
   by `compile_chunk(fn)` (on TensorFlow: a graph around XLA chunk evaluations, so that
   members are drawn by the same kernels as everywhere else; on JAX: one `jax.jit`).
 - `map_chunks(fn, stacked, out_shape)`: a sequential map over the leading axis.
+- `quiet_vectorization()`: a context for tracing a vectorised member map; drops the
+  backend's notices that ask nothing of the user (TensorFlow's while_loop fallback for
+  `Bitcast`, which `keras.ops.argmax` brings in).
 - `seeded_normal(seeds, salt, shape, dtype)`: one standard-normal tensor of `shape` per
   entry of the int32 vector `seeds`, stacked to `(len(seeds), *shape)`; the values of row
   `i` depend only on `(seeds[i], salt)`, so any member's noise can be regenerated alone.

@@ -54,15 +54,18 @@ class EvolveMixin:
                 `LanguageModeling`.
             y: targets for array input; None otherwise.
             validation_data: `(x_val, y_val)` or a dataset of them; the loss of the
-                model's weights on it is logged as `val_loss`. Defaults to the task's
-                validation data.
+                model's weights on it is logged as `val_loss` (and the compiled metrics
+                as `val_<name>`). Defaults to the task's validation data.
             strategy: a `keras_lrne.strategies.Strategy`. Defaults to
                 `GA(population_size=64, num_parents=8)`.
             generations: number of generations (epochs), a positive integer.
             callbacks: list of `keras.callbacks.Callback`.
             verbose: "auto", 0, 1 or 2, as in `fit()`.
-            seed: integer run seed (random if None). A run is deterministic for a
-                fixed seed on one backend and machine.
+            seed: integer run seed. A run is deterministic for a fixed seed on one
+                backend and machine. If None, it is drawn from NumPy's global generator,
+                so `keras.utils.set_random_seed(...)` before `evolve()` makes the run
+                repeat (as it makes `fit()` repeat); without it each run differs. A run
+                resumed by `BackupAndRestore` keeps its checkpoint's seed.
             population_batch_size: members evaluated in one vectorised call. Automatic by
                 default, from the device memory and the model's output size.
             batch_size: samples per member per call (must divide the number of samples;
@@ -78,6 +81,9 @@ class EvolveMixin:
             A `keras.callbacks.History` whose `history` dict holds, per generation,
             `loss` (of the weights the model holds), `mean_loss` and `median_loss` (over
             members with a finite loss), `val_loss` when there is validation data, the
+            metrics given to `compile(metrics=...)` as `fit()` names them (`accuracy`,
+            `val_accuracy`: of the weights the model holds, on the generation's data and
+            the validation data, computed by `model.evaluate()`), the
             strategy's own logs, throughput (`member_evals_per_second`, plus
             `member_tokens_per_second` for token data) and `generation_seconds`, the
             generation's wall time (its sum over a History is the run's compute time,

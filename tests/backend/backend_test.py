@@ -1,5 +1,6 @@
 """Tests for the backend function set (keras_lrne.backend)."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -89,3 +90,18 @@ def test_many_runs_in_one_process_do_not_warn_about_retracing():
     assert result.returncode == 0, result.stderr[-4000:]
     assert "TRACING WARNINGS 0" in result.stdout, result.stdout + result.stderr[-4000:]
     assert "retracing" not in result.stderr
+
+
+def test_quiet_vectorization_drops_only_the_bitcast_fallback_notice(caplog):
+    bk = backend.get()
+    logger = logging.getLogger("tensorflow")
+    bitcast = "Using a while_loop for converting Bitcast cause there is no registered converter"
+    other = "Using a while_loop for converting Foo cause there is no registered converter"
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        with bk.quiet_vectorization():
+            logger.warning(bitcast)
+            logger.warning(other)
+        logger.warning(bitcast)  # outside the context: shown
+    messages = [r.getMessage() for r in caplog.records]
+    dropped = keras.config.backend() == "tensorflow"  # nothing to drop on JAX
+    assert messages == ([other, bitcast] if dropped else [bitcast, other, bitcast])

@@ -321,6 +321,38 @@ def test_help_version_and_argument_errors_import_no_backend(argv, code, text):
 
 
 @pytest.mark.backend_independent
+def test_python_dash_m_parses_before_importing_the_backend():
+    # `python -m keras_lrne` is the console script too: the package leaves the API (and
+    # the backend's start-up) to it. `-X importtime` lists every module imported.
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "keras_lrne",
+                             "--version"], capture_output=True, text=True,
+                            env=_console_script_env(), timeout=120)
+    assert result.returncode == 0 and "keras-lrne 0.1.0" in result.stdout, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "keras_lrne.cli" in imported
+    assert not imported & {"keras", "tensorflow", "jax"}
+
+
+@pytest.mark.slow
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_console_script_keeps_tensorflow_start_up_lines_off_stderr(backend, tmp_path):
+    # From a user's shell (no TF_CPP_MIN_LOG_LEVEL): a command that loads Keras, the
+    # backend and TensorFlow (`generate` tokenises with it) prints only its own error.
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_LRNE_BACKEND_LOGS"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "-c", CONSOLE, "generate", str(tmp_path), "--prompt", "x"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "'tensorflow'" in result.stdout  # TensorFlow was imported
+    assert result.stderr.splitlines() == [
+        line for line in result.stderr.splitlines() if "keras-lrne generate: error" in line]
+    assert "model.keras" in result.stderr
+
+
+@pytest.mark.backend_independent
 def test_every_option_has_help_with_its_default():
     import argparse
 

@@ -18,6 +18,7 @@ import textwrap
 import time
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 
@@ -199,6 +200,11 @@ def _kill_loop(harness, args_for, kills, rng, first_args, seconds):
     return killed, out
 
 
+# The kill points are the command line's file writes (checkpoint, CSV rows, model.keras,
+# the SavedModel, lineage, summary, the backup's removal): Python code that is the same on
+# every backend. That a resumed run continues exactly as an uninterrupted one is checked
+# on each backend by the Python-API test below and tests/models/resume_test.py.
+@pytest.mark.backend_independent
 def test_cli_survives_sigkills_at_random_moments(tmp_path, harness):
     rng = np.random.default_rng(0)
     straight = tmp_path / "straight"
@@ -236,13 +242,35 @@ def test_cli_survives_sigkills_at_random_moments(tmp_path, harness):
     assert files() == before
 
 
-def test_python_api_survives_sigkills(tmp_path, harness):
-    rng = np.random.default_rng(1)
+def _api_run(harness, tmp_path):
+    """An uninterrupted run of the Python API: `(result file, seconds it took)`."""
     straight = tmp_path / "straight.json"
     seconds = time.perf_counter()
     code, _, err = _run(harness, ["api", "-", str(straight)])
     seconds = time.perf_counter() - seconds
     assert code == 0, err[-3000:]
+    return straight, seconds
+
+
+def _check_api_run(out, backup, straight):
+    """The killed and continued run ended as the uninterrupted one did."""
+    a, b = json.loads(out.read_text()), json.loads(straight.read_text())
+    assert a["epoch"] == b["epoch"] == list(range(6))
+    for key in b["history"]:
+        if key not in TIMING:
+            assert a["history"][key] == b["history"][key], key
+    for wa, wb in zip(a["weights"], b["weights"]):
+        np.testing.assert_array_equal(np.asarray(wa), np.asarray(wb))
+    assert _rows(str(out) + ".csv") == _rows(str(straight) + ".csv")
+    assert not backup.exists()  # BackupAndRestore's delete_checkpoint=True
+
+
+# Like the CLI's, these kill points are file writes; the test runs on the default backend,
+# and the one below checks a kill and resume on every other backend.
+@pytest.mark.backend_independent
+def test_python_api_survives_sigkills(tmp_path, harness):
+    rng = np.random.default_rng(1)
+    straight, seconds = _api_run(harness, tmp_path)
     kills = [("torn_checkpoint", 3), ("csv_row", 2), ("replace", 2), ("csv_row", 1)]
     for name, chain in (("killed", kills), ("killed_at_random", RANDOM_KILLS[:1])):
         backup, out = tmp_path / f"{name}_backup", tmp_path / f"{name}.json"
@@ -250,12 +278,19 @@ def test_python_api_survives_sigkills(tmp_path, harness):
         killed, _ = _kill_loop(harness, lambda args=args: args, chain, rng, args, seconds)
         if chain is kills:
             assert killed == len(kills)
-        a, b = json.loads(out.read_text()), json.loads(straight.read_text())
-        assert a["epoch"] == b["epoch"] == list(range(6))
-        for key in b["history"]:
-            if key not in TIMING:
-                assert a["history"][key] == b["history"][key], key
-        for wa, wb in zip(a["weights"], b["weights"]):
-            np.testing.assert_array_equal(np.asarray(wa), np.asarray(wb))
-        assert _rows(str(out) + ".csv") == _rows(str(straight) + ".csv")
-        assert not backup.exists()  # BackupAndRestore's delete_checkpoint=True
+        _check_api_run(out, backup, straight)
+
+
+@pytest.mark.skipif(keras.config.backend() == "tensorflow",
+                    reason="on TensorFlow, the default backend, the test above kills and "
+                           "resumes at every point")
+def test_python_api_resumes_after_a_sigkill_on_this_backend(tmp_path, harness):
+    # Killed inside its third checkpoint write, the run resumes from the second
+    # generation's checkpoint and ends as the uninterrupted run on this backend.
+    straight, seconds = _api_run(harness, tmp_path)
+    backup, out = tmp_path / "killed_backup", tmp_path / "killed.json"
+    args = ["api", str(backup), str(out)]
+    killed, _ = _kill_loop(harness, lambda: args, [("torn_checkpoint", 3)],
+                           np.random.default_rng(1), args, seconds)
+    assert killed == 1
+    _check_api_run(out, backup, straight)

@@ -2,6 +2,7 @@
 direction, logs, failures, resume signature and argument checks."""
 
 import functools
+import logging
 import math
 import os
 import subprocess
@@ -60,6 +61,16 @@ def test_compiled_accuracy_improves_is_exact_and_repeats():
     assert all(m <= f + 1e-7 for m, f in zip(logs["mean_fitness"], logs["fitness"]))
     # The batch-size-weighted mean over 6 batches is the accuracy over all 96 samples.
     assert logs["fitness"][-1] == pytest.approx(numpy_accuracy(model, x, y), abs=1e-6)
+
+
+def test_compiled_argmax_fitness_logs_no_bitcast_while_loop_warning(caplog):
+    # On TensorFlow, vectorising `keras.ops.argmax` (its negative-zero fix bitcasts)
+    # used to log "Using a while_loop for converting Bitcast" at every trace.
+    x, y = classification_data(n=32)
+    with caplog.at_level(logging.WARNING):
+        keras_lrne.evolve(classifier(), Fitness(accuracy, data=(x, y)), strategy=GA(8, 2),
+                          generations=1, seed=0, verbose=0)
+    assert not [r for r in caplog.records if "converting Bitcast" in r.getMessage()]
 
 
 def test_a_reward_from_outputs_without_targets_and_minimising():

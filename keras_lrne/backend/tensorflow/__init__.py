@@ -1,11 +1,38 @@
 """TensorFlow implementation of the backend function set (see `keras_lrne.backend`)."""
 
+import contextlib
 import functools
+import logging
 
 import numpy as np
 import tensorflow as tf
 
 NAME = "tensorflow"
+
+#: What TensorFlow's vectoriser (pfor, behind `keras.ops.vectorized_map`) logs when it
+#: converts an op it has no vectorised rule for with a loop over members. `Bitcast` is
+#: the one a fitness meets through `keras.ops.argmax` (its negative-zero fix calls
+#: `signbit`); the notice is logged at every trace and asks nothing of the user.
+_BITCAST_FALLBACK = "Using a while_loop for converting Bitcast "
+
+
+class _DropBitcastFallback(logging.Filter):
+    def filter(self, record):
+        return not record.getMessage().startswith(_BITCAST_FALLBACK)
+
+
+@contextlib.contextmanager
+def quiet_vectorization():
+    """While a vectorised member map is traced: drops TensorFlow's warning
+    `Using a while_loop for converting Bitcast ...` (and only that one) from the
+    `tensorflow` logger; any other warning still shows."""
+    logger = tf.get_logger()
+    dropped = _DropBitcastFallback()
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
 
 
 def tf_function(fn, jit_compile=None):
