@@ -39,8 +39,9 @@ def reference(text):
 
 def add_parser(commands, formatter_class):
     """Adds `fitness` to the `commands` subparsers."""
-    sub = commands.add_parser(NAME, help=HELP, description=__doc__.split("\n\n")[0] + ". "
-                              + HELP.capitalize() + ".", formatter_class=formatter_class)
+    summary = __doc__.split("\n\n")[0].rstrip(".")
+    sub = commands.add_parser(NAME, help=HELP, description=f"{summary}. {HELP.capitalize()}.",
+                              formatter_class=formatter_class)
     sub.add_argument("function", type=reference, metavar="MODULE:FUNCTION",
                      help="the fitness function: fn(outputs) or fn(outputs, y) on --data "
                      "(compiled, keras.ops only), or fn(model) with --per-member")

@@ -360,6 +360,7 @@ def test_every_option_has_help_with_its_default():
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in subparsers.choices.items():
         text = sub.format_help()
+        assert ".." not in sub.description, (name, sub.description)
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction) or not action.option_strings:
                 continue
