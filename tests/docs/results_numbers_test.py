@@ -220,11 +220,11 @@ def test_low_rank_benchmark_numbers():
         record = json.loads(path.read_text().strip().splitlines()[-1])
         lines[record["backend"]] = record
     tf, jax = lines["tensorflow"], lines["jax"]
-    evaluation = f"{tf['vs_inference']:.2f}x (TensorFlow) and "
+    evaluation = f"{tf['vs_inference']:.2f}x on TensorFlow and "
     generation = (f"at {tf['vs_inference_generation']:.2f}x and "
                   f"{jax['vs_inference_generation']:.2f}x")
     assert_quotes("docs/low_rank.md",
-                  f"ran at {evaluation}{jax['vs_inference']:.2f}x (JAX) the speed",
+                  f"call ran at {evaluation}{jax['vs_inference']:.2f}x on JAX",
                   generation,
                   f"{tf['full_rank_over_low_rank_seconds']:.1f}x on TensorFlow and "
                   f"{jax['full_rank_over_low_rank_seconds']:.1f}x on JAX",
@@ -240,3 +240,45 @@ def test_low_rank_benchmark_numbers():
                          ("lora4@4096", "LoRA rank 4, P=4,096")):
         tf_s, jax_s = (lines[b]["seconds_per_generation"][setting] for b in ("tensorflow", "jax"))
         assert_quotes("docs/low_rank.md", f"| {row} | {tf_s:.2f} s | {jax_s:.2f} s |")
+
+
+def hyperscale(backend, setting):
+    """The last JSON line of one published `benchmarks/hyperscale.py` run."""
+    path = ROOT / "benchmarks" / "results" / f"hyperscale_{backend}_{setting}_2026-12-07.jsonl"
+    return json.loads(path.read_text().strip().splitlines()[-1])
+
+
+def test_hyperscale_numbers():
+    tf, jax = hyperscale("tensorflow", "rank1"), hyperscale("jax", "rank1")
+    rows = {b: {r["population"]: r for r in line["settings"]["rank1"]["rows"]}
+            for b, line in (("tf", tf), ("jax", jax))}
+    ratio = {b: rows[b][65536]["peak_rss_bytes"] / rows[b][256]["peak_rss_bytes"]
+             for b in rows}
+    mib = {b: {p: round(r["peak_rss_bytes"] / 2**20) for p, r in rows[b].items()}
+           for b in rows}
+    assert_quotes(
+        "docs/low_rank.md",
+        f"grew {ratio['tf']:.2f}x (TensorFlow) and {ratio['jax']:.2f}x (JAX) from P=256 to "
+        f"65,536, and at P=4,096 a whole generation (ask, evaluation, tell) ran at "
+        f"{tf['vs_inference_generation']:.2f}x (TensorFlow) and "
+        f"{jax['vs_inference_generation']:.2f}x (JAX)",
+        f"| s per generation, P=4,096 | {rows['tf'][4096]['generation_seconds']:.2f} s | "
+        f"{rows['jax'][4096]['generation_seconds']:.2f} s |",
+        f"| peak memory, P=256 | {mib['tf'][256]} MiB | {mib['jax'][256]} MiB |",
+        f"| peak memory, P=65,536 | {mib['tf'][65536]} MiB | {mib['jax'][65536]} MiB |",
+        f"| whole generation vs plain inference, P=4,096 | "
+        f"{tf['vs_inference_generation']:.2f}x | {jax['vs_inference_generation']:.2f}x |",
+        f"| evaluation call vs plain inference, P=4,096 | {tf['vs_inference']:.2f}x | "
+        f"{jax['vs_inference']:.2f}x |")
+    assert_quotes(
+        "benchmarks/README.md",
+        f"| {tf['vs_inference_generation']:.2f}: missed | "
+        f"{jax['vs_inference_generation']:.2f} (",
+        f"| {ratio['tf']:.2f}: missed (43x before recipes) | {ratio['jax']:.2f}: missed",
+        f"| rank 1, 256 | {rows['tf'][256]['generation_seconds']:.2f} "
+        f"({rows['tf'][256]['eval_seconds']:.2f}) | {mib['tf'][256]} MiB |")
+    for backend in ("tensorflow", "jax"):
+        ga = hyperscale(backend, "ga")
+        assert ga["ga_population_16384_ok"]
+        assert f"| {ga['peak_bytes_ratio']['ga']['ratio']:.2f} at " in page("benchmarks/README.md")
+    assert hyperscale("jax", "rank1_p262144")["population_262144_ok"]
