@@ -103,7 +103,9 @@ HARNESS = textwrap.dedent(
     model = keras_lrne.Sequential([keras.Input((6,)), lrl.FactorizedDense(8, rank=2,
         activation="relu"), keras.layers.Dense(1)])
     model.compile(loss="mse")
-    callbacks = [keras.callbacks.CSVLogger(out + ".csv", append=True)]
+    # Append when resuming; a random kill can land after training ended (the backup is
+    # then removed), and the rerun is a fresh run that writes the file anew.
+    callbacks = [keras.callbacks.CSVLogger(out + ".csv", append=os.path.isdir(backup))]
     if backup != "-":
         callbacks.insert(0, keras.callbacks.BackupAndRestore(backup))
     history = model.evolve(x, y, strategy=keras_lrne.strategies.GA(12, 3, mutation_rate=0.1),
