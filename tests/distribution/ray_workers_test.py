@@ -102,6 +102,12 @@ class KillAWorker(keras.callbacks.Callback):
             os.kill(self.killed, signal.SIGKILL)
 
 
+# The tests marked backend_independent below check orchestration: a worker's
+# replacement, the merge of observation statistics, a Python fitness (host code),
+# error propagation and the CLI's wiring. CI runs them on the default backend only; that
+# workers evaluate members as one process does is checked on every backend by
+# test_two_workers_give_the_one_process_run and test_open_es_in_workers_equals_one_process.
+@pytest.mark.backend_independent
 def test_a_killed_worker_is_replaced_and_the_run_ends_the_same(local_ray, reference):
     workers = RayWorkers(num_workers=2)
     killer = KillAWorker(workers)
@@ -159,6 +165,7 @@ def _normalized(workers):
     return history.history["episode_return"], task.normalizer.get_state()
 
 
+@pytest.mark.backend_independent
 def test_normalisation_does_not_depend_on_the_worker_count(local_ray):
     (returns_1, stats_1), (returns_2, stats_2) = (_normalized(RayWorkers(1)),
                                                   _normalized(RayWorkers(2)))
@@ -186,6 +193,7 @@ def fitting_fitness(model):
     return float(-np.mean((model.predict(x, verbose=0)[:, 0] - x[:, 0]) ** 2))
 
 
+@pytest.mark.backend_independent
 def test_a_python_fitness_gives_the_same_run_on_two_workers(local_ray):
     runs = []
     for distribution in (None, RayWorkers(num_workers=2)):
@@ -212,6 +220,7 @@ def test_a_python_fitness_gives_the_same_run_on_two_workers(local_ray):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.backend_independent
 def test_a_worker_that_raises_fails_the_run_with_its_error(local_ray):
     task = keras_lrne.tasks.Environment(BrokenReset)
     model = keras_lrne.Sequential([keras.Input(task.input_shape),
@@ -222,6 +231,7 @@ def test_a_worker_that_raises_fails_the_run_with_its_error(local_ray):
                      distribution=RayWorkers(1))
 
 
+@pytest.mark.backend_independent
 def test_the_cli_evaluates_in_workers(local_ray, tmp_path):
     from keras_lrne import cli
 
