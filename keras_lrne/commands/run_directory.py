@@ -315,8 +315,9 @@ def evolve_and_save(args, model, task, strategy, output, *, mode, plot, summary_
         plot_histories({args.variant: history.history}, tmp, title=title, **plot_kwargs)
     with checkpoint.atomic_path(os.path.join(output, "model.keras")) as tmp:
         model.save(tmp)
-    with checkpoint.atomic_path(os.path.join(output, "saved_model")) as tmp:
-        model.export(tmp, format="tf_saved_model", verbose=False)
+    if getattr(args, "export", True):
+        with checkpoint.atomic_path(os.path.join(output, "saved_model")) as tmp:
+            model.export(tmp, format="tf_saved_model", verbose=False)
     for name, write in extra_outputs:
         with checkpoint.atomic_path(os.path.join(output, name)) as tmp:
             write(tmp)

@@ -107,7 +107,7 @@ def test_rl_commands_take_open_es(tmp_path):
     out = tmp_path / "es"
     assert cli.main(["control", "--env", "CartPole-v1", "--strategy", "es", "--population",
                      "4", "--generations", "2", "--max-episode-steps", "30", "--verbose", "0",
-                     "--output", str(out)]) == 0
+                     "--no-export", "--output", str(out)]) == 0
     run = json.loads((out / "summary.json").read_text())
     assert run["args"]["strategy"] == "es" and run["summary"]["env_steps"] > 0
 
@@ -124,7 +124,8 @@ def test_control_takes_discrete_envs_and_their_own_step_limit(tmp_path):
     assert type(task).__name__ == "Control" and task.max_episode_steps in (None, 200)
     out = tmp_path / "cartpole"
     assert cli.main(["control", "--env", "CartPole-v1", "--population", "3", "--parents", "1",
-                     "--generations", "2", "--verbose", "0", "--output", str(out)]) == 0
+                     "--generations", "2", "--verbose", "0", "--no-export", "--output",
+                     str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert 2 * 3 <= summary["env_steps"] <= 2 * 3 * 500  # episodes end at CartPole's limit
     # history.csv holds what was logged: no empty val_* columns for environment tasks.
@@ -153,7 +154,7 @@ def test_play_prints_returns_and_rejects_bad_input(tmp_path, capsys, monkeypatch
     out = tmp_path / "ctl"
     assert cli.main(["control", "--env", "Pendulum-v1", "--max-episode-steps", "10",
                      "--population", "3", "--parents", "1", "--generations", "1",
-                     "--verbose", "0", "--output", str(out)]) == 0
+                     "--verbose", "0", "--no-export", "--output", str(out)]) == 0
     capsys.readouterr()
     assert cli.main(["play", str(out / "policy"), "--env", "Pendulum-v1", "--episodes",
                      "3", "--seed", "5"]) == 0

@@ -13,12 +13,14 @@ from keras_lrne import cli
 from keras_lrne.commands import arguments, lm
 
 TINY = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
-        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0"]
+        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--no-export"]
+#: TINY with the SavedModel export, for the tests that check it.
+EXPORTING = [arg for arg in TINY if arg != "--no-export"]
 
 
 def test_lm_writes_history_plot_and_models(tmp_path):
     out = tmp_path / "run"
-    assert cli.main(["lm", *TINY, "--output", str(out)]) == 0
+    assert cli.main(["lm", *EXPORTING, "--output", str(out)]) == 0
     for name in ("history.csv", "loss.png", "model.keras", "lineage.npz", "summary.json"):
         assert (out / name).is_file(), name
     assert (out / "saved_model" / "saved_model.pb").is_file()
@@ -199,9 +201,11 @@ def test_lm_summary_records_the_real_vocabulary_and_no_lock_stays(tmp_path):
     assert stored["summary"]["uniform_loss"] == pytest.approx(np.log(len(vocabulary)))
     assert stored["task"]["vocab_size"] == len(vocabulary)
     assert stored["task"]["requested_vocab_size"] == stored["args"]["vocab_size"] == 2048
+    # No lock file, no backup, and (--no-export) no SavedModel.
     assert sorted(p.name for p in out.iterdir()) == [
-        "history.csv", "lineage.npz", "loss.png", "model.keras", "saved_model",
-        "summary.json", "tokenizer.json"]  # no lock file, no backup
+        "history.csv", "lineage.npz", "loss.png", "model.keras", "summary.json",
+        "tokenizer.json"]
+    assert stored["args"]["export"] is False
 
 
 def test_lm_resume_with_a_corrupted_backup_fails_clearly(tmp_path, capsys):

@@ -13,7 +13,7 @@ from keras_lrne import cli
 from keras_lrne.commands import lm, lora
 
 TINY = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
-        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0"]
+        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--no-export"]
 LORA = ["lm", "--lora", "2", "--pretrain-seconds", "1", *TINY]
 
 

@@ -240,7 +240,7 @@ def test_the_cli_evaluates_in_workers(local_ray, tmp_path):
         output = tmp_path / f"run{len(summaries)}"
         assert cli.main(["control", "--env", "CartPole-v1", "--population", "4", "--parents",
                          "2", "--generations", "2", "--max-episode-steps", "30",
-                         "--verbose", "0", "--output", str(output), *extra]) == 0
+                         "--verbose", "0", "--no-export", "--output", str(output), *extra]) == 0
         summaries.append(json.loads((output / "summary.json").read_text())["summary"])
     assert summaries[0]["final_episode_return"] == summaries[1]["final_episode_return"]
     assert summaries[0]["env_steps"] == summaries[1]["env_steps"] > 0
