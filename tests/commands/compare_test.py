@@ -14,7 +14,7 @@ from keras_lrne import cli
 from keras_lrne.commands import arguments
 
 BASE = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
-        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--embed-rank", "4"]
+        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--embed-rank", "4", "--no-export"]
 TINY = [*BASE, "--rank", "1"]
 
 
@@ -28,6 +28,10 @@ def _history(path):
         return list(csv.DictReader(f))
 
 
+# A comparison is Python over its runs' own files (History CSVs, summaries, the paired
+# statistics), the same on every backend: its tests run on the default backend
+# (`backend_independent`). Each variant's run itself, and `--with-fit`'s fit() baselines,
+# are checked on every backend (tests/commands/cli_test.py, `test_compare_ranks_with_fit`).
 @pytest.fixture(scope="module")
 def lm_comparison(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "lm"
@@ -36,6 +40,7 @@ def lm_comparison(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_compare_seeds_writes_every_file(lm_comparison):
     out = lm_comparison
     for name in ("comparison.csv", "comparison.md", "comparison.png"):
@@ -59,6 +64,7 @@ def test_compare_seeds_writes_every_file(lm_comparison):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_compare_numbers_follow_from_the_runs_history_files(lm_comparison):
     out = lm_comparison
     rows = _rows(out / "comparison.csv")
@@ -88,6 +94,7 @@ def test_compare_numbers_follow_from_the_runs_history_files(lm_comparison):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_resuming_a_comparison_skips_finished_runs(lm_comparison, tmp_path, capsys):
     out = tmp_path / "lm"
     shutil.copytree(lm_comparison, out)
@@ -220,6 +227,7 @@ def test_compare_argument_errors_before_any_work(tmp_path, capsys, argv, message
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_a_comparison_checks_every_run_before_the_first(lm_comparison, tmp_path, capsys):
     out = tmp_path / "lm"
     shutil.copytree(lm_comparison, out)
@@ -279,6 +287,7 @@ def test_ablation_presets_refuse_what_they_set(tmp_path, capsys, argv, message):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_compare_mutation_rates_runs_the_step_size_ablation(tmp_path):
     out = tmp_path / "rates"
     assert cli.main(["lm", *TINY, "--compare", "mutation-rates", "--rates", "0.01",
