@@ -10,5 +10,5 @@ from keras_lrne.strategies.sep_cma_es import SepCMAES, SepCMAESState
 #: The GA's state under its former name (before strategies owned their own states).
 StrategyState = GAState
 
-__all__ = ["CMAES", "CMAESState", "GA", "GAState", "OpenES", "OpenESState", "SepCMAES",
+__all__ = ["CMAES", "GA", "CMAESState", "GAState", "OpenES", "OpenESState", "SepCMAES",
            "SepCMAESState", "Strategy", "StrategyState"]

@@ -28,7 +28,7 @@ _NOISE_STREAM = 5
 
 def default_population_size(num_weights):
     """Hansen's default population size, `4 + floor(3 ln n)`, for `n` evolvable numbers."""
-    return 4 + int(math.floor(3 * math.log(max(1, int(num_weights)))))
+    return 4 + math.floor(3 * math.log(max(1, int(num_weights))))
 
 
 @dataclasses.dataclass(frozen=True)
