@@ -243,3 +243,25 @@ def test_a_resumed_run_ends_bit_identical_to_an_unbroken_one(tmp_path, cls):
         assert resumed.history[key] == straight.history[key]
     for a, b in zip(resumed_weights, straight_weights):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cls", [CMAES, SepCMAES])
+def test_one_object_serves_two_interleaved_runs(cls):
+    """The instance holds configuration only: two runs on different shapes, stepped in
+    turn through one object, equal the same runs through their own objects."""
+
+    def steps(strategy, states, order):
+        for key in order:
+            population, states[key] = strategy.ask(states[key])
+            x = np.asarray(keras.ops.convert_to_numpy(population[0]), np.float64)
+            states[key], _ = strategy.tell(states[key], sphere(x.reshape(len(x), -1)))
+        return states
+
+    shared = cls(population_size=6, sigma=0.3)
+    states = steps(shared, {"a": shared.init([(4,)], 0), "b": shared.init([(2, 3)], 1)},
+                   ["a", "b"] * 3)
+    alone_a, alone_b = cls(population_size=6, sigma=0.3), cls(population_size=6, sigma=0.3)
+    a = steps(alone_a, {"a": alone_a.init([(4,)], 0)}, ["a"] * 3)["a"]
+    b = steps(alone_b, {"b": alone_b.init([(2, 3)], 1)}, ["b"] * 3)["b"]
+    np.testing.assert_array_equal(states["a"].mean, a.mean)
+    np.testing.assert_array_equal(states["b"].mean, b.mean)
