@@ -6,7 +6,8 @@ same dimension, starting point (the strategy's initial mean of the seed), initia
 size, population size and evaluation budget, over `--seeds` seeds. Evaluations count
 the population only (keras-lrne's strategies run with `mean_evaluation=False`). pycma
 runs with its defaults (active CMA, its own learning rates; pycma's `CMA_diagonal`
-uses its own `c_1`/`c_mu` for the diagonal) unless `--no-active`.
+uses its own `c_1`/`c_mu` for the diagonal and, by default, two-point step-size
+adaptation instead of CSA: `--csa` makes it CSA) unless `--no-active`.
 
 Per strategy and function it prints: the median evaluations to reach the target over
 the successful runs (`evals`), the median final best value (`final`), the success
@@ -66,7 +67,7 @@ def run_lrne(cls, fn, n, population, budget, target, sigma, seed):
     return x0, hit, best
 
 
-def run_pycma(x0, fn, population, budget, target, sigma, seed, diagonal, active):
+def run_pycma(x0, fn, population, budget, target, sigma, seed, diagonal, active, csa=False):
     import cma
 
     options = {"popsize": population, "seed": seed + 1, "verbose": -9, "maxfevals": budget,
@@ -74,6 +75,8 @@ def run_pycma(x0, fn, population, budget, target, sigma, seed, diagonal, active)
                "CMA_active": active, "tolflatfitness": 10**9}
     if diagonal:
         options["CMA_diagonal"] = True
+        if csa:  # pycma's diagonal mode adapts sigma by TPA by default
+            options["AdaptSigma"] = cma.sigma_adaptation.CMAAdaptSigmaCSA
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         es = cma.CMAEvolutionStrategy(list(x0), sigma, options)
@@ -106,6 +109,13 @@ def main(argv=None):
                         help="run pycma without active CMA (negative weights)")
     parser.add_argument("--sep-1000", action="store_true",
                         help="also SepCMAES on the 1,000-dimensional Sphere")
+    parser.add_argument("--csa", action="store_true",
+                        help="pycma's diagonal runs adapt sigma by CSA (cumulative step-size "
+                        "adaptation, as Ros and Hansen's sep-CMA-ES and SepCMAES do) instead "
+                        "of its default for CMA_diagonal, TPA (two-point adaptation)")
+    parser.add_argument("--only", default=None, metavar="STRATEGY[:FUNCTION[:N]]",
+                        help="run one strategy (CMAES or SepCMAES), optionally one function "
+                        "and dimension, e.g. SepCMAES:sphere:1000")
     args = parser.parse_args(argv)
     from keras_lrne.strategies import CMAES, SepCMAES
 
@@ -114,12 +124,15 @@ def main(argv=None):
     for cls, diagonal in ((CMAES, False), (SepCMAES, True)):
         extra = [(sphere, 1000, 24, 150_000, 1e-6, 0.5)] if diagonal and args.sep_1000 else []
         for fn, n, population, budget, target, sigma in problems + extra:
+            wanted = (args.only or "").split(":")
+            if args.only and [cls.__name__, fn.__name__, str(n)][:len(wanted)] != wanted:
+                continue
             ours, reference = [], []
             for seed in range(args.seeds):
                 x0, hit, best = run_lrne(cls, fn, n, population, budget, target, sigma, seed)
                 ours.append((hit, best))
                 reference.append(run_pycma(x0, fn, population, budget, target, sigma, seed,
-                                           diagonal, not args.no_active))
+                                           diagonal, not args.no_active, args.csa))
             a, b = summary(ours), summary(reference)
             ratio = a["evals"] / b["evals"] if a["evals"] and b["evals"] else None
             rows.append({"strategy": cls.__name__, "function": fn.__name__, "n": n,
