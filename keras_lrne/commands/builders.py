@@ -28,6 +28,10 @@ def make_strategy(args):
     if args.strategy == "es":
         return strategies.OpenES(population_size=args.population, sigma=args.sigma,
                                  learning_rate=args.learning_rate)
+    if args.strategy == "cma-es":
+        return strategies.CMAES(population_size=args.population, sigma=args.sigma)
+    if args.strategy == "sep-cma-es":
+        return strategies.SepCMAES(population_size=args.population, sigma=args.sigma)
     return strategies.GA(population_size=args.population, num_parents=args.parents,
                          mutation_rate=args.mutation_rate,
                          factor_mutation_rate=getattr(args, "factor_mutation_rate", None))

@@ -206,3 +206,14 @@ def test_training_seeds_are_the_episode_seeds_a_run_used():
         assert set(task.episode_seeds(7, generation)) <= used
         assert set(task.episode_seeds(7, generation, stage=1, episodes=5)) <= used
     assert training_seeds({}) == set()
+
+
+@pytest.mark.parametrize("name, cls", [("cma-es", "CMAES"), ("sep-cma-es", "SepCMAES")])
+def test_rl_commands_take_the_cma_es_strategies(tmp_path, capsys, name, cls):
+    out = tmp_path / name
+    assert cli.main(["control", "--env", "CartPole-v1", "--strategy", name, "--population",
+                     "5", "--sigma", "0.3", "--generations", "2", "--max-episode-steps", "30",
+                     "--verbose", "0", "--output", str(out)]) == 0
+    run = json.loads((out / "summary.json").read_text())
+    assert run["args"]["strategy"] == name and run["summary"]["env_steps"] > 0
+    assert f"{cls}(population_size=5, sigma=0.3" in capsys.readouterr().out
