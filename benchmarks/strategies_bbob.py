@@ -51,13 +51,13 @@ FUNCTIONS = {"sphere": sphere, "rosenbrock": rosenbrock, "rastrigin": rastrigin}
 #: hyper-parameters). evosax runs the same hyper-parameters (see `evosax_run`).
 CASES = [
     ("SNES", "sphere", 10, 10, 300, 1e-8, {"sigma": 1.0}),
-    ("SNES", "rosenbrock", 10, 10, 1500, 1e-6, {"sigma": 1.0}),
+    ("SNES", "rosenbrock", 10, 10, 1500, 5.5, {"sigma": 1.0}),
     ("SNES", "rastrigin", 10, 10, 300, 10.0, {"sigma": 1.0}),
-    ("SNES", "sphere", 1000, 24, 600, 1e-2, {"sigma": 1.0}),
-    ("PGPE", "sphere", 10, 20, 300, 1e-2, {"sigma": 1.0}),
-    ("PGPE", "rosenbrock", 10, 20, 1500, 10.0, {"sigma": 1.0}),
-    ("PGPE", "rastrigin", 10, 20, 300, 30.0, {"sigma": 1.0}),
-    ("PGPE", "sphere", 1000, 100, 600, 100.0, {"sigma": 1.0}),
+    ("SNES", "sphere", 1000, 24, 1000, 650.0, {"sigma": 1.0}),
+    ("PGPE", "sphere", 10, 20, 300, 0.5, {"sigma": 1.0}),
+    ("PGPE", "rosenbrock", 10, 20, 1500, 30.0, {"sigma": 1.0}),
+    ("PGPE", "rastrigin", 10, 20, 300, 80.0, {"sigma": 1.0}),
+    ("PGPE", "sphere", 1000, 100, 600, 20.0, {"sigma": 1.0}),
 ]
 
 

@@ -119,7 +119,9 @@ RESUME_HELP = (
 OVERWRITE_HELP = "replace a finished run (or an interrupted run's backup) in --output"
 STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
                  "--mutation-rate); es: OpenAI's evolution strategy on every tensor "
-                 "(--population, even, --sigma, --learning-rate)")
+                 "(--population, even, --sigma, --learning-rate); snes: separable natural "
+                 "evolution strategy (--population, --sigma); pgpe: PGPE with ClipUp "
+                 "(--population, even, --sigma)")
 COMPARE_HELP = (
     "run a comparison: `variants` (the default: factorized, full and small), `ranks` "
     "(the factorized model at each of --ranks, plus full), `strategies` (the GA and "
@@ -148,9 +150,11 @@ def add_strategy_arguments(parser):
                         help="evaluate in the Ray cluster at ADDR ('auto', HOST:PORT or "
                         "ray://HOST:PORT), with --workers workers (default: one per CPU "
                         "of the cluster). Default: none")
-    parser.add_argument("--strategy", choices=("ga", "es"), default="ga", help=STRATEGY_HELP)
+    parser.add_argument("--strategy", choices=("ga", "es", "snes", "pgpe"),
+                        default="ga", help=STRATEGY_HELP)
     parser.add_argument("--sigma", type=positive_float, default=0.02,
-                        help="es: noise std relative to each tensor's init std")
+                        help="es, snes, pgpe: noise std relative to each tensor's init "
+                        "std")
     parser.add_argument("--learning-rate", type=positive_float, default=0.01,
                         help="es: Adam's learning rate on the mean (relative units)")
 

@@ -28,6 +28,10 @@ def make_strategy(args):
     if args.strategy == "es":
         return strategies.OpenES(population_size=args.population, sigma=args.sigma,
                                  learning_rate=args.learning_rate)
+    if args.strategy == "snes":
+        return strategies.SNES(population_size=args.population, sigma=args.sigma)
+    if args.strategy == "pgpe":
+        return strategies.PGPE(population_size=args.population, sigma=args.sigma)
     return strategies.GA(population_size=args.population, num_parents=args.parents,
                          mutation_rate=args.mutation_rate,
                          factor_mutation_rate=getattr(args, "factor_mutation_rate", None))

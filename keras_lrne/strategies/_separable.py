@@ -153,8 +153,10 @@ class SeparableGaussian(Strategy):
         if self._resolved_size is None:
             raise RuntimeError(
                 f"{type(self).__name__}(population_size=None) takes its default size from "
-                "the number of evolvable numbers: call `init()` first, or pass "
-                "`population_size`."
+                "the number of evolvable numbers, known once `init()` (or `resolve()`) "
+                "has seen the variables; `evolve()` needs the size before that: pass "
+                "`population_size` (e.g. `keras_lrne.strategies.snes."
+                "default_population_size(model.count_params())`)."
             )
         return self._resolved_size
 
@@ -162,7 +164,10 @@ class SeparableGaussian(Strategy):
     def num_members(self):
         return self.population_size + int(self.config.mean_evaluation)
 
-    def _resolve(self, specs):
+    def resolve(self, specs):
+        """Fixes the default population size (`population_size=None`) from `specs`,
+        the evolvable variables (what `init` does first)."""
+        specs = as_specs(specs)
         if self.config.population_size is None:
             n = sum(int(np.prod(s.shape)) for s in specs)
             self._resolved_size = self._DEFAULT_POPULATION(n)
@@ -195,7 +200,7 @@ class SeparableGaussian(Strategy):
 
     # -- the contract ------------------------------------------------------------------------
     def _init(self, specs, seed):
-        self._resolve(specs)
+        self.resolve(specs)
         mean = [ops.convert_to_tensor(v) for v in genome.initial_member(specs, seed, 0)]
         scales = np.asarray([float(s.init_std) for s in specs], np.float64)
         std = [ops.convert_to_tensor(np.full(s.shape, self.config.sigma * s.init_std,
@@ -329,4 +334,6 @@ def tied_mean(values, losses):
     """`values` (one per member) averaged over members with equal losses, so that tied
     losses (e.g. every member failed) give no gradient."""
     _, inverse, counts = np.unique(losses, return_inverse=True, return_counts=True)
+    if len(counts) == 1:  # all tied: exactly no gradient (not a rounding residue)
+        return np.zeros(len(values))
     return (np.bincount(inverse, weights=values) / counts)[inverse]
