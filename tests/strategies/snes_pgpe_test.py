@@ -3,6 +3,8 @@ arguments, ClipUp, NaN handling, evolve() on a tiny model, rebuilds and resumes.
 
 import argparse
 import math
+import pathlib
+import re
 
 import keras
 import numpy as np
@@ -315,7 +317,6 @@ class Interrupt(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("make", [
     lambda: SNES(6, sigma=0.3),
-    lambda: SNES(6, mean_evaluation=False),
     lambda: PGPE(6, sigma=0.3),
     lambda: PGPE(6, optimizer="adam", mean_evaluation=False),
 ])
@@ -361,3 +362,11 @@ def test_cli_pgpe_needs_an_even_population(tmp_path, capsys):
         cli.main(["lm", *tiny, "--strategy", "pgpe", "--population", "5", "--output",
                   str(tmp_path / "odd")])
     assert "population_size=5" in capsys.readouterr().err
+
+
+def test_the_docs_example_runs_as_written():
+    page = pathlib.Path(__file__).resolve().parents[2] / "docs" / "custom_strategy.md"
+    (code,) = re.findall(r"```py\n(.*?)```", page.read_text(), re.S)
+    namespace = {}
+    exec(compile(code, str(page), "exec"), namespace)
+    assert len(namespace["model"].history.history["loss"]) == 3
