@@ -355,6 +355,7 @@ def test_cli_builds_snes_and_pgpe():
     assert isinstance(pgpe, PGPE) and pgpe.population_size == 10
 
 
+@pytest.mark.backend_independent
 def test_cli_pgpe_needs_an_even_population(tmp_path, capsys):
     tiny = ["--sequence-length", "8", "--num-sequences", "4", "--vocab-size", "64",
             "--generations", "1", "--verbose", "0"]
