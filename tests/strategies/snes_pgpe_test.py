@@ -371,3 +371,16 @@ def test_the_docs_example_runs_as_written():
     namespace = {}
     exec(compile(code, str(page), "exec"), namespace)
     assert len(namespace["model"].history.history["loss"]) == 3
+
+
+@pytest.mark.slow
+def test_ray_workers_receive_seeds_and_give_the_same_run():
+    from keras_lrne.distribution import RayWorkers
+
+    x, y = regression()
+    for make in (lambda: SNES(6, sigma=0.5), lambda: PGPE(6, sigma=0.5)):
+        here = regression_model().evolve(x, y, strategy=make(), generations=3, seed=0,
+                                         verbose=0)
+        there = regression_model().evolve(x, y, strategy=make(), generations=3, seed=0,
+                                          verbose=0, distribution=RayWorkers(num_workers=2))
+        assert here.history["loss"] == there.history["loss"]
