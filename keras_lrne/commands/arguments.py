@@ -122,7 +122,9 @@ STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
                  "(--population, even, --sigma, --learning-rate); cma-es: Hansen's CMA-ES, "
                  "full covariance, for models of up to 20,000 evolved numbers (--population, "
                  "--sigma the initial step size); sep-cma-es: its diagonal variant, linear in "
-                 "the number of weights (--population, --sigma)")
+                 "the number of weights (--population, --sigma); snes: separable natural "
+                 "evolution strategy (--population, --sigma); pgpe: PGPE with ClipUp "
+                 "(--population, even, --sigma)")
 COMPARE_HELP = (
     "run a comparison: `variants` (the default: factorized, full and small), `ranks` "
     "(the factorized model at each of --ranks, plus full), `strategies` (the GA and "
@@ -151,11 +153,12 @@ def add_strategy_arguments(parser):
                         help="evaluate in the Ray cluster at ADDR ('auto', HOST:PORT or "
                         "ray://HOST:PORT), with --workers workers (default: one per CPU "
                         "of the cluster). Default: none")
-    parser.add_argument("--strategy", choices=("ga", "es", "cma-es", "sep-cma-es"),
+    parser.add_argument("--strategy", choices=("ga", "es", "cma-es", "sep-cma-es", "snes",
+                                               "pgpe"),
                         default="ga", help=STRATEGY_HELP)
     parser.add_argument("--sigma", type=positive_float, default=0.02,
-                        help="es: noise std relative to each tensor's init std; cma-es, "
-                        "sep-cma-es: the initial step size, in the same units")
+                        help="es, snes, pgpe: noise std relative to each tensor's init std; "
+                        "cma-es, sep-cma-es: the initial step size, in the same units")
     parser.add_argument("--learning-rate", type=positive_float, default=0.01,
                         help="es: Adam's learning rate on the mean (relative units)")
 

@@ -32,6 +32,10 @@ def make_strategy(args):
         return strategies.CMAES(population_size=args.population, sigma=args.sigma)
     if args.strategy == "sep-cma-es":
         return strategies.SepCMAES(population_size=args.population, sigma=args.sigma)
+    if args.strategy == "snes":
+        return strategies.SNES(population_size=args.population, sigma=args.sigma)
+    if args.strategy == "pgpe":
+        return strategies.PGPE(population_size=args.population, sigma=args.sigma)
     return strategies.GA(population_size=args.population, num_parents=args.parents,
                          mutation_rate=args.mutation_rate,
                          factor_mutation_rate=getattr(args, "factor_mutation_rate", None))

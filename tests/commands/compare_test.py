@@ -14,7 +14,8 @@ from keras_lrne import cli
 from keras_lrne.commands import arguments
 
 BASE = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence-length", "8",
-        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--embed-rank", "4", "--no-export"]
+        "--num-sequences", "4", "--vocab-size", "64", "--verbose", "0", "--embed-rank", "4",
+        "--no-export"]
 TINY = [*BASE, "--rank", "1"]
 
 
