@@ -2,10 +2,13 @@
 
 Measured in one run on one machine (ratios are what to compare; machines are noisy):
 
-1. raw: ale-py's native vector environment (Frostbite, RGB, 4-frame stack) stepped with
+1. raw: the Atari task's vector environment (Frostbite, RGB, 4-frame stack) stepped with
    random actions: the ceiling of any closed loop on this machine, measured right before
    and after every generation (the env speed drifts by tens of percent within minutes);
    each generation's closed-loop speed is divided by the raw speed of the same moments;
+   ale-py's native vector environment (stepped in C++ threads, but a ROM load per
+   seeded reset) is measured at the same moments (`native_raw_env_steps_per_second`,
+   `factorized_over_native_raw`);
 2. keras-lrne's closed loop (`model.evolve(keras_lrne.tasks.Atari(...))`) with a
    population of the paper's Atari network, factorized (rank 4) and full: member-steps/s
    (environment steps of all members per second, policy included), with the default
@@ -44,7 +47,12 @@ class RawEnv:
     ceiling of any closed loop on this machine."""
 
     def __init__(self, game, num_envs, seed=0):
-        self.env = keras_lrne.tasks.Atari(game, num_envs=num_envs).make_vector_env(num_envs)
+        from ale_py.vector_env import AtariVectorEnv
+
+        task = keras_lrne.tasks.Atari(game, num_envs=num_envs)
+        self.env = task.make_vector_env(num_envs)
+        self.native = AtariVectorEnv(task.game, num_envs, **task.vector_env_kwargs())
+        self.native.reset(seed=np.arange(num_envs))
         self.rng = np.random.default_rng(seed)
         self.num_envs = num_envs
         self.active = list(range(num_envs))
@@ -59,8 +67,17 @@ class RawEnv:
             self.env.step(self.rng.integers(0, n, self.num_envs), self.active)
         return self.num_envs * steps / (time.perf_counter() - start)
 
+    def native_speed(self, steps):
+        """The same for ale-py's native vector environment."""
+        n = self.env.single_action_space.n
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.native.step(self.rng.integers(0, n, self.num_envs))
+        return self.num_envs * steps / (time.perf_counter() - start)
+
     def close(self):
         self.env.close()
+        self.native.close()
 
 
 class RawProbe(keras.callbacks.Callback):
@@ -72,16 +89,22 @@ class RawProbe(keras.callbacks.Callback):
         super().__init__()
         self.raw, self.steps = raw, steps
         self.ratios, self.raw_speeds, self.logs = [], [], []
+        self.native_ratios, self.native_speeds = [], []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._before = self.raw.speed(self.steps)
+        self._native_before = self.raw.native_speed(self.steps)
 
     def on_epoch_end(self, epoch, logs=None):
+        native_after = self.raw.native_speed(self.steps)
         after = self.raw.speed(self.steps)
         logs = dict(logs or {})
         raw = statistics.mean([self._before, after])
+        native = statistics.mean([self._native_before, native_after])
         self.raw_speeds += [self._before, after]
+        self.native_speeds += [self._native_before, native_after]
         self.ratios.append(logs["frames_per_second"] / raw)
+        self.native_ratios.append(logs["frames_per_second"] / native)
         self.logs.append(logs)
 
 
@@ -100,7 +123,9 @@ def closed_loop_speed(variant, args, raw_env, lanes="auto"):
     fps = statistics.median(logs["frames_per_second"] for logs in probe.logs[1:])
     share = statistics.median(logs["policy_share"] for logs in probe.logs[1:])
     return {"fps": fps, "ratio": statistics.median(probe.ratios[1:]), "share": share,
-            "raw": probe.raw_speeds[2:], "model": model}
+            "raw": probe.raw_speeds[2:], "model": model,
+            "native_ratio": statistics.median(probe.native_ratios[1:]),
+            "native": probe.native_speeds[2:]}
 
 
 class GenerationTimer(keras.callbacks.Callback):
@@ -186,17 +211,22 @@ def main(argv=None):
         raw_env.close()
         raw_speeds = fact["raw"] + full["raw"] + other["raw"]
         raw = statistics.median(raw_speeds)
+        native = statistics.median(fact["native"] + full["native"] + other["native"])
         two_step, materialised = conv_costs(fact["model"])
 
         print(f"raw vector env ({args.num_envs} envs, random actions), measured before and "
               f"after every generation: median {raw:,.0f} env-steps/s (min "
               f"{min(raw_speeds):,.0f}, max {max(raw_speeds):,.0f})")
+        print(f"ale-py's native vector env at the same moments: median {native:,.0f} "
+              "env-steps/s")
         print("closed loop (median over generations; each generation's speed over the raw "
               "speed measured right before and after it):")
         print(f"  factorized rank 4: {fact['fps']:,.0f} member-steps/s = "
-              f"{fact['ratio']:.2f}x raw (policy {fact['share']:.0%} of the time)")
+              f"{fact['ratio']:.2f}x raw, {fact['native_ratio']:.2f}x native raw (policy "
+              f"{fact['share']:.0%} of the time)")
         print(f"  full:              {full['fps']:,.0f} member-steps/s = "
-              f"{full['ratio']:.2f}x raw (policy {full['share']:.0%} of the time)")
+              f"{full['ratio']:.2f}x raw, {full['native_ratio']:.2f}x native raw (policy "
+              f"{full['share']:.0%} of the time)")
         print(f"  factorized with {other_lanes} lane(s) instead of the default "
               f"{default_lanes}: {other['fps']:,.0f} member-steps/s = {other['ratio']:.2f}x raw")
         print(f"factorized convs, multiply-adds per frame: two-step {two_step:,} vs "
@@ -210,6 +240,9 @@ def main(argv=None):
             "full_member_steps_per_second": full["fps"],
             "factorized_over_raw": fact["ratio"],
             "full_over_raw": full["ratio"],
+            "native_raw_env_steps_per_second": native,
+            "factorized_over_native_raw": fact["native_ratio"],
+            "full_over_native_raw": full["native_ratio"],
             "default_lanes": default_lanes,
             f"factorized_{other_lanes}_lanes_over_raw": other["ratio"],
             "conv_macs_two_step_over_materialised": two_step / max(materialised, 1),

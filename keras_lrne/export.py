@@ -77,7 +77,7 @@ def export_policy(model, task, filepath):
 
 
 def _task_kind(task):
-    """How `keras-lrne play` rebuilds the environment: `atari` (ale-py's native vector env),
+    """How `keras-lrne play` rebuilds the environment: `atari` (ale-py emulators),
     `carracing` (CarRacing-v3 with a 4-frame stack) or `gym` (`gymnasium.make(env)`)."""
     from keras_lrne.tasks.atari import Atari
     from keras_lrne.tasks.car_racing import CarRacing

@@ -1,4 +1,4 @@
-"""`Atari`: evolve pixel policies on Atari 2600 games (ale-py's native vector env)."""
+"""`Atari`: evolve pixel policies on Atari 2600 games (ale-py emulators)."""
 
 import difflib
 
@@ -61,8 +61,10 @@ class Atari(Environment):
     into 84x84x12 inputs scaled to [0, 1], 0 to `noop_max - 1` random no-op steps at the
     start of each episode (the paper's 0-29), greedy (argmax) actions, a 2,500-step cap,
     one episode per member, no episodic life and no reward clipping. Environments are
-    ale-py's native C++ `AtariVectorEnv`, stepped in threads; all members of a
-    generation share the episode seeds, hence the no-op starts.
+    ale-py emulators (one `ALEInterface` per sub-environment) with the observations,
+    rewards and episode ends of ale-py's native `AtariVectorEnv`; all members of a
+    generation share the episode seeds, hence the no-op starts. A seeded reset restores
+    the emulator state of a seeded ROM load (cloned once) rather than reloading the ROM.
 
     Differences from the authors' gymnasium loop, all minor: no-op starts happen inside
     the environment and do not count towards `max_episode_steps`; frames are resized by
@@ -70,6 +72,9 @@ class Atari(Environment):
     over the last two frames, as in `Deterministic-v4`); and every sub-environment of the
     native vector advances on every step (finished episodes receive no-ops and are not
     counted), so early-finishing members save less time than with `Environment`.
+    With ale-py 0.12, whose saved states leave out the TIA's partial-frame flag (fixed
+    upstream later), a restored reset could differ from a ROM load in a game whose
+    frames end mid-frame; the paper's games and Pong, Space Invaders were checked equal.
 
     Reference: Garbus & Pollack, "Low Rank Factorizations are Indirect Encodings for Deep
     Neuroevolution", 2025 (Asteroids, Frostbite, Gravitar, Kangaroo).
@@ -89,8 +94,8 @@ class Atari(Environment):
             (both `v4` and ale-py's `v5` ids default to the minimal set).
         num_envs: environments stepped together (a chunk of member-episodes); default
             `min(population * episodes, 64)`.
-        num_threads: threads of the native vector environment (None: ale-py's default,
-            one per core).
+        num_threads: unused (kept for compatibility: the emulators step in the calling
+            thread).
         reevaluate_top: two-stage selection (see `Environment`). None disables it.
         reevaluate_episodes: episodes of the second stage.
 
@@ -116,9 +121,9 @@ class Atari(Environment):
     ...                        generations=300)
     """
 
-    #: ale-py's vector environment steps in native threads (releasing the GIL), so the
-    #: rollout engine runs two of them in lanes that overlap stepping with the policy
-    #: forward.
+    #: The rollout engine runs two vector environments in lanes that overlap stepping
+    #: (one lane's emulators) with the policy forward (the other lane's, in the
+    #: backend's threads, outside the GIL).
     threaded_vector_env = True
 
     def __init__(self, game, *, episodes=1, max_episode_steps=2500, noop_max=30, version="v4",
@@ -180,12 +185,12 @@ class Atari(Environment):
 
     def make_env(self):
         raise NotImplementedError(
-            "Atari tasks step ale-py's native vector environment: use "
+            "Atari tasks step a vector of ale-py emulators: use "
             "`task.make_vector_env(num_envs)`."
         )
 
     def make_vector_env(self, num_envs):
-        """Creates the native vector environment (behind the rollout engine's protocol)."""
+        """Creates the vector of emulators (behind the rollout engine's protocol)."""
         return AleVectorEnv(self.game, num_envs, **self.vector_env_kwargs())
 
     @property
