@@ -31,6 +31,7 @@ from keras_lrne.evaluators import (
     PythonFitnessEvaluator,
     SupervisedEvaluator,
     compiled_metrics,
+    objective_logs,
     plan_groups,
     tokens_per_sample,
 )
@@ -215,11 +216,12 @@ class Run:
         losses, logs = self.evaluator.evaluate(population, generation, progress)
         state, strategy_logs = self.strategy.tell(state, losses)
         logs.update(strategy_logs)
-        self.evaluator.complete(logs)
         self.lineage.record(**self.strategy.record(state))
         weights = self.strategy.best(state)
         assign(self.model, self.evolvable, weights)
         logs.update(self.evaluator.validate(weights))
+        # `fitness` / `episode_return` / `val_fitness` of the held weights, once.
+        logs.update(objective_logs(self.evaluator.objective, logs))
         return state, logs
 
 

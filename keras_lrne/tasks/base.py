@@ -44,6 +44,13 @@ class Task:
         return {"class": type(self).__name__, "config": config}
 
 
+def objective_value(value, maximize):
+    """The loss of an objective `value`, or the objective of a loss `value` (the one sign
+    flip, the same both ways): `-value` when higher is better (`maximize`), else
+    `value`. Works on numbers, arrays and tensors."""
+    return -value if maximize else value
+
+
 def _to_numpy(value):
     if hasattr(value, "numpy"):
         value = value.numpy()
