@@ -30,6 +30,7 @@ from keras_lrne.evaluators import (
     Progress,
     PythonFitnessEvaluator,
     SupervisedEvaluator,
+    check_two_stage,
     compiled_metrics,
     objective_logs,
     plan_groups,
@@ -229,6 +230,7 @@ def make_evaluator(run, task):
     """The evaluator of `run` on `task`: Ray workers' when the run's distribution is a
     `RayWorkers`, else a `PythonFitnessEvaluator` (Python `Fitness`),
     `SupervisedEvaluator` (data, compiled `Fitness`) or `EnvironmentEvaluator`."""
+    check_two_stage(task, run.strategy)
     if isinstance(run.distribution, RayWorkers):
         return run.distribution.evaluator(run, task)
     members = run.strategy.num_members

@@ -481,19 +481,45 @@ def member_fitness(model, evolvable, fn, arrays, members, on_member=None):
     return fitness, errors
 
 
+def check_two_stage(task, strategy):
+    """Refuses two-stage selection (the task's `reevaluate_top`) with a strategy that
+    does not declare `selects_by_truncation` (it gives every member outside the
+    re-evaluated top the worst loss, which would corrupt the update of any other), or a
+    top smaller than its `num_parents`. The engine calls it before any work."""
+    top = getattr(task, "reevaluate_top", None)
+    if top is None:
+        return
+    if not strategy.selects_by_truncation:
+        raise ValueError(
+            "Two-stage selection (`reevaluate_top`) needs a strategy that selects "
+            "parents by truncation (`selects_by_truncation`), such as `GA`: it gives "
+            "every member outside the re-evaluated top the worst loss, which would "
+            f"corrupt the update of {type(strategy).__name__}. Received: "
+            f"reevaluate_top={top} with strategy={strategy!r}"
+        )
+    parents = strategy.num_parents
+    if top < parents:
+        raise ValueError(
+            "Received an invalid value for `reevaluate_top`, expected at least the "
+            f"strategy's num_parents={parents} (only re-evaluated members can become "
+            f"parents). Received: reevaluate_top={top}"
+        )
+
+
 class EnvironmentEvaluator(Evaluator):
     """Scores a population by playing episodes (loss = -mean episode return).
 
     With the task's `reevaluate_top` / `reevaluate_episodes` (two-stage selection, the
-    paper's CarRacing setting, for truncation-selection strategies such as `GA`): after
-    every member played the task's
+    paper's CarRacing setting, for strategies that declare `selects_by_truncation`,
+    such as `GA`: the engine checks it, `check_two_stage`): after every member played the
+    task's
     episodes, the best `reevaluate_top` play `reevaluate_episodes` more; their losses
     become the episode-weighted mean of both stages, and every other member's loss is
     +inf, so only they can be selected.
 
     Args:
         task: a `keras_lrne.tasks.Environment`.
-        strategy: the run's strategy (two-stage selection needs truncation selection).
+        strategy: the run's strategy (its `num_members`).
         rollout: what plays the episodes: a `keras_lrne.rollout.RolloutEvaluator` on this
             process's environments, or one on Ray workers.
     """
@@ -505,27 +531,11 @@ class EnvironmentEvaluator(Evaluator):
         members = strategy.num_members
         self.top = getattr(task, "reevaluate_top", None)
         self.second_episodes = getattr(task, "reevaluate_episodes", None)
-        if self.top is not None:
-            if self.top > members:
-                raise ValueError(
-                    "Received an invalid value for `reevaluate_top`, expected at most the "
-                    f"strategy's {members} members. Received: reevaluate_top={self.top}"
-                )
-            parents = getattr(strategy, "num_parents", None)
-            if parents is None:
-                raise ValueError(
-                    "Two-stage selection (`reevaluate_top`) needs a strategy that selects "
-                    "parents by truncation, such as `GA`: it gives every member outside the "
-                    "re-evaluated top the worst loss, which would corrupt the update of "
-                    f"{type(strategy).__name__}. Received: reevaluate_top={self.top} "
-                    f"with strategy={strategy!r}"
-                )
-            if self.top < parents:
-                raise ValueError(
-                    "Received an invalid value for `reevaluate_top`, expected at least the "
-                    f"strategy's num_parents={parents} (only re-evaluated members can "
-                    f"become parents). Received: reevaluate_top={self.top}"
-                )
+        if self.top is not None and self.top > members:
+            raise ValueError(
+                "Received an invalid value for `reevaluate_top`, expected at most the "
+                f"strategy's {members} members. Received: reevaluate_top={self.top}"
+            )
         self.rollout = rollout
         self.first_steps = members * task.episodes
         super().__init__(members, self.first_steps

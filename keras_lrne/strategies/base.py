@@ -173,6 +173,15 @@ class Strategy:
         """Members `ask` returns per generation (the population size by default)."""
         return self.population_size
 
+    @property
+    def selects_by_truncation(self):
+        """Whether only the `num_parents` lowest losses of a generation matter to `tell`
+        (truncation selection: the rest may all be +inf). What two-stage selection
+        (an environment's `reevaluate_top`) needs, since it gives every member outside
+        the re-evaluated top the worst loss; a strategy that declares it True also has
+        `num_parents`. False by default."""
+        return False
+
     def get_config(self):
         return dataclasses.asdict(self.config)
 

@@ -139,6 +139,11 @@ class GA(Strategy):
         return self.config.num_parents
 
     @property
+    def selects_by_truncation(self):
+        """True: only the `num_parents` best members survive and make children."""
+        return True
+
+    @property
     def mutation_rate(self):
         return self.config.mutation_rate
 

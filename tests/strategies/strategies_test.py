@@ -312,3 +312,18 @@ def test_a_fresh_strategy_object_asks_and_tells_on_a_state_it_did_not_init(make)
     losses, best = _run_losses(other, state, 3, sphere)
     assert losses == expected
     np.testing.assert_array_equal(best[0], expected_best[0])
+
+
+def test_two_stage_selection_asks_the_strategy_whether_it_selects_by_truncation():
+    # A strategy declares truncation selection (`selects_by_truncation`); having an
+    # attribute named `num_parents` is not enough.
+    assert GA(4, 1).selects_by_truncation and not OpenES(4).selects_by_truncation
+
+    class NamedParents(OpenES):
+        num_parents = 2
+
+    task = Environment("CartPole-v1", max_episode_steps=10, reevaluate_top=2,
+                       reevaluate_episodes=1)
+    model = keras_lrne.Sequential([keras.Input(task.input_shape), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="selects_by_truncation"):
+        model.evolve(task, strategy=NamedParents(4), generations=1, verbose=0)
