@@ -46,8 +46,10 @@ from keras_lrne.tasks.base import (
     check_sparse_labels,
     check_target_shapes,
     data_digest,
+    fitness_maximize,
     is_structure,
     leaves,
+    task_kind,
 )
 
 
@@ -132,11 +134,11 @@ def _set_csv_columns(callbacks, logs):
 
 
 def _is_python_fitness(task):
-    return bool(getattr(task, "per_member", False))
+    return task_kind(task) == "python_fitness"
 
 
 def _is_fitness(task):
-    return hasattr(task, "objective") and hasattr(task, "maximize")
+    return fitness_maximize(task) is not None
 
 
 class Run:
@@ -234,15 +236,15 @@ def make_evaluator(run, task):
     if isinstance(run.distribution, RayWorkers):
         return run.distribution.evaluator(run, task)
     members = run.strategy.num_members
-    if _is_python_fitness(task):
+    kind = task_kind(task)  # the one table of task kinds (`TASK_KINDS`)
+    if kind == "python_fitness":
         return PythonFitnessEvaluator(run.model, run.evolvable, task.fn, members,
                                       task.maximize)
-    if task.supervised:
+    if kind == "supervised":
         return SupervisedEvaluator(
             run.functions, run.groups, members, run.batch_size, task.train_data,
             validation=run.validation, validation_batch_size=run.validation_batch_size,
-            tokens_per_sample=tokens_per_sample(task),
-            maximize=task.maximize if _is_fitness(task) else None)
+            tokens_per_sample=tokens_per_sample(task), maximize=fitness_maximize(task))
     rollout = RolloutEvaluator(run.model, run.functions, task, members, run.seed)
     return EnvironmentEvaluator(task, run.strategy, rollout)
 
@@ -297,6 +299,7 @@ def rebuild_member(model, generation, member, assign=False, **kwargs):
     if assign:
         _assign_weights(model, run.evolvable, arrays)
     return arrays
+
 
 
 
