@@ -14,6 +14,7 @@ this module. Tasks (`keras_lrne.tasks`) only describe data, environments or fitn
 the engine picks the evaluator.
 """
 
+import inspect
 import json
 import time
 import warnings
@@ -302,6 +303,26 @@ def rebuild_member(model, generation, member, assign=False, **kwargs):
 
 
 
+
+def method_docstring(function):
+    """The docstring of `function` (`evolve(model, ...)`) for the method
+    `model.evolve(...)` (`keras_lrne.models.EvolveMixin.evolve`): its summary for the
+    model itself, and without the `model` argument. One text documents both."""
+    doc = inspect.cleandoc(function.__doc__)
+    rest = doc.partition("\n")[2]
+    summary = ("Trains the model by neuroevolution, like `fit()` trains it by gradients.\n\n"
+               "The same as `keras_lrne.evolve(model, ...)`, which evolves any Keras "
+               "model.")
+    lines, skipping = [], False
+    for line in rest.split("\n"):
+        if line.startswith("    model: "):
+            skipping = True
+            continue
+        if skipping and line.startswith("        "):
+            continue
+        skipping = False
+        lines.append(line)
+    return summary + "\n" + "\n".join(lines)
 
 
 def evolve(model, x=None, y=None, validation_data=None, strategy=None, generations=1,
