@@ -14,6 +14,7 @@ this module. Tasks (`keras_lrne.tasks`) only describe data, environments or fitn
 the engine picks the evaluator.
 """
 
+import inspect
 import json
 import time
 import warnings
@@ -30,7 +31,9 @@ from keras_lrne.evaluators import (
     Progress,
     PythonFitnessEvaluator,
     SupervisedEvaluator,
+    check_two_stage,
     compiled_metrics,
+    objective_logs,
     plan_groups,
     tokens_per_sample,
 )
@@ -44,8 +47,10 @@ from keras_lrne.tasks.base import (
     check_sparse_labels,
     check_target_shapes,
     data_digest,
+    fitness_maximize,
     is_structure,
     leaves,
+    task_kind,
 )
 
 
@@ -130,11 +135,11 @@ def _set_csv_columns(callbacks, logs):
 
 
 def _is_python_fitness(task):
-    return bool(getattr(task, "per_member", False))
+    return task_kind(task) == "python_fitness"
 
 
 def _is_fitness(task):
-    return hasattr(task, "objective") and hasattr(task, "maximize")
+    return fitness_maximize(task) is not None
 
 
 class Run:
@@ -215,11 +220,12 @@ class Run:
         losses, logs = self.evaluator.evaluate(population, generation, progress)
         state, strategy_logs = self.strategy.tell(state, losses)
         logs.update(strategy_logs)
-        self.evaluator.complete(logs)
         self.lineage.record(**self.strategy.record(state))
         weights = self.strategy.best(state)
         assign(self.model, self.evolvable, weights)
         logs.update(self.evaluator.validate(weights))
+        # `fitness` / `episode_return` / `val_fitness` of the held weights, once.
+        logs.update(objective_logs(self.evaluator.objective, logs))
         return state, logs
 
 
@@ -227,18 +233,19 @@ def make_evaluator(run, task):
     """The evaluator of `run` on `task`: Ray workers' when the run's distribution is a
     `RayWorkers`, else a `PythonFitnessEvaluator` (Python `Fitness`),
     `SupervisedEvaluator` (data, compiled `Fitness`) or `EnvironmentEvaluator`."""
+    check_two_stage(task, run.strategy)
     if isinstance(run.distribution, RayWorkers):
         return run.distribution.evaluator(run, task)
     members = run.strategy.num_members
-    if _is_python_fitness(task):
+    kind = task_kind(task)  # the one table of task kinds (`TASK_KINDS`)
+    if kind == "python_fitness":
         return PythonFitnessEvaluator(run.model, run.evolvable, task.fn, members,
                                       task.maximize)
-    if task.supervised:
+    if kind == "supervised":
         return SupervisedEvaluator(
             run.functions, run.groups, members, run.batch_size, task.train_data,
             validation=run.validation, validation_batch_size=run.validation_batch_size,
-            tokens_per_sample=tokens_per_sample(task),
-            maximize=task.maximize if _is_fitness(task) else None)
+            tokens_per_sample=tokens_per_sample(task), maximize=fitness_maximize(task))
     rollout = RolloutEvaluator(run.model, run.functions, task, members, run.seed)
     return EnvironmentEvaluator(task, run.strategy, rollout)
 
@@ -295,6 +302,27 @@ def rebuild_member(model, generation, member, assign=False, **kwargs):
     return arrays
 
 
+
+
+def method_docstring(function):
+    """The docstring of `function` (`evolve(model, ...)`) for the method
+    `model.evolve(...)` (`keras_lrne.models.EvolveMixin.evolve`): its summary for the
+    model itself, and without the `model` argument. One text documents both."""
+    doc = inspect.cleandoc(function.__doc__)
+    rest = doc.partition("\n")[2]
+    summary = ("Trains the model by neuroevolution, like `fit()` trains it by gradients.\n\n"
+               "The same as `keras_lrne.evolve(model, ...)`, which evolves any Keras "
+               "model.")
+    lines, skipping = [], False
+    for line in rest.split("\n"):
+        if line.startswith("    model: "):
+            skipping = True
+            continue
+        if skipping and line.startswith("        "):
+            continue
+        skipping = False
+        lines.append(line)
+    return summary + "\n" + "\n".join(lines)
 
 
 def evolve(model, x=None, y=None, validation_data=None, strategy=None, generations=1,

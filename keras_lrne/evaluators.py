@@ -4,8 +4,11 @@ The engine (`keras_lrne.engine`) picks one evaluator per run from the task and t
 distribution, builds it from explicit arguments (the compiled population functions, the
 progress groups, the member count) and, every generation, calls
 `evaluate(population, generation, progress)` -> `(losses, logs)` on what the strategy
-asked, `complete(logs)` once the strategy has logged, then `validate(weights)` on the
-weights the model holds. Lower losses are better; NaN or inf losses rank last.
+asked, then `validate(weights)` on the weights the model holds after `strategy.tell`.
+Lower losses are better; NaN or inf losses rank last. An evaluator whose losses stand
+for an objective to maximise (a fitness, an episode return) declares it as its
+`objective`; the engine then logs that objective of the held weights once, from `loss`
+and `val_loss` (`objective_logs`).
 
 - `SupervisedEvaluator`: the compiled loss on `(x, y)` data (arrays, language
   modelling), or a compiled `keras_lrne.tasks.Fitness` on data.
@@ -18,6 +21,7 @@ weights the model holds. Lower losses are better; NaN or inf losses rank last.
 
 import math
 import time
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -26,6 +30,7 @@ from keras_lrne import backend as lrne_backend
 from keras_lrne import genome
 from keras_lrne import population as pop
 from keras_lrne._validation import warn_at_caller
+from keras_lrne.tasks.base import objective_value
 from keras_lrne.tasks.fitness import member_value
 
 #: At most this many progress-bar steps per generation for supervised tasks: the
@@ -78,6 +83,38 @@ def tokens_per_sample(task):
     return getattr(task, "tokens_per_sample", None) or getattr(task, "sequence_length", None)
 
 
+class Objective(NamedTuple):
+    """What an evaluator's losses stand for, when it is not the loss itself.
+
+    Attributes:
+        name: the log key of the objective of the weights the model holds (`fitness`,
+            `episode_return`); `val_<name>` is logged from `val_loss`.
+        maximize: whether higher values of the objective are better (the loss is then
+            minus the objective, else the objective itself).
+    """
+
+    name: str
+    maximize: bool
+
+
+def objective_logs(objective, logs):
+    """The logs the engine derives from an evaluator's `objective` (an `Objective` or
+    None), once per generation after `tell` and `validate`: `objective.name` from
+    `logs["loss"]` (the loss of the weights the model holds) and `val_<name>` from
+    `logs["val_loss"]` when it is there.
+
+    Returns:
+        A dict of floats (empty when `objective` is None).
+    """
+    if objective is None:
+        return {}
+    name, maximize = objective
+    derived = {name: objective_value(float(logs["loss"]), maximize)}
+    if "val_loss" in logs:
+        derived[f"val_{name}"] = objective_value(float(logs["val_loss"]), maximize)
+    return derived
+
+
 def finite_stats(values):
     """Mean, median and max of the finite entries of `values` (NaN if there are none)."""
     finite = values[np.isfinite(values)]
@@ -119,8 +156,11 @@ class Evaluator:
 
     An evaluator turns the population the strategy asked for into one loss per member
     (lower is better; NaN and inf rank last) and the generation's logs. The engine calls,
-    every generation: `evaluate`, then (after `strategy.tell`) `complete`, then
-    `validate` on the weights the model then holds; `close` once at the end of the run.
+    every generation: `evaluate`, then (after `strategy.tell`) `validate` on the weights
+    the model then holds; `close` once at the end of the run. When the losses stand for
+    an objective (`objective`, e.g. `Objective("fitness", maximize=True)`), the engine
+    logs that objective of the held weights (and `val_<name>`) itself, from `loss` and
+    `val_loss`.
 
     Args:
         num_members: members per generation.
@@ -134,6 +174,9 @@ class Evaluator:
     ...         losses = np.zeros(self.num_members)
     ...         return losses, {"loss": 0.0}
     """
+
+    #: What the losses stand for: None (the loss itself) or an `Objective`.
+    objective = None
 
     def __init__(self, num_members, steps=1):
         self.num_members = int(num_members)
@@ -152,10 +195,6 @@ class Evaluator:
             (at least `loss`, the best finite loss).
         """
         raise NotImplementedError
-
-    def complete(self, logs):
-        """Finishes a generation's logs once the strategy has added its own (it may
-        have set `loss` to that of the weights the model will hold)."""
 
     def validate(self, weights):
         """Logs of `weights` (one tensor per evolvable variable) on held-out data, e.g.
@@ -202,9 +241,9 @@ def metric_logs(model, x, y, batch_size, prefix=""):
 
 def fitness_logs(losses, maximize):
     """`mean_fitness` and `median_fitness` of the finite member losses of a fitness task."""
-    sign = 1.0 if maximize else -1.0
     mean, median, _ = finite_stats(np.asarray(losses, dtype="float64"))
-    return {"mean_fitness": -sign * mean, "median_fitness": -sign * median}
+    return {"mean_fitness": objective_value(mean, maximize),
+            "median_fitness": objective_value(median, maximize)}
 
 
 class SupervisedEvaluator(Evaluator):
@@ -241,6 +280,8 @@ class SupervisedEvaluator(Evaluator):
         self.data = data
         self.tokens_per_sample = tokens_per_sample
         self.maximize = maximize
+        if maximize is not None:
+            self.objective = Objective("fitness", bool(maximize))
         self.val = None
         self.validation = validation
         self.validation_batch_size = None
@@ -300,11 +341,6 @@ class SupervisedEvaluator(Evaluator):
                 progress.end({"loss": best} if math.isfinite(best) else {})
         return np.concatenate(parts, axis=1).reshape(-1)[: self.num_members]
 
-    def complete(self, logs):
-        """Adds `fitness` (of the weights the model holds) for a fitness task."""
-        if self.maximize is not None:
-            logs["fitness"] = -float(logs["loss"]) if self.maximize else float(logs["loss"])
-
     def validate(self, weights):
         """The logs of `weights` (one tensor per evolvable variable, which the model
         holds): `val_loss` on the validation data (and `val_fitness` for a fitness
@@ -319,8 +355,6 @@ class SupervisedEvaluator(Evaluator):
                                   functions.non_trainable_values(), self.val[0], self.val[1])
         loss = float(lrne_backend.get().to_numpy(loss)[0])
         logs["val_loss"] = loss
-        if self.maximize is not None:
-            logs["val_fitness"] = -loss if self.maximize else loss
         if self.validation[1] is not None and compiled_metrics(self.functions.model):
             logs.update(metric_logs(self.functions.model, *self.validation,
                                     self.validation_batch_size, prefix="val_"))
@@ -363,6 +397,7 @@ class PythonFitnessEvaluator(Evaluator):
         super().__init__(num_members, num_members)
         self.model, self.evolvable, self.fn = model, evolvable, fn
         self.maximize = bool(maximize)
+        self.objective = Objective("fitness", self.maximize)
 
     def evaluate(self, population, generation, progress=None):
         start = time.perf_counter()
@@ -374,14 +409,15 @@ class PythonFitnessEvaluator(Evaluator):
         """`(fitness, errors)`: one float per member (NaN when it failed), and
         `[(member, exception)]`."""
         arrays = [lrne_backend.get().to_numpy(v) for v in genome.materialize(population)]
-        best = [-math.inf if self.maximize else math.inf]
+        best = [math.inf]  # the best loss so far
 
         def reported(member, value):
             if progress is None:
                 return
             if math.isfinite(value):
-                best[0] = max(best[0], value) if self.maximize else min(best[0], value)
-            progress.end({"fitness": best[0]} if math.isfinite(best[0]) else {})
+                best[0] = min(best[0], objective_value(value, self.maximize))
+            progress.end({"fitness": objective_value(best[0], self.maximize)}
+                         if math.isfinite(best[0]) else {})
 
         return member_fitness(self.model, self.evolvable, self.fn, arrays,
                               range(self.num_members), on_member=reported)
@@ -404,16 +440,12 @@ class PythonFitnessEvaluator(Evaluator):
                 f"{type(error).__name__}: {error}",
                 RuntimeWarning,
             )
-        losses = -fitness if self.maximize else fitness.copy()
+        losses = np.array(objective_value(fitness, self.maximize))
         losses[~np.isfinite(losses)] = np.inf
         logs = {"loss": _best_finite(losses), **fitness_logs(losses, self.maximize),
                 "failed_members": len(errors),
                 "member_evals_per_second": len(losses) / seconds}
         return losses, logs
-
-    def complete(self, logs):
-        """Adds `fitness` (of the weights the model holds)."""
-        logs["fitness"] = -float(logs["loss"]) if self.maximize else float(logs["loss"])
 
 
 def member_fitness(model, evolvable, fn, arrays, members, on_member=None):
@@ -449,49 +481,61 @@ def member_fitness(model, evolvable, fn, arrays, members, on_member=None):
     return fitness, errors
 
 
+def check_two_stage(task, strategy):
+    """Refuses two-stage selection (the task's `reevaluate_top`) with a strategy that
+    does not declare `selects_by_truncation` (it gives every member outside the
+    re-evaluated top the worst loss, which would corrupt the update of any other), or a
+    top smaller than its `num_parents`. The engine calls it before any work."""
+    top = getattr(task, "reevaluate_top", None)
+    if top is None:
+        return
+    if not strategy.selects_by_truncation:
+        raise ValueError(
+            "Two-stage selection (`reevaluate_top`) needs a strategy that selects "
+            "parents by truncation (`selects_by_truncation`), such as `GA`: it gives "
+            "every member outside the re-evaluated top the worst loss, which would "
+            f"corrupt the update of {type(strategy).__name__}. Received: "
+            f"reevaluate_top={top} with strategy={strategy!r}"
+        )
+    parents = strategy.num_parents
+    if top < parents:
+        raise ValueError(
+            "Received an invalid value for `reevaluate_top`, expected at least the "
+            f"strategy's num_parents={parents} (only re-evaluated members can become "
+            f"parents). Received: reevaluate_top={top}"
+        )
+
+
 class EnvironmentEvaluator(Evaluator):
     """Scores a population by playing episodes (loss = -mean episode return).
 
     With the task's `reevaluate_top` / `reevaluate_episodes` (two-stage selection, the
-    paper's CarRacing setting, for truncation-selection strategies such as `GA`): after
-    every member played the task's
+    paper's CarRacing setting, for strategies that declare `selects_by_truncation`,
+    such as `GA`: the engine checks it, `check_two_stage`): after every member played the
+    task's
     episodes, the best `reevaluate_top` play `reevaluate_episodes` more; their losses
     become the episode-weighted mean of both stages, and every other member's loss is
     +inf, so only they can be selected.
 
     Args:
         task: a `keras_lrne.tasks.Environment`.
-        strategy: the run's strategy (two-stage selection needs truncation selection).
+        strategy: the run's strategy (its `num_members`).
         rollout: what plays the episodes: a `keras_lrne.rollout.RolloutEvaluator` on this
             process's environments, or one on Ray workers.
     """
+
+    objective = Objective("episode_return", maximize=True)
 
     def __init__(self, task, strategy, rollout):
         self.task = task
         members = strategy.num_members
         self.top = getattr(task, "reevaluate_top", None)
         self.second_episodes = getattr(task, "reevaluate_episodes", None)
-        if self.top is not None:
-            if self.top > members:
-                raise ValueError(
-                    "Received an invalid value for `reevaluate_top`, expected at most the "
-                    f"strategy's {members} members. Received: reevaluate_top={self.top}"
-                )
-            parents = getattr(strategy, "num_parents", None)
-            if parents is None:
-                raise ValueError(
-                    "Two-stage selection (`reevaluate_top`) needs a strategy that selects "
-                    "parents by truncation, such as `GA`: it gives every member outside the "
-                    "re-evaluated top the worst loss, which would corrupt the update of "
-                    f"{type(strategy).__name__}. Received: reevaluate_top={self.top} "
-                    f"with strategy={strategy!r}"
-                )
-            if self.top < parents:
-                raise ValueError(
-                    "Received an invalid value for `reevaluate_top`, expected at least the "
-                    f"strategy's num_parents={parents} (only re-evaluated members can "
-                    f"become parents). Received: reevaluate_top={self.top}"
-                )
+        if self.top is not None and self.top > members:
+            raise ValueError(
+                "Received an invalid value for `reevaluate_top`, expected at most the "
+                f"strategy's {members} members. Received: reevaluate_top={self.top}"
+            )
         self.rollout = rollout
         self.first_steps = members * task.episodes
         super().__init__(members, self.first_steps
@@ -530,10 +574,6 @@ class EnvironmentEvaluator(Evaluator):
         logs["loss"] = _best_finite(selection)
         logs["env_steps"] = logs.get("env_steps", 0) + extra.get("env_steps", 0)
         return selection
-
-    def complete(self, logs):
-        """Adds `episode_return`, the return of the weights the model holds (-loss)."""
-        logs["episode_return"] = -float(logs["loss"])
 
     def validate(self, weights):
         return {}

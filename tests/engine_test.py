@@ -356,3 +356,68 @@ def test_set_random_seed_makes_an_unseeded_run_repeat(tmp_path):
     np.random.seed(12345)
     resumed = run([keras.callbacks.BackupAndRestore(backup)])
     assert resumed[0] == first[0] and resumed[1] == first[1]
+
+
+def test_the_engine_calls_the_evaluator_once_and_derives_the_objective_itself():
+    # An evaluator only evaluates: its losses and logs, then the held weights'
+    # validation. The objective it declares (here a score to maximise) is logged by the
+    # engine from `loss` (of the weights `best` returns) and `val_loss`.
+    x, y = classification_data(32)
+    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.evolve(x, y, strategy=OpenES(8), generations=1, seed=0, verbose=0)
+    run = model.evolution_run
+    calls = []
+
+    class Scores(keras_lrne.evaluators.Evaluator):
+        objective = keras_lrne.evaluators.Objective("score", maximize=True)
+
+        def evaluate(self, population, generation, progress=None):
+            calls.append("evaluate")
+            losses = np.arange(self.num_members, dtype="float64") + 1.0
+            return losses, {"loss": 1.0}
+
+        def complete(self, logs):  # the former second call: no longer made
+            calls.append("complete")
+
+        def validate(self, weights):
+            calls.append("validate")
+            return {"val_loss": 7.0}
+
+    run.evaluator = Scores(run.strategy.num_members)
+    state = run.strategy.init(run.evolvable, 0)
+    _, logs = run.step(state, 0)
+    assert calls == ["evaluate", "validate"]
+    # OpenES logs the loss of the evaluated mean (the last member), not the best one.
+    assert logs["loss"] == run.strategy.num_members
+    assert logs["score"] == -logs["loss"] and logs["val_score"] == -7.0
+
+
+class _DataWithMaximize(keras_lrne.tasks.base.ArrayTask):
+    """A data task scored by the model's loss that happens to have a `maximize`
+    attribute (it has no `objective`: not a `Fitness`)."""
+
+    maximize = True
+
+
+@pytest.mark.parametrize("make_task", [
+    lambda x, y: _DataWithMaximize(x, y),
+    lambda x, y: keras_lrne.tasks.Fitness(lambda model: 1.0, per_member=True),
+    lambda x, y: keras_lrne.tasks.Fitness(lambda outputs, y: keras.ops.mean(outputs),
+                                          data=(x, y), maximize=False),
+])
+def test_the_engine_and_ray_workers_tell_task_kinds_apart_with_one_table(monkeypatch,
+                                                                         make_task):
+    x, y = classification_data(32)
+    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.evolve(x, y, strategy=GA(4, 1), generations=1, seed=0, verbose=0)
+    run, task = model.evolution_run, make_task(x, y)
+    workers = keras_lrne.distribution.RayWorkers(num_workers=1)
+    monkeypatch.setattr(workers, "start", lambda *args: None)  # no Ray needed
+    local, remote = engine.make_evaluator(run, task), workers.evaluator(run, task)
+    kinds = (keras_lrne.evaluators.PythonFitnessEvaluator,
+             keras_lrne.evaluators.SupervisedEvaluator)
+    assert [isinstance(local, k) for k in kinds] == [isinstance(remote, k) for k in kinds]
+    assert local.objective == remote.objective
+    assert keras_lrne.tasks.base.task_kind(task) in ("supervised", "python_fitness")

@@ -20,6 +20,7 @@ from keras_lrne.evaluators import (
     SupervisedEvaluator,
     tokens_per_sample,
 )
+from keras_lrne.tasks.base import fitness_maximize, task_kind
 
 #: A chunk whose worker died is handed out again at most this many times.
 MAX_CHUNK_ATTEMPTS = 3
@@ -154,18 +155,19 @@ class RayWorkers:
         """Starts the workers and returns the evaluator of `run` (a
         `keras_lrne.engine.Run`) on `task`, whose members the workers evaluate."""
         members = run.strategy.num_members
-        if getattr(task, "per_member", False):  # a Python Fitness: chunks of members
+        kind = task_kind(task)  # the engine's table of task kinds (`TASK_KINDS`)
+        if kind == "python_fitness":  # chunks of members
             group = min(members, -(-members // MAX_PROGRESS_STEPS))
             self.start(run, task, group)
             return _PythonFitness(self, run, task, group)
-        if task.supervised:
+        if kind == "supervised":
             self.start(run, task, run.group_size)
             return _Supervised(
                 self, run, run.functions, run.groups, members, run.batch_size,
                 task.train_data, validation=run.validation,
                 validation_batch_size=run.validation_batch_size,
                 tokens_per_sample=tokens_per_sample(task),
-                maximize=getattr(task, "maximize", None))
+                maximize=fitness_maximize(task))
         # Chunks of at least 8 members (or all), whatever the worker count: each worker
         # plays a chunk on its own vector environment.
         group = min(members, max(-(-members // MAX_PROGRESS_STEPS), MIN_ENV_CHUNK))

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_lrne._validation import check_int, check_int_pair
-from keras_lrne.layers import _init, _vectorized
+from keras_lrne.layers import _factors, _init, _vectorized
 
 _PATHS = ("auto", "materialize", "two_step")
 
@@ -20,7 +20,7 @@ def _conv_output_length(length, kernel, stride, padding):
 
 
 @keras.saving.register_keras_serializable(package="keras_lrne")
-class FactorizedConv2D(keras.layers.Layer):
+class FactorizedConv2D(_factors.FactorPairMixin, keras.layers.Layer):
     """2D convolution (channels_last) whose kernel is a halved low-rank product.
 
     The `(kh, kw, in, filters)` kernel is treated as a `(kh * kw * in, filters)`
@@ -112,15 +112,8 @@ class FactorizedConv2D(keras.layers.Layer):
                 f"Received: padding={padding!r}"
             )
         self.padding = padding.lower()
-        self.activation = keras.activations.get(activation)
-        self.use_bias = _init.validate_bool("use_bias", use_bias)
-        self.kernel_u_initializer = _init.get_initializer(
-            "kernel_u_initializer", kernel_u_initializer
-        )
-        self.kernel_v_initializer = _init.get_initializer(
-            "kernel_v_initializer", kernel_v_initializer
-        )
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        _factors.set_factor_arguments(self, activation, use_bias, kernel_u_initializer,
+                                      kernel_v_initializer, bias_initializer)
         # Which form `call` uses: "auto" (fewer multiply-adds), "materialize" or
         # "two_step". Private; tests force a path through it.
         self._compute_path = "auto"
@@ -137,26 +130,8 @@ class FactorizedConv2D(keras.layers.Layer):
         kh, kw = self.kernel_size
         fan_in = kh * kw * in_channels
         _init.warn_if_not_factorized(self.name, self.rank, fan_in, self.filters)
-        u_init = self.kernel_u_initializer
-        if u_init == _init.AUTO:
-            u_init = keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / fan_in))
-        v_init = self.kernel_v_initializer
-        if v_init == _init.AUTO:
-            v_init = keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / self.rank))
-        self._resolved_initializers = {"kernel_u": u_init, "kernel_v": v_init}
-        self.kernel_u = self.add_weight(
-            name="kernel_u", shape=(fan_in, self.rank), initializer=u_init
-        )
-        self.kernel_v = self.add_weight(
-            name="kernel_v", shape=(self.rank, self.filters), initializer=v_init
-        )
-        if self.use_bias:
-            self._resolved_initializers["bias"] = self.bias_initializer
-            self.bias = self.add_weight(
-                name="bias", shape=(self.filters,), initializer=self.bias_initializer
-            )
-        else:
-            self.bias = None
+        _factors.add_factor_weights(self, fan_in, self.filters, math.sqrt(2.0 / fan_in),
+                                    math.sqrt(2.0 / self.rank))
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: in_channels})
 
     def _full_kernel(self, kernel_u, kernel_v):
@@ -235,18 +210,6 @@ class FactorizedConv2D(keras.layers.Layer):
         )  # fmt: skip
         return (input_shape[0], height, width, self.filters)
 
-    def evolution_info(self):
-        """Mutation metadata for this layer's own trainable variables.
-
-        Returns:
-            Dict `{variable_name: {"init_std": float, "factor": bool}}` for
-            `kernel_u`, `kernel_v` (factors) and, if used, `bias` (not a factor;
-            a zero-initialised bias reports the Kaiming std `sqrt(2 / filters)`).
-        """
-        return _init.factor_evolution_info(
-            self, ("kernel_u", "kernel_v", "bias"), ("kernel_u", "kernel_v")
-        )
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -256,11 +219,7 @@ class FactorizedConv2D(keras.layers.Layer):
                 "rank": self.rank,
                 "strides": self.strides,
                 "padding": self.padding,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_u_initializer": _init.serialize_initializer(self.kernel_u_initializer),
-                "kernel_v_initializer": _init.serialize_initializer(self.kernel_v_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                **_factors.factor_config(self),
             }
         )
         return config

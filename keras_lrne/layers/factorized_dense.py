@@ -4,11 +4,11 @@ import keras
 from keras import ops
 
 from keras_lrne._validation import check_int
-from keras_lrne.layers import _init, _low_rank
+from keras_lrne.layers import _factors, _init, _low_rank
 
 
 @keras.saving.register_keras_serializable(package="keras_lrne")
-class FactorizedDense(keras.layers.Layer):
+class FactorizedDense(_factors.FactorPairMixin, keras.layers.Layer):
     """Densely-connected layer whose kernel is a low-rank product `U @ V`.
 
     Computes `activation((inputs @ kernel_u) @ kernel_v + bias)` on the last axis
@@ -70,15 +70,8 @@ class FactorizedDense(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = check_int("units", units)
         self.rank = check_int("rank", rank)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = _init.validate_bool("use_bias", use_bias)
-        self.kernel_u_initializer = _init.get_initializer(
-            "kernel_u_initializer", kernel_u_initializer
-        )
-        self.kernel_v_initializer = _init.get_initializer(
-            "kernel_v_initializer", kernel_v_initializer
-        )
-        self.bias_initializer = keras.initializers.get(bias_initializer)
+        _factors.set_factor_arguments(self, activation, use_bias, kernel_u_initializer,
+                                      kernel_v_initializer, bias_initializer)
         self.input_spec = keras.layers.InputSpec(min_ndim=1)
 
     def build(self, input_shape):
@@ -91,26 +84,7 @@ class FactorizedDense(keras.layers.Layer):
         fan_in = int(fan_in)
         _init.warn_if_not_factorized(self.name, self.rank, fan_in, self.units)
         std_u, std_v = _init.dense_factor_stds(fan_in, self.units, self.rank)
-        u_init = self.kernel_u_initializer
-        if u_init == _init.AUTO:
-            u_init = keras.initializers.RandomNormal(stddev=std_u)
-        v_init = self.kernel_v_initializer
-        if v_init == _init.AUTO:
-            v_init = keras.initializers.RandomNormal(stddev=std_v)
-        self._resolved_initializers = {"kernel_u": u_init, "kernel_v": v_init}
-        self.kernel_u = self.add_weight(
-            name="kernel_u", shape=(fan_in, self.rank), initializer=u_init
-        )
-        self.kernel_v = self.add_weight(
-            name="kernel_v", shape=(self.rank, self.units), initializer=v_init
-        )
-        if self.use_bias:
-            self._resolved_initializers["bias"] = self.bias_initializer
-            self.bias = self.add_weight(
-                name="bias", shape=(self.units,), initializer=self.bias_initializer
-            )
-        else:
-            self.bias = None
+        _factors.add_factor_weights(self, fan_in, self.units, std_u, std_v)
         self.input_spec = keras.layers.InputSpec(min_ndim=1, axes={-1: fan_in})
 
     @property
@@ -136,29 +110,13 @@ class FactorizedDense(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)[:-1] + (self.units,)
 
-    def evolution_info(self):
-        """Mutation metadata for this layer's own trainable variables.
-
-        Returns:
-            Dict `{variable_name: {"init_std": float, "factor": bool}}` for
-            `kernel_u`, `kernel_v` (factors) and, if used, `bias` (not a factor;
-            a zero-initialised bias reports the Kaiming std `sqrt(2 / units)`).
-        """
-        return _init.factor_evolution_info(
-            self, ("kernel_u", "kernel_v", "bias"), ("kernel_u", "kernel_v")
-        )
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "units": self.units,
                 "rank": self.rank,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_u_initializer": _init.serialize_initializer(self.kernel_u_initializer),
-                "kernel_v_initializer": _init.serialize_initializer(self.kernel_v_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                **_factors.factor_config(self),
             }
         )
         return config

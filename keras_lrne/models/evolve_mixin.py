@@ -32,77 +32,15 @@ class EvolveMixin:
     def evolve(self, x=None, y=None, validation_data=None, strategy=None, generations=1,
                callbacks=None, verbose="auto", seed=None, population_batch_size=None,
                batch_size=None, freeze_normalization=True, distribution=None):
-        """Trains the model by neuroevolution, like `fit()` trains it by gradients.
-
-        The same as `keras_lrne.evolve(model, ...)` (see `keras_lrne.engine.evolve`),
-        which evolves any Keras model. Each generation (one "epoch" for callbacks) asks
-        the strategy for a population, evaluates every member with the task's evaluator
-        (for data: the loss given to `compile()`, in compiled, vectorised calls) and
-        tells the strategy the losses.
-        Before every `on_epoch_end` the model's variables hold the strategy's best
-        weights (`strategy.best(state)`: the GA's elite, OpenES's mean), and they still
-        do after `evolve()`. Within a generation the progress bar and batch-level
-        callbacks advance per step, as `fit()` reports batches: a step is a group of
-        population chunks (data; at most 16 per generation) or a finished member-episode
-        (environments). Callbacks with a batch frequency (`ModelCheckpoint(save_freq=N)`,
-        `TensorBoard(update_freq=N)`) count these steps; use their per-epoch setting to act
-        once per generation.
-
-        Args:
-            x: input data (numpy array or tensor, with `y`), a finite `tf.data.Dataset`
-                of `(x, y)` batches, or a `keras_lrne.tasks` task such as
-                `LanguageModeling`.
-            y: targets for array input; None otherwise.
-            validation_data: `(x_val, y_val)` or a dataset of them; the loss of the
-                model's weights on it is logged as `val_loss` (and the compiled metrics
-                as `val_<name>`). Defaults to the task's validation data.
-            strategy: a `keras_lrne.strategies.Strategy`. Defaults to
-                `GA(population_size=64, num_parents=8)`.
-            generations: number of generations (epochs), a positive integer.
-            callbacks: list of `keras.callbacks.Callback`.
-            verbose: "auto", 0, 1 or 2, as in `fit()`.
-            seed: integer run seed. A run is deterministic for a fixed seed on one
-                backend and machine. If None, it is drawn from NumPy's global generator,
-                so `keras.utils.set_random_seed(...)` before `evolve()` makes the run
-                repeat (as it makes `fit()` repeat); without it each run differs. A run
-                resumed by `BackupAndRestore` keeps its checkpoint's seed.
-            population_batch_size: members evaluated in one vectorised call. Automatic by
-                default, from the device memory and the model's output size.
-            batch_size: samples per member per call (must divide the number of samples;
-                the largest divisor not above it is used). Automatic by default.
-            freeze_normalization: keep normalization layers (LayerNormalization, ...) at
-                their initial values, as the paper does. Defaults to True.
-            distribution: a `keras_lrne.distribution.PopulationParallel` to split the
-                population over the host's devices, a `RayWorkers` to evaluate it in
-                Ray actors (one machine or a cluster), or None (default) for one device.
-                Results do not depend on it, and a resumed run may use another.
-
-        Returns:
-            A `keras.callbacks.History` whose `history` dict holds, per generation,
-            `loss` (of the weights the model holds), `mean_loss` and `median_loss` (over
-            members with a finite loss), `val_loss` when there is validation data, the
-            metrics given to `compile(metrics=...)` as `fit()` names them (`accuracy`,
-            `val_accuracy`: of the weights the model holds, on the generation's data and
-            the validation data, computed by `model.evaluate()`), the
-            strategy's own logs, throughput (`member_evals_per_second`, plus
-            `member_tokens_per_second` for token data) and `generation_seconds`, the
-            generation's wall time (its sum over a History is the run's compute time,
-            across resumes).
-
-        Example:
-
-        >>> model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        >>> history = model.evolve(
-        ...     keras_lrne.tasks.LanguageModeling(),
-        ...     strategy=keras_lrne.strategies.GA(population_size=64, num_parents=8),
-        ...     generations=20,
-        ... )
-        """
+        # The docstring is `keras_lrne.evolve`'s, for a method (`engine.method_docstring`):
+        # one text for both.
         return engine.evolve(
             self, x, y, validation_data=validation_data, strategy=strategy,
             generations=generations, callbacks=callbacks, verbose=verbose, seed=seed,
             population_batch_size=population_batch_size, batch_size=batch_size,
             freeze_normalization=freeze_normalization, distribution=distribution)
+
+    evolve.__doc__ = engine.method_docstring(engine.evolve)
 
     @property
     def evolution_state(self):

@@ -1,6 +1,10 @@
 """The `Strategy` base class: the ask/tell contract every strategy implements."""
 
+import collections
 import dataclasses
+import hashlib
+import inspect
+import json
 import math
 
 import numpy as np
@@ -47,6 +51,64 @@ def as_specs(specs):
     return result
 
 
+#: Compiled operators of every strategy, keyed by (strategy class, configuration, name,
+#: variable signature, ...): the instance holds configuration only, so one strategy
+#: object serves any number of runs, and a state can be asked by any object of the same
+#: configuration. Least recently used entries go beyond `OPERATOR_CACHE_SIZE` (they are
+#: rebuilt, with the same numbers, if asked again).
+_OPERATORS = collections.OrderedDict()
+OPERATOR_CACHE_SIZE = 64
+#: The specs of every signature `spec_signature` gave (small: shapes and initializers).
+_SPECS = {}
+
+
+def _spec_key(spec):
+    initializer = spec.initializer
+    if initializer is not None:
+        initializer = (type(initializer).__module__, type(initializer).__qualname__,
+                       json.dumps(initializer.get_config(), sort_keys=True, default=repr))
+    return (int(spec.index), spec.path, tuple(int(d) for d in spec.shape), str(spec.dtype),
+            float(spec.init_std), bool(spec.factor), bool(spec.evolvable), initializer,
+            bool(spec.lora))
+
+
+def spec_signature(specs):
+    """A short string that names the evolvable variables `specs` (shapes, dtypes, init
+    stds, factors, initializers): what a strategy keeps in its state to find its
+    compiled operators (`Strategy.cached`) and its specs (`specs_of`) again, so that the
+    instance holds configuration only. Equal specs give equal signatures.
+
+    Args:
+        specs: `VariableSpec`s and/or shapes (see `as_specs`).
+
+    Returns:
+        The signature, a string (a JSON-able state field, saved by checkpoints).
+    """
+    specs = as_specs(specs)
+    text = repr([_spec_key(s) for s in specs])
+    signature = hashlib.sha256(text.encode()).hexdigest()[:24]
+    _SPECS.setdefault(signature, specs)
+    return signature
+
+
+def specs_of(signature):
+    """The `VariableSpec`s that `spec_signature` named `signature`.
+
+    Raises:
+        ValueError: for a signature this process has not seen (a state from another
+            process, before any `init` with its specs).
+    """
+    try:
+        return _SPECS[signature]
+    except KeyError:
+        raise ValueError(
+            "Received an invalid value for `signature`, expected the signature of "
+            "variables a strategy's `init` has seen in this process (call `init` with the "
+            f"run's specs first, e.g. to make a checkpoint's template). "
+            f"Received: signature={signature!r}"
+        ) from None
+
+
 def replace_state(state, **changes):
     """A copy of `state` (a NamedTuple or a frozen dataclass) with some fields changed."""
     if dataclasses.is_dataclass(state):
@@ -85,7 +147,10 @@ class Strategy:
 
     and may implement `record(state)` (the compact genome of the last generation, for
     `Lineage`) and `rebuild(...)`. They keep their hyper-parameters in a frozen dataclass
-    `config`, which `get_config()` returns as a dict. Checkpoints save any state
+    `config`, which `get_config()` returns as a dict, and nothing else on `self`: what a
+    run needs lives in its state (e.g. its `spec_signature`), and compiled operators in
+    `cached(...)`, keyed by that signature, so one strategy object can serve two runs
+    and `ask` works on any state of its configuration. Checkpoints save any state
     generically: arrays, lists of arrays, and JSON-able scalars.
 
     What this class does for every strategy: losses that are NaN or inf count as the
@@ -108,12 +173,44 @@ class Strategy:
         """Members `ask` returns per generation (the population size by default)."""
         return self.population_size
 
+    @property
+    def selects_by_truncation(self):
+        """Whether only the `num_parents` lowest losses of a generation matter to `tell`
+        (truncation selection: the rest may all be +inf). What two-stage selection
+        (an environment's `reevaluate_top`) needs, since it gives every member outside
+        the re-evaluated top the worst loss; a strategy that declares it True also has
+        `num_parents`. False by default."""
+        return False
+
     def get_config(self):
         return dataclasses.asdict(self.config)
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def _config_key(self):
+        return (type(self).__module__, type(self).__qualname__,
+                json.dumps(self.get_config(), sort_keys=True, default=repr))
+
+    def cached(self, name, build, *key):
+        """The operators `build()` returns, built once per strategy class,
+        configuration, `name` and `key` (e.g. a `spec_signature` and anything else the
+        operators depend on), and shared by every strategy object of that configuration.
+
+        Keep compiled operators here (or derive them from the state), not on `self`:
+        the instance holds configuration only, so one object can serve two runs at once
+        and `ask` works on any state of its configuration.
+        """
+        cache_key = (self._config_key(), name, *key)
+        if cache_key in _OPERATORS:
+            _OPERATORS.move_to_end(cache_key)
+            return _OPERATORS[cache_key]
+        value = build()
+        _OPERATORS[cache_key] = value
+        while len(_OPERATORS) > OPERATOR_CACHE_SIZE:
+            _OPERATORS.popitem(last=False)
+        return value
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -129,15 +226,19 @@ class Strategy:
             seed: the run seed, a non-negative integer. Everything random in the run
                 derives from it.
             distribution: the `keras_lrne.distribution.PopulationParallel` the run
-                splits its population over, or None (one device). Kept as
-                `self.distribution`; a strategy may keep its population on those
-                devices (the GA does on JAX). Strategies never look it up globally.
+                splits its population over, or None (one device). Passed on to `_init`
+                when it declares a `distribution` argument (a strategy that places its
+                population on those devices keeps what it needs in the state or its
+                cached operators, never on `self`). Strategies never look it up globally.
 
         Returns:
             The strategy's state.
         """
-        self.distribution = distribution
-        return self._init(as_specs(specs), check_int("seed", seed, minimum=0))
+        specs = as_specs(specs)
+        seed = check_int("seed", seed, minimum=0)
+        if "distribution" in inspect.signature(self._init).parameters:
+            return self._init(specs, seed, distribution=distribution)
+        return self._init(specs, seed)
 
     def ask(self, state):
         """Returns `(population, state)`: the members to evaluate next.

@@ -11,7 +11,7 @@ from keras_lrne import backend as lrne_backend
 from keras_lrne import genome
 from keras_lrne._validation import check_int, check_number
 from keras_lrne.strategies import operators
-from keras_lrne.strategies.base import Strategy, as_specs
+from keras_lrne.strategies.base import Strategy, as_specs, spec_signature, specs_of
 
 #: From this population size on, each chunk of the initial population is drawn with one
 #: compiled draw per variable (`genome.initial_members`: about 9x faster per member on a
@@ -37,6 +37,8 @@ class GAState(NamedTuple):
     mutation seed (`ask` returns it as a `keras_lrne.genome.PopulationRecipe`).
 
     Attributes:
+        signature: the `spec_signature` of the run's variables (what finds the run's
+            specs and compiled operators: the strategy object holds none).
         survivors: list of `(num_parents, ...)` tensors, one per evolvable variable:
             the survivors of the last `tell`, best first (None before the first).
         sources: for each member of the next population, the position among
@@ -55,6 +57,7 @@ class GAState(NamedTuple):
 
     survivors: list
     sources: np.ndarray
+    signature: str
     generation: int
     seed: int
     losses: object
@@ -124,13 +127,21 @@ class GA(Strategy):
                 ),
             )
         )
-        self._rows = self._expand = self._initial = None
-        #: Traces of the compiled operators (a run traces each once).
-        self.trace_counts = {"reproduce": 0}
+
+    @property
+    def trace_counts(self):
+        """Traces of the compiled operators of this configuration, over all its runs (a
+        run traces each once)."""
+        return self.cached("trace_counts", lambda: {"reproduce": 0})
 
     @property
     def num_parents(self):
         return self.config.num_parents
+
+    @property
+    def selects_by_truncation(self):
+        """True: only the `num_parents` best members survive and make children."""
+        return True
 
     @property
     def mutation_rate(self):
@@ -196,16 +207,26 @@ class GA(Strategy):
         row_seeds = np.where(rows < self.num_parents, -1, seeds[rows]).astype(np.int32)
         return source, row_seeds
 
-    def _operators(self, specs, seed):
-        """The run's `(rows, expand, initial)`: the compiled row operator, the
-        expansion of a recipe's chunk (traced by the engine) and the host expansion of
-        initial members."""
+    def _operators(self, signature):
+        """The `(rows, expand)` of the variables of `signature`, built once per
+        configuration and signature: the compiled row operator and the expansion of a
+        recipe's chunk (traced by the engine)."""
+        return self.cached("operators", lambda: self._build_operators(specs_of(signature)),
+                           signature)
+
+    def _build_operators(self, specs):
         builder = self._member_builder(self._stds(specs))
+        counts = self.trace_counts
 
         def expand(survivors, source, row_seeds):
-            self.trace_counts["reproduce"] += 1
+            counts["reproduce"] += 1
             return builder(survivors, source, row_seeds)
 
+        return lrne_backend.get().compile_random(builder), expand
+
+    def _initial(self, state):
+        """The host expansion of members of the initial population of `state`'s run."""
+        specs, seed = specs_of(state.signature), state.seed
         vectorised = self.population_size >= VECTORISED_INITIAL_POPULATION
 
         def initial(shared, members):
@@ -216,15 +237,17 @@ class GA(Strategy):
             return [ops.convert_to_tensor(np.stack([v[j] for v in values]))
                     for j in range(len(values[0]))]
 
-        return lrne_backend.get().compile_random(builder), expand, initial
+        return initial
 
     def _init(self, specs, seed):
-        self._rows, self._expand, self._initial = self._operators(specs, seed)
+        signature = spec_signature(specs)
+        self._operators(signature)  # compiled once per signature, before the first ask
         size = self.population_size
         index = np.arange(size, dtype=np.int32)
         return GAState(
             survivors=None,
             sources=index,
+            signature=signature,
             generation=0,
             seed=seed,
             losses=None,
@@ -234,19 +257,17 @@ class GA(Strategy):
         )
 
     def _recipe(self, state):
-        if self._expand is None:
-            raise RuntimeError("Call `init()` before `ask()`: the GA is not initialised.")
         if state.survivors is None:  # population 0: independent initialisations
-            return genome.PopulationRecipe(self._initial, [], (state.sources,), host=True)
-        return genome.PopulationRecipe(self._expand, state.survivors,
+            return genome.PopulationRecipe(self._initial(state), [], (state.sources,),
+                                           host=True)
+        _, expand = self._operators(state.signature)
+        return genome.PopulationRecipe(expand, state.survivors,
                                        (state.sources, state.seeds))
 
     def _ask(self, state):
         return self._recipe(state), state
 
     def _tell(self, state, losses):
-        if self._expand is None:
-            raise RuntimeError("Call `init()` before `tell()`: the GA is not initialised.")
         size, num_parents = self.population_size, self.num_parents
         rng = operators.generation_rng(state.seed, state.generation)
         elites = operators.truncation_selection(losses, num_parents)
@@ -258,7 +279,8 @@ class GA(Strategy):
         if recipe.host:
             survivors = recipe.rows(elites)
         else:
-            survivors = self._rows(state.survivors, state.sources[elites],
+            rows, _ = self._operators(state.signature)
+            survivors = rows(state.survivors, state.sources[elites],
                                    state.seeds[elites])
         position = np.argmax(parents[:, None] == elites[None, :], axis=1)
         state = state._replace(
@@ -288,7 +310,7 @@ class GA(Strategy):
             )
         specs = as_specs(specs)
         root, chain = chain_of(records["parents"], records["seeds"], generation, member)
-        rows = lrne_backend.get().compile_random(self._member_builder(self._stds(specs)))
+        rows, _ = self._operators(spec_signature(specs))
         values = [ops.convert_to_tensor(v[None]) for v in genome.initial_member(specs, seed, root)]
         zero = np.zeros((1,), np.int32)
         for child_seed in chain:

@@ -12,7 +12,7 @@ from keras_lrne import backend as lrne_backend
 from keras_lrne import genome
 from keras_lrne._validation import check_bool, check_int, check_number, warn_at_caller
 from keras_lrne.strategies import operators
-from keras_lrne.strategies.base import Strategy, as_specs
+from keras_lrne.strategies.base import Strategy, as_specs, spec_signature, specs_of
 
 FITNESS_SHAPINGS = ("centered_rank", "z_score", "none")
 _NOISE_SALT = 1
@@ -48,6 +48,8 @@ class OpenESState(NamedTuple):
             `mean_evaluation`), else the best member of it.
         noise_seeds: the seeds of the population last asked (one per antithetic pair).
         weights: the shaped fitness weights of the last `tell`, one per member.
+        signature: the `spec_signature` of the run's variables (what finds the run's
+            compiled operators: the strategy object holds none).
         generation: number of completed `tell` calls.
         seed: the run seed.
         losses: the last losses (sanitised), or None.
@@ -59,6 +61,7 @@ class OpenESState(NamedTuple):
     elite: list
     noise_seeds: np.ndarray
     weights: np.ndarray
+    signature: str
     generation: int
     seed: int
     losses: object
@@ -182,8 +185,6 @@ class OpenES(Strategy):
             optimizer=_serialize_optimizer(optimizer), weight_decay=weight_decay,
             mean_evaluation=mean_evaluation, perturbation_rank=perturbation_rank,
         ))
-        self._optimizer = None
-        self._ops = None
 
     @property
     def num_members(self):
@@ -352,15 +353,29 @@ class OpenES(Strategy):
             evaluation), `perturb` is it compiled, `update(mean, optimizer_values,
             noise_seeds, weights)` steps the mean.
         """
-        optimizer, variables = self._make_optimizer(specs)
-        operators_ = self._compile(specs, optimizer, variables)
+        specs = as_specs(specs)
+        operators_, initial_values, optimizer = self._operators(spec_signature(specs))
         mean = [ops.convert_to_tensor(v) for v in genome.initial_member(specs, seed, 0)]
-        # Host copies: tensors, not the optimizer's variables (a compiled `update` called
-        # with variables would be traced again once it is called with its own outputs).
-        to_numpy = lrne_backend.get().to_numpy
-        values = [ops.convert_to_tensor(to_numpy(v.value)) for v in optimizer.variables]
+        values = [ops.convert_to_tensor(v) for v in initial_values]
         # The optimizer object stays referenced by the compiled `update`.
         return operators_, mean, values, optimizer
+
+    def _operators(self, signature):
+        """`((expand, perturb, update), initial optimizer values, optimizer)` of the
+        variables of `signature`, built once per configuration and signature (the
+        compiled `update` loads the values it is given before each step, so runs that
+        share it do not share optimizer state)."""
+        def build():
+            specs = specs_of(signature)
+            optimizer, variables = self._make_optimizer(specs)
+            operators_ = self._compile(specs, optimizer, variables)
+            # Host copies of the fresh values: not the optimizer's variables (a compiled
+            # `update` called with variables would be traced again once it is called
+            # with its own outputs, and on TensorFlow they hold the last run's values).
+            to_numpy = lrne_backend.get().to_numpy
+            values = [np.array(to_numpy(v.value)) for v in optimizer.variables]
+            return operators_, values, optimizer
+        return self.cached("operators", build, signature)
 
     # -- the contract ------------------------------------------------------------------------
     def _init(self, specs, seed):
@@ -376,29 +391,29 @@ class OpenES(Strategy):
                 f"Capped: {'; '.join(capped)}",
                 UserWarning,
             )
-        self._ops, mean, values, self._optimizer = self.operators(specs, seed)
+        _, mean, values, _ = self.operators(specs, seed)
         return OpenESState(
             mean=mean,
             optimizer_variables=values,
             elite=list(mean),
             noise_seeds=np.zeros((self.num_noise,), np.int32),
             weights=np.zeros((self.population_size,), np.float32),
+            signature=spec_signature(specs),
             generation=0, seed=seed, losses=None, best_loss=math.inf,
         )
 
     def _ask(self, state):
-        if self._ops is None:
-            raise RuntimeError("Call `init()` before `ask()`: OpenES is not initialised.")
         noise_seeds = self.noise_seeds(state.seed, state.generation)
         seeds, signs = self.member_seeds(noise_seeds)
         if self.config.mean_evaluation:  # the mean is the last member: sign 0
             seeds = np.append(seeds, np.int32(0)).astype(np.int32)
             signs = np.append(signs, np.int32(0)).astype(np.int32)
-        recipe = genome.PopulationRecipe(self._ops[0], state.mean, (seeds, signs))
+        expand = self._operators(state.signature)[0][0]
+        recipe = genome.PopulationRecipe(expand, state.mean, (seeds, signs))
         return recipe, state._replace(noise_seeds=noise_seeds)
 
     def _tell(self, state, losses):
-        _, perturb, update = self._ops
+        _, perturb, update = self._operators(state.signature)[0]
         size = self.population_size
         members = losses[:size]
         weights = shape_fitness(members, self.config.fitness_shaping)

@@ -44,6 +44,39 @@ class Task:
         return {"class": type(self).__name__, "config": config}
 
 
+#: The kinds of task, as the engine (`keras_lrne.engine.make_evaluator`) and
+#: `keras_lrne.distribution.RayWorkers` tell them apart: `(kind, test)` pairs, the first
+#: whose test holds names the task's kind. "python_fitness": a `Fitness` with
+#: `per_member=True` (a Python call per member); "supervised": scored on `(x, y)` data
+#: (the compiled loss, or a compiled `Fitness`); "environment": episodes.
+TASK_KINDS = (
+    ("python_fitness", lambda task: bool(getattr(task, "per_member", False))),
+    ("supervised", lambda task: bool(task.supervised)),
+    ("environment", lambda task: True),
+)
+
+
+def task_kind(task):
+    """The kind of `task` (see `TASK_KINDS`): "python_fitness", "supervised" or
+    "environment"."""
+    return next(kind for kind, test in TASK_KINDS if test(task))
+
+
+def fitness_maximize(task):
+    """None for a task scored by a loss; for a `Fitness` (a task with an `objective`
+    and `maximize`), whether higher fitness is better."""
+    if hasattr(task, "objective") and hasattr(task, "maximize"):
+        return bool(task.maximize)
+    return None
+
+
+def objective_value(value, maximize):
+    """The loss of an objective `value`, or the objective of a loss `value` (the one sign
+    flip, the same both ways): `-value` when higher is better (`maximize`), else
+    `value`. Works on numbers, arrays and tensors."""
+    return -value if maximize else value
+
+
 def _to_numpy(value):
     if hasattr(value, "numpy"):
         value = value.numpy()

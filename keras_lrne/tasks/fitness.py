@@ -10,7 +10,7 @@ import types
 import numpy as np
 
 from keras_lrne._validation import check_bool
-from keras_lrne.tasks.base import Task, as_arrays, data_digest, num_samples
+from keras_lrne.tasks.base import Task, as_arrays, data_digest, num_samples, objective_value
 
 
 def _qualified_name(fn):
@@ -349,7 +349,7 @@ class Fitness(Task):
         import keras
         from keras import ops
 
-        fn, sign, with_targets = self.fn, -1.0 if self.maximize else 1.0, self.has_targets
+        fn, maximize, with_targets = self.fn, self.maximize, self.has_targets
         name = _qualified_name(fn)
 
         def loss(y, outputs):
@@ -374,7 +374,7 @@ class Fitness(Task):
                     f"batch, but returned a tensor of shape {tuple(value.shape)}. Reduce "
                     "it, e.g. with `keras.ops.mean`."
                 )
-            return sign * ops.cast(value, "float32")
+            return objective_value(ops.cast(value, "float32"), maximize)
 
         return loss
 

@@ -1,11 +1,14 @@
 """Unit tests of the engine's parts: chunk and progress planning, generic checkpoints."""
 
+import inspect
+import re
 from typing import NamedTuple
 
 import keras
 import numpy as np
 import pytest
 
+import keras_lrne
 from keras_lrne import checkpoint
 from keras_lrne import population as pop
 from keras_lrne.evaluators import plan_groups
@@ -146,3 +149,22 @@ def test_a_checkpoint_of_an_older_format_is_named_as_such(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="older keras-lrne"):
         checkpoint.restore_run(({}, {"settings": {}, "generation": 3}), "old.lrne", {},
                                None, None, None)
+
+
+@pytest.mark.backend_independent
+def test_the_evolve_method_and_function_share_one_docstring():
+    # `model.evolve` is documented by `keras_lrne.evolve`'s text, less its `model`
+    # argument: every other argument, the returned logs and the example are the same.
+    function = inspect.cleandoc(keras_lrne.evolve.__doc__)
+    method = inspect.cleandoc(keras_lrne.Sequential.evolve.__doc__)
+
+    def section(doc, name):
+        return doc.split(f"\n{name}:\n", 1)[1].split("\n\n", 1)[0]
+
+    def arguments(doc):
+        return re.findall(r"^    (\w+): ", section(doc, "Args"), re.M)
+
+    assert arguments(method) == [a for a in arguments(function) if a != "model"]
+    assert section(method, "Returns") == section(function, "Returns")
+    assert method.split("\nExample:\n")[1] == function.split("\nExample:\n")[1]
+    assert method.startswith("Trains the model by neuroevolution")

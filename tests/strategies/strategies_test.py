@@ -248,3 +248,82 @@ def test_a_ga_run_has_no_mean_to_rebuild():
     model.evolve(x, y, strategy=GA(4, 1), generations=1, seed=0, verbose=0)
     with pytest.raises(ValueError, match="member=None"):
         model.rebuild_member(1, None)
+
+
+def _run_losses(strategy, state, generations, loss_fn):
+    """Runs `generations` of `strategy` from `state`: the logged losses and best."""
+    losses = []
+    for _ in range(generations):
+        population, state = strategy.ask(state)
+        state, logs = strategy.tell(state, loss_fn(population))
+        losses.append(logs["loss"])
+    return losses, [keras.ops.convert_to_numpy(v) for v in strategy.best(state)]
+
+
+def _distance_loss(count):
+    """The loss of members of `count` variables: squared distance to 0.5."""
+    def loss(population):
+        dense = keras_lrne.genome.materialize(population)
+        total = sum(ops.sum(ops.square(ops.reshape(dense[j], (-1, size)) - 0.5), axis=1)
+                    for j, size in enumerate(count))
+        return lrne_backend.get().to_numpy(total)
+    return loss
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GA(8, 2, mutation_rate=0.1),
+    lambda: OpenES(8, sigma=0.1, learning_rate=0.05),
+    lambda: OpenES(8, sigma=0.1, perturbation_rank=1, mean_evaluation=False),
+])
+def test_one_strategy_object_serves_two_interleaved_runs(make):
+    # The instance holds configuration only: two runs with different variables,
+    # interleaved generation by generation on one object, give what two objects give.
+    shared = make()
+    a, b = shared.init([(6,), (3, 4)], seed=1), shared.init([(5, 2)], seed=2)
+    runs = {"a": ([], a), "b": ([], b)}
+    sizes = {"a": (6, 12), "b": (10,)}
+    for _ in range(4):
+        for name in ("a", "b"):
+            losses, state = runs[name]
+            population, state = shared.ask(state)
+            loss = _distance_loss(sizes[name])
+            state, logs = shared.tell(state, loss(population))
+            runs[name] = (losses + [logs["loss"]], state)
+    for name, specs, seed in (("a", [(6,), (3, 4)], 1), ("b", [(5, 2)], 2)):
+        alone = make()
+        expected, expected_best = _run_losses(alone, alone.init(specs, seed=seed), 4,
+                                              _distance_loss(sizes[name]))
+        losses, state = runs[name]
+        assert losses == expected
+        for got, want in zip(shared.best(state), expected_best):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
+
+
+@pytest.mark.parametrize("make", [lambda: GA(8, 2), lambda: OpenES(8)])
+def test_a_fresh_strategy_object_asks_and_tells_on_a_state_it_did_not_init(make):
+    # Nothing of a run lives on the object that called `init`: another object of the
+    # same configuration continues the run (what a resumed or forked run does).
+    first = make()
+    state = first.init([(7,)], seed=5)
+    population, state = first.ask(state)
+    state, _ = first.tell(state, sphere(population))
+    expected, expected_best = _run_losses(first, state, 3, sphere)
+    other = make()
+    losses, best = _run_losses(other, state, 3, sphere)
+    assert losses == expected
+    np.testing.assert_array_equal(best[0], expected_best[0])
+
+
+def test_two_stage_selection_asks_the_strategy_whether_it_selects_by_truncation():
+    # A strategy declares truncation selection (`selects_by_truncation`); having an
+    # attribute named `num_parents` is not enough.
+    assert GA(4, 1).selects_by_truncation and not OpenES(4).selects_by_truncation
+
+    class NamedParents(OpenES):
+        num_parents = 2
+
+    task = Environment("CartPole-v1", max_episode_steps=10, reevaluate_top=2,
+                       reevaluate_episodes=1)
+    model = keras_lrne.Sequential([keras.Input(task.input_shape), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="selects_by_truncation"):
+        model.evolve(task, strategy=NamedParents(4), generations=1, verbose=0)
