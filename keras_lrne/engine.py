@@ -154,6 +154,7 @@ class Run:
         specs: `VariableSpec`s of every trainable variable; `evolvable`: those evolved.
         functions: the compiled population functions (`PopulationFunctions`).
         distribution: the `PopulationParallel` or `RayWorkers` (None: one device).
+        num_members: members per generation (`strategy.num_members_for(evolvable)`).
         members_per_device: members each device evaluates (the population size on one).
         chunk_size, batch_size: members per vectorised call, samples per call.
         group_size, groups: members per device and progress step, and the steps'
@@ -182,7 +183,8 @@ class Run:
                 "frozen normalization layers. Received: model with "
                 f"{len(model.trainable_variables)} trainable variables"
             )
-        members = strategy.num_members
+        # Known before `init` (a default population size may follow from the variables).
+        self.num_members = members = strategy.num_members_for(self.evolvable)
         # Each device plans its own share (from its own memory).
         local = members if devices is None else devices.members_per_device(members)
         self.members_per_device = local
@@ -236,7 +238,7 @@ def make_evaluator(run, task):
     check_two_stage(task, run.strategy)
     if isinstance(run.distribution, RayWorkers):
         return run.distribution.evaluator(run, task)
-    members = run.strategy.num_members
+    members = run.num_members
     kind = task_kind(task)  # the one table of task kinds (`TASK_KINDS`)
     if kind == "python_fitness":
         return PythonFitnessEvaluator(run.model, run.evolvable, task.fn, members,

@@ -19,7 +19,7 @@ from keras import ops
 from keras_lrne import genome
 from keras_lrne._validation import check_bool, check_int, check_number
 from keras_lrne.strategies import operators
-from keras_lrne.strategies.base import Strategy
+from keras_lrne.strategies.base import Strategy, as_specs
 
 #: The numpy stream of the strategies' per-generation noise (see
 #: `operators.generation_rng`).
@@ -188,6 +188,11 @@ class CMABase(Strategy):
     @property
     def num_members(self):
         return self.population_size + int(self.config.mean_evaluation)
+
+    def num_members_for(self, specs):
+        size = self.config.population_size or default_population_size(
+            num_weights(as_specs(specs)))
+        return size + int(self.config.mean_evaluation)
 
     def parameters(self, n):
         """The `CMAParameters` of a run on `n` evolvable numbers."""

@@ -164,6 +164,13 @@ class SeparableGaussian(Strategy):
     def num_members(self):
         return self.population_size + int(self.config.mean_evaluation)
 
+    def num_members_for(self, specs):
+        size = self.config.population_size
+        if size is None:
+            n = sum(int(np.prod(spec.shape)) for spec in as_specs(specs))
+            size = self._DEFAULT_POPULATION(n)
+        return size + int(self.config.mean_evaluation)
+
     def resolve(self, specs):
         """Fixes the default population size (`population_size=None`) from `specs`,
         the evolvable variables (what `init` does first)."""

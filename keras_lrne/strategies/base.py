@@ -173,6 +173,20 @@ class Strategy:
         """Members `ask` returns per generation (the population size by default)."""
         return self.population_size
 
+    def num_members_for(self, specs):
+        """Members `ask` will return per generation in a run on `specs`, known before
+        `init`: what `evolve()` plans its evaluation with. `num_members` by default; a
+        strategy whose default population size follows from the number of evolvable
+        numbers (`CMAES`, `SepCMAES`, `SNES`) computes it from `specs`.
+
+        Args:
+            specs: the evolvable variables (`VariableSpec`s or shapes, as for `init`).
+
+        Returns:
+            The number of members per generation.
+        """
+        return self.num_members
+
     @property
     def selects_by_truncation(self):
         """Whether only the `num_parents` lowest losses of a generation matter to `tell`

@@ -267,3 +267,18 @@ def test_one_object_serves_two_interleaved_runs(cls):
     b = steps(alone_b, {"b": alone_b.init([(2, 3)], 1)}, ["b"] * 3)["b"]
     np.testing.assert_array_equal(states["a"].mean, a.mean)
     np.testing.assert_array_equal(states["b"].mean, b.mean)
+
+
+@pytest.mark.parametrize("name", ["CMAES", "SepCMAES", "SNES"])
+def test_evolve_takes_the_default_population_size(name):
+    """`population_size=None` (Hansen's `4 + floor(3 ln n)`): `evolve()` plans its
+    evaluation with `num_members_for(specs)`, before `init` has seen the variables."""
+    cls = getattr(keras_lrne.strategies, name)
+    x, y = tiny_data()
+    model = tiny_model()
+    n = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    assert cls().num_members_for([tuple(v.shape) for v in model.trainable_variables]) == \
+        4 + math.floor(3 * math.log(n)) + 1  # the mean is evaluated as a last member
+    history = model.evolve(x, y, strategy=cls(sigma=0.5), generations=2, seed=0, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert model._evolution_run.num_members == 4 + math.floor(3 * math.log(n)) + 1
