@@ -173,10 +173,10 @@ class CMABase(Strategy):
             raise ValueError(
                 f"{self.__class__.__name__}(population_size=None) takes Hansen's default "
                 "population size 4 + floor(3 ln n) from the number n of evolvable numbers, "
-                "which is known once `init()` has run. Pass `population_size` to use the "
-                "strategy before that (e.g. with `model.evolve()`), or call "
-                f"`{self.__class__.__name__}.default_population_size(n)`. Received: "
-                "population_size=None"
+                "which is known once `init()` has run (`model.evolve()` resolves it). "
+                "Before that, `num_members_for(specs)` gives the member count, and "
+                f"`{self.__class__.__name__}.default_population_size(n)` the size. "
+                "Received: population_size=None"
             )
         return size
 

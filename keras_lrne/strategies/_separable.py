@@ -154,9 +154,9 @@ class SeparableGaussian(Strategy):
             raise RuntimeError(
                 f"{type(self).__name__}(population_size=None) takes its default size from "
                 "the number of evolvable numbers, known once `init()` (or `resolve()`) "
-                "has seen the variables; `evolve()` needs the size before that: pass "
-                "`population_size` (e.g. `keras_lrne.strategies.snes."
-                "default_population_size(model.count_params())`)."
+                "has seen the variables (`model.evolve()` resolves it). Before that, "
+                "`num_members_for(specs)` gives the member count, and "
+                "`keras_lrne.strategies.snes.default_population_size(n)` the size."
             )
         return self._resolved_size
 
