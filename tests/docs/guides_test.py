@@ -67,6 +67,18 @@ def test_custom_fitness_guide_examples_run(caplog):
     assert len(namespace["history"].history["fitness"]) == 2
 
 
+def test_choosing_a_strategy_example_runs(caplog, capsys):
+    code = shrink(python_blocks("strategies.md")[0], [
+        ("generations=30, seed=0", "generations=8, seed=0"),
+    ])
+    run(code, "docs/strategies.md", caplog)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["CMAES", "SepCMAES", "SNES", "PGPE"]
+    for line in lines:  # each strategy lowered the loss of the mean it started from
+        first, last = map(float, line.split()[1:])
+        assert last < first, line
+
+
 def test_guides_use_no_argmax_in_compiled_fitness():
     """`keras.ops.argmax` in a compiled fitness makes TensorFlow log a warning; the
     guides and the README show the argmax-free accuracy instead."""
