@@ -234,12 +234,23 @@ class Run:
 def make_evaluator(run, task):
     """The evaluator of `run` on `task`: Ray workers' when the run's distribution is a
     `RayWorkers`, else a `PythonFitnessEvaluator` (Python `Fitness`),
-    `SupervisedEvaluator` (data, compiled `Fitness`) or `EnvironmentEvaluator`."""
+    `SupervisedEvaluator` (data, compiled `Fitness`), `JaxEnvironmentEvaluator`
+    (`JaxEnvironment`: episodes compiled on the device) or `EnvironmentEvaluator`."""
     check_two_stage(task, run.strategy)
+    kind = task_kind(task)  # the one table of task kinds (`TASK_KINDS`)
+    if kind == "jax_environment":
+        if run.distribution is not None:
+            raise ValueError(
+                "A `JaxEnvironment` with a distribution is not supported yet: its episodes "
+                "run as one compiled call on one device. Evolve without `distribution`. "
+                f"Received: distribution={run.distribution!r}"
+            )
+        from keras_lrne.jax_rollout import JaxEnvironmentEvaluator
+
+        return JaxEnvironmentEvaluator(run.model, run.functions, task, run.strategy, run.seed)
     if isinstance(run.distribution, RayWorkers):
         return run.distribution.evaluator(run, task)
     members = run.num_members
-    kind = task_kind(task)  # the one table of task kinds (`TASK_KINDS`)
     if kind == "python_fitness":
         return PythonFitnessEvaluator(run.model, run.evolvable, task.fn, members,
                                       task.maximize)

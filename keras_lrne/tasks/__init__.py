@@ -6,6 +6,7 @@ from keras_lrne.tasks.car_racing import CarRacing
 from keras_lrne.tasks.control import Control
 from keras_lrne.tasks.environment import Environment
 from keras_lrne.tasks.fitness import Fitness
+from keras_lrne.tasks.jax_environment import JaxEnvironment
 from keras_lrne.tasks.language_modeling import LanguageModeling
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "Control",
     "Environment",
     "Fitness",
+    "JaxEnvironment",
     "LanguageModeling",
     "Task",
 ]

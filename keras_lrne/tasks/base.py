@@ -48,17 +48,20 @@ class Task:
 #: `keras_lrne.distribution.RayWorkers` tell them apart: `(kind, test)` pairs, the first
 #: whose test holds names the task's kind. "python_fitness": a `Fitness` with
 #: `per_member=True` (a Python call per member); "supervised": scored on `(x, y)` data
-#: (the compiled loss, or a compiled `Fitness`); "environment": episodes.
+#: (the compiled loss, or a compiled `Fitness`); "jax_environment": episodes of a JAX
+#: environment run inside one compiled call (`JaxEnvironment`, `on_device`);
+#: "environment": episodes on the host.
 TASK_KINDS = (
     ("python_fitness", lambda task: bool(getattr(task, "per_member", False))),
     ("supervised", lambda task: bool(task.supervised)),
+    ("jax_environment", lambda task: bool(getattr(task, "on_device", False))),
     ("environment", lambda task: True),
 )
 
 
 def task_kind(task):
-    """The kind of `task` (see `TASK_KINDS`): "python_fitness", "supervised" or
-    "environment"."""
+    """The kind of `task` (see `TASK_KINDS`): "python_fitness", "supervised",
+    "jax_environment" or "environment"."""
     return next(kind for kind, test in TASK_KINDS if test(task))
 
 
