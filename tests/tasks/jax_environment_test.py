@@ -73,6 +73,21 @@ def test_a_compiled_generation_equals_stepping_each_member_in_python():
 
 
 @jax_only
+def test_a_nan_policy_fails_its_member_only():
+    from keras_lrne import engine
+
+    model = policy_model()
+    evaluator = engine.make_evaluator(engine.Run(model, GA(4, 2), 0, True), task())
+    population = [np.stack([keras.ops.convert_to_numpy(v)] * 4)
+                  for v in model.trainable_variables]
+    population[0][1] = np.nan
+    losses, logs = evaluator.evaluate(population, 0)
+    assert np.isinf(losses[1]) and np.isfinite(np.delete(losses, 1)).all()
+    assert logs["failed_members"] == 1
+    assert evaluator.rollout.episode_steps[1] == 1  # it failed at its first step
+
+
+@jax_only
 def test_evolve_logs_episode_returns_and_repeats_with_the_same_seed():
     def run():
         model = policy_model()
@@ -87,7 +102,7 @@ def test_evolve_logs_episode_returns_and_repeats_with_the_same_seed():
         assert first.history[key] == second.history[key], key
     assert all(0 < s <= 4 * 50 for s in first.history["env_steps"])
     # One compiled generation, traced once for the whole run.
-    assert model._evolution_run.evaluator.rollout.trace_counts["generation"] == 1
+    assert model.evolution_run.evaluator.rollout.trace_counts["generation"] == 1
 
 
 class Stop(keras.callbacks.Callback):
