@@ -153,6 +153,15 @@ def test_bad_arguments_are_named(kwargs, match):
 
 
 @jax_only
+def test_a_missing_gymnax_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gymnax", None)  # `import gymnax` raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "keras-lrne\[gymnax\]"'):
+        JaxEnvironment("CartPole-v1")
+
+
+@jax_only
 def test_an_environment_without_a_step_limit_needs_max_episode_steps():
     import dataclasses
 

@@ -72,7 +72,10 @@ def make_generation(env, env_params, policy, num_steps):
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(step_roots, t)
             new_obs, new_state, reward, terminated, truncated, _ = step_all(
                 keys, state, actions, env_params)
-            reward = reward.astype(jnp.float32)
+            # One reward and end flag per member-episode (some environments give (1,)).
+            reward = jnp.reshape(reward, shape).astype(jnp.float32)
+            terminated = jnp.reshape(terminated, shape)
+            truncated = jnp.reshape(truncated, shape)
             obs_finite = jnp.all(jnp.isfinite(new_obs.reshape((*shape, -1))), axis=-1)
             bad = live & ~(finite & jnp.isfinite(reward) & obs_finite)
             returns = returns + jnp.where(live & ~bad, reward, 0.0)
