@@ -160,8 +160,8 @@ class Evosax(Strategy):
         population_size: members per generation.
         **kwargs: passed on to evosax: a keyword of the algorithm's constructor (e.g.
             `num_generations` of `DiffusionEvolution`) goes to it, any other replaces
-            the field of that name in its `default_params` (e.g. `std_init=0.5`). Keep them JSON-able
-            (numbers, strings) for `get_config` and `BackupAndRestore`.
+            the field of that name in its `default_params` (e.g. `std_init=0.5`). Keep
+            them JSON-able (numbers, strings) for `get_config` and `BackupAndRestore`.
 
     Raises:
         RuntimeError: on a backend other than JAX.

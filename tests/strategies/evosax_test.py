@@ -176,7 +176,7 @@ def test_missing_evosax_names_the_extra(monkeypatch):
 
 @pytest.mark.skipif(keras.config.backend() == "jax", reason="the refusal is for non-JAX")
 def test_other_backends_are_refused_naming_jax():
-    with pytest.raises(RuntimeError, match="JAX backend.*KERAS_BACKEND=jax"):
+    with pytest.raises(RuntimeError, match=r"JAX backend.*KERAS_BACKEND=jax"):
         Evosax("CMA_ES", 8)
 
 
