@@ -147,6 +147,8 @@ def test_unknown_names_list_the_algorithms():
     (("CMA_ES", 8.0), {}, "`population_size`.*Received: population_size=8.0"),
     (("CMA_ES", 8), {"sigma": 0.5}, r"CMA_ES: \['sigma'\].*std_init"),
     (("CMA_ES", 8), {"solution": 0}, "'solution' is set by the strategy"),
+    (("RandomSearch", 8), {}, r"RandomSearch needs .*\['sampling_fn'\]"),
+    (("SV_CMA_ES", 8), {"num_populations": 2}, "SV_CMA_ES runs `num_populations`"),
 ])
 def test_invalid_arguments_are_named(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
