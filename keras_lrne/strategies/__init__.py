@@ -1,8 +1,9 @@
 """Population strategies: the ask/tell contract (`Strategy`), `GA`, `OpenES`, `CMAES`,
-`SepCMAES`, `SNES` and `PGPE`."""
+`SepCMAES`, `SNES`, `PGPE`, and `Evosax` (any evosax algorithm, on JAX)."""
 
 from keras_lrne.strategies.base import Strategy
 from keras_lrne.strategies.cma_es import CMAES, CMAESState
+from keras_lrne.strategies.evosax_bridge import Evosax, EvosaxState
 from keras_lrne.strategies.ga import GA, GAState
 from keras_lrne.strategies.open_es import OpenES, OpenESState
 from keras_lrne.strategies.pgpe import PGPE, PGPEState
@@ -18,6 +19,8 @@ __all__ = [
            "PGPE",
            "SNES",
            "CMAESState",
+           "Evosax",
+           "EvosaxState",
            "GAState",
            "OpenES",
            "OpenESState",
