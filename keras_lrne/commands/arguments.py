@@ -194,6 +194,6 @@ def add_run_arguments(parser, command, *, seed_help="run seed. Default: 0",
                         help=VERBOSE_HELP)
     parser.add_argument("--resume", action="store_true", help=RESUME_HELP)
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    parser.add_argument("--no-export", dest="export", action="store_false",
+    parser.add_argument("--no-export", action="store_true",
                         help="skip the TensorFlow SavedModel export (OUTPUT/saved_model); "
-                        "model.keras is written either way. Default: export")
+                        "model.keras is written either way. Default: off (export)")

@@ -315,7 +315,7 @@ def evolve_and_save(args, model, task, strategy, output, *, mode, plot, summary_
         plot_histories({args.variant: history.history}, tmp, title=title, **plot_kwargs)
     with checkpoint.atomic_path(os.path.join(output, "model.keras")) as tmp:
         model.save(tmp)
-    if getattr(args, "export", True):
+    if not getattr(args, "no_export", False):
         with checkpoint.atomic_path(os.path.join(output, "saved_model")) as tmp:
             model.export(tmp, format="tf_saved_model", verbose=False)
     for name, write in extra_outputs:

@@ -205,7 +205,7 @@ def test_lm_summary_records_the_real_vocabulary_and_no_lock_stays(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "history.csv", "lineage.npz", "loss.png", "model.keras", "summary.json",
         "tokenizer.json"]
-    assert stored["args"]["export"] is False
+    assert stored["args"]["no_export"] is True
 
 
 def test_lm_resume_with_a_corrupted_backup_fails_clearly(tmp_path, capsys):
