@@ -79,24 +79,3 @@ def _load_check(model, ids, tmp_path):
 def load_check():
     """`load_check(model, inputs, tmp_path)`: the model reloads in a fresh process."""
     return _load_check
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Spreads the tests over pytest-xdist's workers one by one, slow ones first.
-
-    With `--dist loadgroup` (pyproject's default), a test is a unit of work of its own
-    unless it carries an `xdist_group` mark: the tests of a module that share a fixture
-    wider than one test (a Ray runtime, a four-device subprocess, a comparison's runs)
-    are grouped here, so the fixture is built once, in one worker. The slow tests go
-    first, so the last minutes of a run are short tests that keep both workers busy
-    (with whole files as units, one worker used to finish a long file alone). The
-    order is stable otherwise, and the same in every worker.
-    """
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        definitions = info.name2fixturedefs.values() if info is not None else ()
-        if any(d.scope in ("module", "package", "session") and d.baseid not in ("", ".")
-               for defs in definitions for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
