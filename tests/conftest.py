@@ -2,7 +2,6 @@
 
 import importlib.util
 import os
-import subprocess
 import sys
 
 
@@ -43,6 +42,7 @@ _use_a_jax_compilation_cache()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _helpers import forked  # noqa: E402
 
 _LOAD_SCRIPT = """
 import sys, numpy as np, keras, keras_lrne.layers
@@ -65,12 +65,9 @@ def _load_check(model, ids, tmp_path):
     np.save(tmp_path / "ids.npy", ids)
     np.save(tmp_path / "out.npy", keras.ops.convert_to_numpy(model(ids)))
     names = ",".join(w.path for w in model.trainable_weights)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=keras.config.backend())
-    result = subprocess.run(
-        [sys.executable, "-c", _LOAD_SCRIPT, path, str(tmp_path / "ids.npy"),
-         str(tmp_path / "out.npy"), names],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
-    )
+    # A fresh process, forked from one that imported Keras only (tests/_helpers/forked.py).
+    result = forked.run(("-c", _LOAD_SCRIPT), [path, tmp_path / "ids.npy",
+                                               tmp_path / "out.npy", names], timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "OK" in result.stdout
 

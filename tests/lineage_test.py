@@ -1,12 +1,10 @@
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
 import keras
 import numpy as np
 import pytest
+from _helpers import forked
 
 import keras_lrne
 from keras_lrne import Lineage
@@ -70,8 +68,7 @@ def test_lineage_rebuild_in_a_fresh_process_equals_the_elite(run):
         np.savez({path + '.weights.npz'!r},
                  *[keras.ops.convert_to_numpy(v) for v in model.trainable_variables])
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
+    result = forked.run(("-c", code), timeout=300)  # a fresh process (tests/_helpers)
     assert result.returncode == 0, result.stderr[-2000:]
     with np.load(path + ".weights.npz") as saved:
         rebuilt = [saved[f"arr_{i}"] for i in range(len(saved.files))]

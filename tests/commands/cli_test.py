@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from _helpers import forked
 
 import keras_lrne
 from keras_lrne import cli
@@ -39,8 +40,8 @@ def test_lm_writes_history_plot_and_models(tmp_path):
         "x = np.zeros((1, 8), 'int32');"
         "print(m.predict(x, verbose=0).shape)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=True)
+    result = forked.run(("-c", code), timeout=300)  # a fresh process (tests/_helpers)
+    assert result.returncode == 0, result.stderr[-2000:]
     assert "(1, 8, 64)" in result.stdout
 
 

@@ -1,19 +1,16 @@
 """SIGKILL at random moments, then resume: every run ends as if it had never been killed.
 
-One subprocess per attempt. Kills land at chosen points of a run (inside a checkpoint
-write, between the checkpoint and the CSV row, inside each final output write, between
-the summary and the backup's removal) and at random times; each killed run is continued
-with `--resume` (CLI) or the same `BackupAndRestore` (Python API) until it completes.
-The continued run's history.csv, lineage.npz and summary.json must equal an uninterrupted
-run's (timing columns aside).
+One fresh process per attempt (forked from a server that imported Keras once). Kills
+land at chosen points of a run (inside a checkpoint write, between the checkpoint and the
+CSV row, inside each final output write, between the summary and the backup's removal)
+and at random times; each killed run is continued with `--resume` (CLI) or the same
+`BackupAndRestore` (Python API) until it completes. The continued run's history.csv,
+lineage.npz and summary.json must equal an uninterrupted run's (timing columns aside).
 """
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 import zipfile
@@ -21,6 +18,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+from _helpers import forked
 
 from keras_lrne.commands import run_directory
 
@@ -138,24 +136,12 @@ CLI_KILLS = [
 RANDOM_KILLS = [("random", None), ("random", None)]
 
 
-def _env(kill):
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-            "LRNE_KILL_AT": json.dumps(kill) if kill else ""}
-
-
 def _run(harness, args, kill=None, delay=None):
-    """Runs the harness; a float `delay` kills it after that many seconds instead."""
-    proc = subprocess.Popen([sys.executable, str(harness), *args], env=_env(kill),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if delay is not None:
-        try:
-            out, err = proc.communicate(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            out, err = proc.communicate()
-    else:
-        out, err = proc.communicate(timeout=600)
-    return proc.returncode, out, err
+    """Runs the harness in a fresh process forked from one that imported Keras (see
+    tests/_helpers/forked.py); a float `delay` SIGKILLs it after that many seconds."""
+    done = forked.run(harness, args, env={"LRNE_KILL_AT": json.dumps(kill) if kill else ""},
+                      kill_after=delay)
+    return done.returncode, done.stdout, done.stderr
 
 
 def _rows(path):
