@@ -100,7 +100,7 @@ def test_observations_are_normalised_inside_the_call_and_the_statistics_updated(
                   for v in model.trainable_variables]
     reference = RunningNormalizer((4,))
     reference.set_state(stats)
-    losses, logs = evaluator.evaluate(population, 2)
+    losses, _ = evaluator.evaluate(population, 2)
     expected_returns, expected_steps, seen = [], [], []
     for member in range(4):
         model.set_weights([p[member] for p in population])
