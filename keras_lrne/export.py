@@ -21,7 +21,8 @@ def export_policy(model, task, filepath):
 
     Args:
         model: the evolved policy (after `model.evolve(task, ...)` it holds the elite).
-        task: the `keras_lrne.tasks.Environment` it was evolved on.
+        task: the `keras_lrne.tasks.Environment` (or `JaxEnvironment`: the policy is
+            exported, not the gymnax environment) it was evolved on.
         filepath: output directory.
 
     Returns:
@@ -35,10 +36,10 @@ def export_policy(model, task, filepath):
     """
     from keras_lrne.tasks.environment import Environment
 
-    if not isinstance(task, Environment):
+    if not (isinstance(task, Environment) or _is_jax_environment(task)):
         raise ValueError(
             "Received an invalid value for `task`, expected a keras_lrne environment task "
-            f"(Atari, CarRacing, Control, Environment). Received: task={task!r}"
+            f"(Atari, CarRacing, Control, Environment, JaxEnvironment). Received: task={task!r}"
         )
     if not getattr(model, "built", False) or getattr(model, "lineage", None) is None:
         raise ValueError(
@@ -55,12 +56,14 @@ def export_policy(model, task, filepath):
     archive.track(model)
     archive.add_endpoint(name="serve", fn=serve, input_signature=[spec])
     archive.write_out(filepath, verbose=False)
+    marker_kind = _task_kind(task)
     marker = {
         "format": "keras_lrne_policy",
         "version": 1,
         "task": repr(task),
-        "kind": _task_kind(task),
-        "env": task.env if isinstance(task.env, str) else None,
+        "kind": marker_kind,
+        "env": task.name if marker_kind == "gymnax" else (
+            task.env if isinstance(task.env, str) else None),
         "env_kwargs": _json_safe(getattr(task, "env_kwargs", {})),
         "max_episode_steps": int(task.episode_cap),
         "observation_shape": list(raw.shape),
@@ -76,12 +79,19 @@ def export_policy(model, task, filepath):
     return filepath
 
 
+def _is_jax_environment(task):
+    return getattr(task, "on_device", False) and hasattr(task, "env_params")
+
+
 def _task_kind(task):
     """How `keras-lrne play` rebuilds the environment: `atari` (ale-py emulators),
-    `carracing` (CarRacing-v3 with a 4-frame stack) or `gym` (`gymnasium.make(env)`)."""
+    `carracing` (CarRacing-v3 with a 4-frame stack), `gymnax` (`gymnax.make(env)`) or
+    `gym` (`gymnasium.make(env)`)."""
     from keras_lrne.tasks.atari import Atari
     from keras_lrne.tasks.car_racing import CarRacing
 
+    if _is_jax_environment(task):
+        return "gymnax"
     if isinstance(task, Atari):
         return "atari"
     if isinstance(task, CarRacing):

@@ -34,11 +34,13 @@ class JaxRollout:
 
         def policy(shared, member, obs):
             self.trace_counts["generation"] += 1
-            frozen, non_trainable = shared
+            frozen, non_trainable, (on, mean, std, clip) = shared
+            x = ops.cast(obs, "float32")
+            # The task's observation normalisation (statistics frozen for the generation).
+            x = ops.where(on > 0, ops.clip((x - mean) / std, -clip, clip), x)
             with _vectorized.member_calls():
                 out, _ = model.stateless_call(functions.assemble(list(member), frozen),
-                                              non_trainable, ops.cast(obs, "float32"),
-                                              **kwargs)
+                                              non_trainable, x, **kwargs)
             out = ops.reshape(ops.cast(out, "float32"), (ops.shape(obs)[0], -1))
             finite = ops.all(ops.isfinite(out), axis=-1)
             return task.export_output(ops.where(finite[:, None], out, 0.0)), finite
@@ -61,14 +63,19 @@ class JaxRollout:
         episodes = task.episodes if episodes is None else int(episodes)
         seeds = np.asarray(task.episode_seeds(self.seed, generation, stage, episodes),
                            np.int32)
-        shared = (self.functions.frozen_values(), self.functions.non_trainable_values())
+        shared = (self.functions.frozen_values(), self.functions.non_trainable_values(),
+                  task.normalization())
         if progress is not None:
             progress.begin()
         start = time.perf_counter()
-        returns, steps, failed = self._generation(shared, list(population), seeds)
+        returns, steps, failed, sample, sampled = self._generation(
+            shared, list(population), seeds)
         returns, steps, failed = (np.asarray(returns, np.float64), np.asarray(steps, np.int64),
                                   np.asarray(failed))
         elapsed = max(time.perf_counter() - start, 1e-9)
+        #: The observations sampled for the normaliser (`task.observe`) by the last call.
+        self.raw_sample = [np.asarray(sample)[np.asarray(sampled)]]
+        task.observe(self.raw_sample)
         #: The steps each member-episode of the last call played (member-major).
         self.episode_steps = steps.reshape(-1).copy()
         member_failed = failed.any(axis=1)
@@ -78,6 +85,8 @@ class JaxRollout:
         if progress is not None:
             progress.advance_to(progress_offset + count * episodes, {"env_steps": total})
         logs = {"env_steps": total, "frames_per_second": total / elapsed,
+                # No early-termination rule: every episode plays to its end or its cap.
+                "early_termination_saved": 0.0,
                 "failed_members": int(member_failed.sum())}
         return losses, mean_returns, logs
 

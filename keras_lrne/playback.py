@@ -144,6 +144,8 @@ def make_play_env(marker, env_id=None, max_episode_steps=None, render=False):
             "environment with `--env ENV_ID`. Received: --env=None"
         )
     cap = max_episode_steps or marker.get("max_episode_steps")
+    if kind == "gymnax":
+        return _gymnax_play_env(env_id, cap)
     if kind == "atari":
         settings = marker.get("atari", {})
         task = tasks.Atari(_atari_game(env_id), max_episode_steps=cap or 2500,
@@ -179,6 +181,61 @@ def make_play_env(marker, env_id=None, max_episode_steps=None, render=False):
         single = gymnasium.wrappers.FrameStackObservation(single, 4)
     env = tasks.environment.ListVectorEnv([single])
     return _Adapter(env, env.reset, env.step, single.render), single.observation_space, cap
+
+
+def _gymnax_play_env(env_id, cap):
+    """One gymnax environment behind the rollout protocol, stepped from Python: episode
+    seed `s` plays the episode `JaxEnvironment`'s compiled rollout plays for `s` (its
+    reset and step keys are those of `keras_lrne.backend.jax.rollout.episode_keys`)."""
+    from keras_lrne.backend.jax.rollout import episode_keys
+    from keras_lrne.tasks.jax_environment import _gymnasium_space, require_gymnax
+
+    gymnax = require_gymnax()
+    import jax
+
+    name = env_id[len("gymnax:"):] if env_id.startswith("gymnax:") else env_id
+    if name not in gymnax.registered_envs:
+        raise ValueError(
+            "Received an invalid value for `--env`, expected a gymnax environment name "
+            f"(the policy was evolved on a gymnax environment), one of "
+            f"{', '.join(gymnax.registered_envs)}. Received: --env={env_id!r}"
+        )
+    env, params = gymnax.make(name)
+    discrete = hasattr(env.action_space(params), "n")
+    episode = {}
+
+    def reset(seeds, count):
+        reset_key, episode["root"] = episode_keys(int(seeds[0]))
+        obs, episode["state"] = env.reset(reset_key, params)
+        episode["t"] = 0
+        return np.asarray(obs)[None]
+
+    def step(actions, active):
+        action = np.asarray(actions)[0]
+        action = int(action) if discrete else action.astype(np.float32)
+        key = jax.random.fold_in(episode["root"], episode["t"])
+        obs, episode["state"], reward, terminated, truncated, _ = env.step(
+            key, episode["state"], action, params)
+        episode["t"] += 1
+        obs, reward = np.asarray(obs), float(np.asarray(reward).reshape(-1)[0])
+        done = bool(np.any(terminated)) or bool(np.any(truncated))
+        failed = not (np.isfinite(reward) and np.isfinite(obs).all())
+        return obs[None], [reward], [done], [failed]
+
+    def render():
+        raise RecordError(
+            f"Cannot record an episode of the gymnax environment {name!r}: keras-lrne "
+            "renders gymnasium, Atari and CarRacing episodes only; play without --record "
+            f"(or record the gymnasium counterpart with --env {name})."
+        )
+
+    space = _gymnasium_space(env.observation_space(params), "observation")
+    return _Adapter(_Closed(), reset, step, render), space, cap
+
+
+class _Closed:
+    def close(self):
+        pass
 
 
 class _Adapter:
@@ -238,6 +295,9 @@ def play(directory, env=None, *, episodes=1, seed=0, max_episode_steps=None, rec
     # Atari frames come from the observations and CarRacing renders in this process;
     # other gymnasium envs (MuJoCo's EGL rendering crashes beside TensorFlow) are
     # replayed from the first episode's actions in a fresh process that renders them.
+    if record is not None and marker.get("kind") == "gymnax":
+        venv.close()
+        venv.render()  # raises the RecordError that says why
     replay = record is not None and marker.get("kind", "gym") == "gym"
     frames, returns, actions_taken = [], [], []
     try:
@@ -307,7 +367,7 @@ def _render(venv, record):
 
 #: Held-out episodes `evaluate` plays by default, per kind of policy: Atari's usual 30
 #: episodes with random no-op starts, 20 CarRacing tracks, 10 seeds for other control.
-EVALUATION_EPISODES = {"atari": 30, "carracing": 20, "gym": 10}
+EVALUATION_EPISODES = {"atari": 30, "carracing": 20, "gym": 10, "gymnax": 10}
 
 #: Per Atari game: the episode returns of a uniformly random policy and of the human
 #: tester, as published with DQN (Mnih et al. 2015, Nature; 30 no-op starts) and used by

@@ -6,7 +6,7 @@ import numpy as np
 from keras_lrne._optional import require
 from keras_lrne._validation import check_int
 from keras_lrne.tasks.base import Task
-from keras_lrne.tasks.environment import ACTION_TRANSFORMS, Environment
+from keras_lrne.tasks.environment import ACTION_TRANSFORMS, Environment, RunningNormalizer
 
 
 def require_gymnax():
@@ -47,9 +47,16 @@ class JaxEnvironment(Task):
     (the steps played until each episode ended, summed) and `frames_per_second`. An
     action, reward or observation that is NaN or inf fails the member (loss +inf).
 
+    Observation normalisation (`normalize_observations=True`) is `Environment`'s: running
+    mean/std statistics, frozen within a generation (every member sees the same
+    normalisation), applied inside the compiled call (clipped to +-10), and updated after
+    the generation from a sample of the observations the policies saw (the first 8
+    member-episodes' first 64 steps). The statistics are part of the task's state: a
+    resumed run continues with them, and `keras_lrne.export_policy` bakes them in.
+
     Needs the JAX backend (`KERAS_BACKEND=jax`) and the `gymnax` extra
-    (`pip install "keras-lrne[gymnax]"`). Not yet supported: observation normalisation,
-    `PopulationParallel`, `RayWorkers`, two-stage selection.
+    (`pip install "keras-lrne[gymnax]"`). Not yet supported: `PopulationParallel`,
+    `RayWorkers`, two-stage selection.
 
     Args:
         env: a gymnax environment name (`"CartPole-v1"`, `"Pendulum-v1"`, ...), the
@@ -64,6 +71,9 @@ class JaxEnvironment(Task):
             `"argmax"` for `Discrete` spaces, `"identity"`, `"clip"` (to the Box bounds)
             or `"tanh"` (squashed and rescaled to the bounds) for `Box` spaces; `"auto"`
             picks argmax / clip.
+        normalize_observations: running observation normalisation, as for
+            `Environment` (`Control`'s default is True; the `keras-lrne control` command
+            turns it on).
 
     Example:
 
@@ -83,11 +93,9 @@ class JaxEnvironment(Task):
     #: No two-stage selection (yet).
     reevaluate_top = None
     reevaluate_episodes = None
-    #: No observation normalisation (yet).
-    normalizer = None
 
     def __init__(self, env, env_params=None, episodes=1, max_episode_steps=None,
-                 action_transform="auto"):
+                 action_transform="auto", normalize_observations=False):
         if keras.config.backend() != "jax":
             raise RuntimeError(
                 "`JaxEnvironment` runs a JAX program (the environment is stepped inside "
@@ -96,6 +104,11 @@ class JaxEnvironment(Task):
                 f"KERAS_BACKEND={keras.config.backend()}"
             )
         self.episodes = check_int("episodes", episodes)
+        if not isinstance(normalize_observations, bool):
+            raise ValueError(
+                "Received an invalid value for `normalize_observations`, expected a bool. "
+                f"Received: normalize_observations={normalize_observations!r}"
+            )
         check_int("max_episode_steps", max_episode_steps, allow_none=True)
         if action_transform not in ACTION_TRANSFORMS:
             raise ValueError(
@@ -149,6 +162,9 @@ class JaxEnvironment(Task):
         self.max_episode_steps = max_episode_steps
         self.episode_cap = int(max_episode_steps or own_limit)
         self.action_transform = self._resolve_transform(action_transform)
+        #: Running observation statistics (None without normalisation).
+        self.normalizer = (RunningNormalizer(self.observation_space.shape)
+                           if normalize_observations else None)
 
     # Spaces, sizes and the action transform: exactly those of `Environment`.
     _resolve_transform = Environment._resolve_transform
@@ -157,6 +173,23 @@ class JaxEnvironment(Task):
     export_input = Environment.export_input
     export_output = Environment.export_output
     episode_seeds = Environment.episode_seeds
+    # The normaliser: its statistics are updated from a sample after each generation
+    # (`observe`) and saved with the run's checkpoint (`get_state`).
+    observe = Environment.observe
+    get_state = Environment.get_state
+    set_state = Environment.set_state
+
+    def normalization(self):
+        """This generation's normalisation as float32 arrays for the compiled call:
+        `(on, mean, std, clip)`; `on` is 0 while there are no statistics (the
+        observations pass unchanged, as `RunningNormalizer` does)."""
+        shape = self.observation_space.shape
+        norm = self.normalizer
+        if norm is None or not norm.count:
+            return (np.float32(0.0), np.zeros(shape, np.float32), np.ones(shape, np.float32),
+                    np.float32(1.0))
+        return (np.float32(1.0), norm.mean.astype(np.float32),
+                np.sqrt(norm.var + norm.epsilon).astype(np.float32), np.float32(norm.clip))
 
     def fingerprint(self):
         """The environment (name, class, parameters) and every setting, so a resume
@@ -166,6 +199,7 @@ class JaxEnvironment(Task):
             "env_params": str(self.env_params), "episodes": self.episodes,
             "max_episode_steps": self.max_episode_steps, "episode_cap": self.episode_cap,
             "action_transform": self.action_transform,
+            "normalize_observations": self.normalizer is not None,
             "observation_space": str(self.observation_space),
             "action_space": str(self.action_space)}}
 

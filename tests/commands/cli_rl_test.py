@@ -1,6 +1,8 @@
 import csv
+import importlib.util
 import json
 
+import keras
 import pytest
 
 from keras_lrne import cli
@@ -217,3 +219,80 @@ def test_rl_commands_take_the_cma_es_strategies(tmp_path, capsys, name, cls):
     run = json.loads((out / "summary.json").read_text())
     assert run["args"]["strategy"] == name and run["summary"]["env_steps"] > 0
     assert f"{cls}(population_size=5, sigma=0.3" in capsys.readouterr().out
+
+
+on_jax_with_gymnax = pytest.mark.skipif(
+    keras.config.backend() != "jax" or importlib.util.find_spec("gymnax") is None,
+    reason="gymnax environments run on the JAX backend, with gymnax installed")
+
+
+@pytest.mark.slow
+@on_jax_with_gymnax
+def test_control_evolves_on_a_gymnax_environment_and_evaluates_it(tmp_path, capsys):
+    import jax
+    import numpy as np
+
+    from keras_lrne.tasks.environment import RunningNormalizer
+
+    out = tmp_path / "gymnax"
+    assert cli.main(["control", "--env", "gymnax:CartPole-v1", "--variant", "small",
+                     "--population", "4", "--parents", "2", "--generations", "2",
+                     "--max-episode-steps", "20", "--verbose", "0", "--no-export",
+                     "--output", str(out)]) == 0
+    assert "JaxEnvironment('CartPole-v1'" in capsys.readouterr().out
+    stored = json.loads((out / "summary.json").read_text())
+    assert 2 * 4 <= stored["summary"]["env_steps"] <= 2 * 4 * 20
+    normalizer = stored["task_state"]["normalizer"]
+    assert normalizer["count"] > 0  # observations are normalised
+    marker = json.loads((out / "policy" / "keras_lrne_policy.json").read_text())
+    assert (marker["kind"], marker["env"], marker["max_episode_steps"]) == (
+        "gymnax", "CartPole-v1", 20)
+    # Held-out episodes of the exported policy (observations -> actions, the
+    # normalisation baked in) are those the elite plays on the gymnax environment with
+    # the compiled rollout's keys for their seeds.
+    assert cli.main(["evaluate", str(out), "--episodes", "2"]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    import gymnax
+
+    env, params = gymnax.make("CartPole-v1")
+    model = keras.saving.load_model(out / "model.keras")
+    normalize = RunningNormalizer((4,))
+    normalize.set_state(normalizer)
+    expected = []
+    for seed in result["episode_seeds"]:
+        reset_key, root = jax.random.split(jax.random.PRNGKey(seed))
+        obs, state = env.reset(reset_key, params)
+        total = 0.0
+        for t in range(20):
+            action = int(np.argmax(keras.ops.convert_to_numpy(
+                model(normalize(np.asarray(obs)[None])))[0]))
+            obs, state, reward, terminated, truncated, _ = env.step(
+                jax.random.fold_in(root, t), state, action, params)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        expected.append(total)
+    assert result["returns"] == expected
+    assert cli.main(["play", str(out), "--episodes", "1", "--seed",
+                     str(result["episode_seeds"][0])]) == 0
+    assert f"episode 1: return {expected[0]:.2f}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        cli.main(["play", str(out), "--record", str(tmp_path / "x.gif")])
+    assert info.value.code == 2 and "Cannot record" in capsys.readouterr().err
+
+
+def test_a_gymnax_env_is_refused_before_any_work_off_jax_or_unknown(tmp_path, capsys):
+    on_jax = keras.config.backend() == "jax"
+    env = "gymnax:NoSuchEnv-v0" if on_jax else "gymnax:CartPole-v1"
+    if on_jax:
+        pytest.importorskip("gymnax")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["control", "--env", env, "--generations", "1", "--output", str(out)])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    if on_jax:
+        assert "`--env`" in error and "CartPole-v1" in error and env in error
+    else:
+        assert env in error and "KERAS_BACKEND=jax" in error
+        assert not out.exists()  # refused before the run directory was made

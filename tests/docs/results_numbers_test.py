@@ -282,3 +282,20 @@ def test_hyperscale_numbers():
         assert ga["ga_population_16384_ok"]
         assert f"| {ga['peak_bytes_ratio']['ga']['ratio']:.2f} at " in page("benchmarks/README.md")
     assert hyperscale("jax", "rank1_p262144")["population_262144_ok"]
+
+
+def test_gymnax_cartpole_numbers():
+    def per_seed(name, label, column, fmt):
+        return ", ".join(fmt.format(v) for v in values(name, label, column))
+
+    for label, strategy in (("ga", "GA(64, 8)"),
+                            ("es", "OpenES(64, sigma 0.05, learning rate 0.03)")):
+        held = per_seed("gymnax_cartpole", label, "heldout_return", "{:.0f}")
+        wall = per_seed("gymnax_cartpole", label, "wall_seconds", "{:.1f}")
+        assert_quotes("docs/results.md", f"| {strategy} | {held} | {wall} | "
+                      f"{mean('gymnax_cartpole', label, 'env_steps'):,.0f} |")
+        assert_quotes("docs/reinforcement_learning.md", f"| {strategy} | {held} | {wall} |")
+        assert min(values("gymnax_cartpole", label, "heldout_return")) >= 475  # solved
+    shortfall = min(values("gymnax_cartpole_100", "es", "heldout_return"))
+    assert_quotes("docs/results.md", f"returned {shortfall:.1f} held-out")
+    assert_quotes("docs/reinforcement_learning.md", f"ended at {shortfall:.1f}")

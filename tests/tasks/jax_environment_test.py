@@ -29,15 +29,21 @@ def task(**kwargs):
     return JaxEnvironment("CartPole-v1", **kwargs)
 
 
-def reference_episode(env, params, model, seed, cap):
-    """One episode stepped in Python, step by step, with the model's own call."""
+def reference_episode(env, params, model, seed, cap, normalize=None, seen=None):
+    """One episode stepped in Python, step by step, with the model's own call (on the
+    observations `normalize` returns; each raw one the policy saw appended to `seen`)."""
     import jax
 
     reset_key, step_root = jax.random.split(jax.random.PRNGKey(seed))
     obs, state = env.reset(reset_key, params)
     total, steps = 0.0, 0
     for t in range(cap):
-        logits = keras.ops.convert_to_numpy(model(np.asarray(obs)[None], training=False))
+        x = np.asarray(obs)[None]
+        if seen is not None:
+            seen.append(x)
+        if normalize is not None:
+            x = normalize(x)
+        logits = keras.ops.convert_to_numpy(model(x, training=False))
         action = int(np.argmax(logits[0]))
         obs, state, reward, terminated, truncated, _ = env.step(
             jax.random.fold_in(step_root, t), state, action, params)
@@ -75,6 +81,44 @@ def test_a_compiled_generation_equals_stepping_each_member_in_python():
     assert len(set(expected_steps)) > 1  # the episodes end at different steps
     assert logs["env_steps"] == sum(expected_steps)
     np.testing.assert_allclose(logs["mean_return"], np.mean(expected_returns))
+
+
+@jax_only
+def test_observations_are_normalised_inside_the_call_and_the_statistics_updated():
+    from keras_lrne import engine
+    from keras_lrne.tasks.environment import RunningNormalizer
+
+    jax_task = task(episodes=2, normalize_observations=True)
+    assert jax_task.fingerprint()["settings"]["normalize_observations"] is True
+    # Statistics far from the identity, so that normalising changes the actions.
+    stats = {"mean": [0.05, 0.3, -0.02, 0.4], "var": [0.01, 0.2, 0.003, 0.5], "count": 100.0}
+    jax_task.set_state({"normalizer": stats})
+    model = policy_model(1)
+    evaluator = engine.make_evaluator(engine.Run(model, GA(4, 2), 3, True), jax_task)
+    rng = np.random.default_rng(1)
+    population = [rng.normal(0, 1, (4, *v.shape)).astype("float32")
+                  for v in model.trainable_variables]
+    reference = RunningNormalizer((4,))
+    reference.set_state(stats)
+    losses, _ = evaluator.evaluate(population, 2)
+    expected_returns, expected_steps, seen = [], [], []
+    for member in range(4):
+        model.set_weights([p[member] for p in population])
+        episodes = [reference_episode(jax_task.env, jax_task.env_params, model, s, 50,
+                                      normalize=reference, seen=seen)
+                    for s in jax_task.episode_seeds(3, 2)]
+        expected_returns.append(np.mean([r for r, _ in episodes]))
+        expected_steps += [n for _, n in episodes]
+    np.testing.assert_array_equal(evaluator.rollout.episode_steps, expected_steps)
+    np.testing.assert_allclose(-losses, expected_returns, rtol=1e-6)
+    # After the generation, the statistics take in what the first 8 member-episodes
+    # (here: all of them) saw in their first 64 steps, as `Environment`'s sample.
+    reference.update(np.concatenate(seen))
+    assert jax_task.normalizer.count == 100 + sum(expected_steps)
+    np.testing.assert_allclose(jax_task.normalizer.mean, reference.mean, rtol=1e-5)
+    np.testing.assert_allclose(jax_task.normalizer.var, reference.var, rtol=1e-5)
+    with pytest.raises(ValueError, match="normalize_observations=1"):
+        task(normalize_observations=1)
 
 
 @jax_only
@@ -118,10 +162,14 @@ class Stop(keras.callbacks.Callback):
 
 @jax_only
 def test_a_resumed_run_ends_bit_identical_to_an_unbroken_one(tmp_path):
+    # With observation normalisation: its statistics are part of the checkpoint.
+    tasks = []
+
     def run(callbacks):
         model = policy_model()
-        history = model.evolve(task(), strategy=GA(4, 2), generations=3, seed=1, verbose=0,
-                               callbacks=callbacks)
+        tasks.append(task(normalize_observations=True))
+        history = model.evolve(tasks[-1], strategy=GA(4, 2), generations=3, seed=1,
+                               verbose=0, callbacks=callbacks)
         return history, [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
 
     backup = str(tmp_path / "backup")
@@ -134,6 +182,8 @@ def test_a_resumed_run_ends_bit_identical_to_an_unbroken_one(tmp_path):
         assert resumed.history[key] == straight.history[key], key
     for a, b in zip(resumed_weights, straight_weights):
         np.testing.assert_array_equal(a, b)
+    assert tasks[1].get_state() == tasks[2].get_state()
+    assert tasks[2].normalizer.count > 0
 
 
 @pytest.mark.skipif(keras.config.backend() != "tensorflow", reason="the TensorFlow refusal")

@@ -17,7 +17,7 @@ def episode_keys(seed):
     return jax.random.split(jax.random.PRNGKey(seed))
 
 
-def make_generation(env, env_params, policy, num_steps):
+def make_generation(env, env_params, policy, num_steps, sample_steps=64, sample_episodes=8):
     """Compiles the episodes of a whole population into one function.
 
     Args:
@@ -27,16 +27,22 @@ def make_generation(env, env_params, policy, num_steps):
             member's actions for a batch of observations (keras.ops, traced), and
             whether each row's outputs were finite; `shared` is what every member uses.
         num_steps: the step cap of an episode.
+        sample_steps: steps whose observations are sampled (for a normaliser).
+        sample_episodes: member-episodes sampled (the first ones, member-major).
 
     Returns:
-        A `jax.jit` function `(shared, population, seeds) -> (returns, steps, failed)`
+        A `jax.jit` function `(shared, population, seeds) -> (returns, steps, failed,
+        sample, sampled)`
         with `shared` a pytree of values every member uses, `population` a pytree of
         per-member arrays (members first) and `seeds` an int32 vector of episode reset
         seeds; the results have shape `(members, episodes)`:
         the sum of rewards until each episode ended, the steps it played, and whether it
         failed (a non-finite action, reward or observation: it ends there, its reward
         not added). Every member plays every seed. The loop stops when every episode
-        ended or after `num_steps` steps; finished episodes add nothing.
+        ended or after `num_steps` steps; finished episodes add nothing. `sample` holds
+        the observations the policy was given at the first `sample_steps` steps of the
+        first `sample_episodes` member-episodes, shape `(sample_steps, sample_episodes,
+        *observation_shape)`, and `sampled` whether each was a running episode's.
     """
 
     def reset(seed):
@@ -58,16 +64,26 @@ def make_generation(env, env_params, policy, num_steps):
 
         obs, state = jax.tree.map(tile, (obs, state))
         shape = (members, seeds.shape[0])
+        taken = min(sample_episodes, members * seeds.shape[0])
+        sample = jnp.zeros((sample_steps, taken, *obs.shape[2:]), obs.dtype)
         carry = (jnp.int32(0), obs, state, jnp.zeros(shape, jnp.float32),
-                 jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool), jnp.zeros(shape, bool))
+                 jnp.zeros(shape, jnp.int32), jnp.zeros(shape, bool), jnp.zeros(shape, bool),
+                 sample, jnp.zeros((sample_steps, taken), bool))
 
         def running(carry):
             t, done = carry[0], carry[5]
             return jnp.logical_and(t < num_steps, jnp.logical_not(jnp.all(done)))
 
         def body(carry):
-            t, obs, state, returns, steps, done, failed = carry
+            t, obs, state, returns, steps, done, failed, sample, sampled = carry
             live = jnp.logical_not(done)
+            if sample_steps:  # what the policy sees now, of the first member-episodes
+                row = jnp.minimum(t, sample_steps - 1)
+                here = t < sample_steps
+                flat = obs.reshape((-1, *obs.shape[2:]))[:taken]
+                sample = sample.at[row].set(jnp.where(here, flat, sample[row]))
+                sampled = sampled.at[row].set(
+                    jnp.where(here, live.reshape(-1)[:taken], sampled[row]))
             actions, finite = policy_all(shared, population, obs)
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(step_roots, t)
             new_obs, new_state, reward, terminated, truncated, _ = step_all(
@@ -87,9 +103,10 @@ def make_generation(env, env_params, policy, num_steps):
                 return jnp.where(mask, old, new)
 
             obs, state = jax.tree.map(keep, (obs, state), (new_obs, new_state))
-            return t + 1, obs, state, returns, steps, ended, failed | bad
+            return (t + 1, obs, state, returns, steps, ended, failed | bad, sample,
+                    sampled)
 
         carry = jax.lax.while_loop(running, body, carry)
-        return carry[3], carry[4], carry[6]
+        return carry[3], carry[4], carry[6], carry[7], carry[8]
 
     return jax.jit(generation)
