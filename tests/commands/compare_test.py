@@ -132,14 +132,15 @@ def test_resuming_a_comparison_skips_finished_runs(lm_comparison, tmp_path, caps
 @pytest.mark.slow
 def test_compare_ranks_with_fit(tmp_path, capsys):
     out = tmp_path / "ranks"
-    assert cli.main(["lm", *BASE, "--compare", "ranks", "--ranks", "2,1", "--with-fit",
+    # One rank and the full model: every row kind, a third fewer runs than two ranks
+    # (the plan of several ranks: test_ablation_presets_plan_their_runs_and_tests).
+    assert cli.main(["lm", *BASE, "--compare", "ranks", "--ranks", "1", "--with-fit",
                      "--output", str(out)]) == 0
     rows = [r for r in _rows(out / "comparison.csv") if r["row"] == "run"]
     assert [r["variant"] for r in rows] == [
-        "rank_1", "rank_1_fit", "rank_1_fit_time", "rank_2", "rank_2_fit", "rank_2_fit_time",
-        "full", "full_fit", "full_fit_time"]
+        "rank_1", "rank_1_fit", "rank_1_fit_time", "full", "full_fit", "full_fit_time"]
     params = {r["variant"]: int(r["parameters"]) for r in rows}
-    assert params["rank_1"] < params["rank_2"] < params["full"]
+    assert params["rank_1"] < params["full"]
     assert params["rank_1_fit"] == params["rank_1"]
     for label in ("rank_1", "full"):
         evolved = json.loads((out / label / "summary.json").read_text())
@@ -160,7 +161,7 @@ def test_compare_ranks_with_fit(tmp_path, capsys):
     assert "rank_1 vs full" in report and "fit()` with Adam" in report
     # A fit() run is reused only with the same learning rate.
     with pytest.raises(SystemExit):
-        cli.main(["lm", *BASE, "--compare", "ranks", "--ranks", "2,1", "--with-fit",
+        cli.main(["lm", *BASE, "--compare", "ranks", "--ranks", "1", "--with-fit",
                   "--output", str(out), "--resume", "--fit-learning-rate", "0.01"])
     assert "fit_learning_rate: 0.001 then, 0.01 now" in capsys.readouterr().err
 
@@ -255,6 +256,8 @@ def test_a_comparison_checks_every_run_before_the_first(lm_comparison, tmp_path,
       ("full_scaled", "full_paper"), ("factorized_scaled", "factorized_paper")]),
     (["--compare", "size-matched"], ["factorized_r1_e4", "small"],
      [("factorized_r1_e4", "small")]),
+    (["--compare", "ranks", "--ranks", "2,1"], ["rank_1", "rank_2", "full"],
+     [("rank_1", "full"), ("rank_2", "full")]),
 ])
 def test_ablation_presets_plan_their_runs_and_tests(argv, labels, pairs):
     from keras_lrne.commands import compare, report
@@ -264,6 +267,8 @@ def test_ablation_presets_plan_their_runs_and_tests(argv, labels, pairs):
     assert [label for label, _ in plan] == labels
     assert report.tested_pairs(args.compare, labels) == pairs
     overrides = dict(plan)
+    if "rank_2" in overrides:
+        assert overrides["rank_2"] == {"variant": "factorized", "rank": 2}
     if "full_mr_0.1" in overrides:
         assert overrides["full_mr_0.1"] == {"variant": "full", "mutation_rate": 0.1}
         assert overrides["factorized_fr_0.1"]["factor_mutation_rate"] == 0.1
@@ -291,14 +296,17 @@ def test_ablation_presets_refuse_what_they_set(tmp_path, capsys, argv, message):
 @pytest.mark.backend_independent
 def test_compare_mutation_rates_runs_the_step_size_ablation(tmp_path):
     out = tmp_path / "rates"
+    # One rate of each kind, 2 seeds (the plans of several rates are tested above).
     assert cli.main(["lm", *TINY, "--compare", "mutation-rates", "--rates", "0.01",
-                     "--factor-rates", "0.01,0.1", "--seeds", "0,1", "--output",
+                     "--factor-rates", "0.1", "--seeds", "0,1", "--output",
                      str(out)]) == 0
     runs = [r for r in _rows(out / "comparison.csv") if r["row"] == "run"]
-    assert sorted({r["variant"] for r in runs}) == ["factorized_fr_0.01",
-                                                    "factorized_fr_0.1", "full_mr_0.01"]
-    stored = json.loads((out / "factorized_fr_0.01" / "seed_1" / "summary.json").read_text())
-    assert stored["args"]["factor_mutation_rate"] == 0.01
+    assert sorted({r["variant"] for r in runs}) == ["factorized_fr_0.1", "full_mr_0.01"]
+    assert len(runs) == 4
+    stored = json.loads((out / "factorized_fr_0.1" / "seed_1" / "summary.json").read_text())
+    assert stored["args"]["factor_mutation_rate"] == 0.1
     assert stored["args"]["variant"] == "factorized"
+    full = json.loads((out / "full_mr_0.01" / "seed_0" / "summary.json").read_text())
+    assert full["args"]["mutation_rate"] == 0.01 and full["args"]["variant"] == "full"
     report = (out / "comparison.md").read_text()
-    assert "factorized_fr_0.01 vs full_mr_0.01, final loss (paired, n = 2)" in report
+    assert "factorized_fr_0.1 vs full_mr_0.01, final loss (paired, n = 2)" in report

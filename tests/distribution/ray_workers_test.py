@@ -16,7 +16,7 @@ from _helpers import reference_runs
 
 import keras_lrne
 from keras_lrne.distribution import RayWorkers
-from keras_lrne.strategies import GA, OpenES
+from keras_lrne.strategies import GA, PGPE, SNES, OpenES
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +136,25 @@ def test_open_es_in_workers_equals_one_process(local_ray, perturbation_rank):
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
     for a, b in zip(weights_a, weights_b):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("strategy", ["snes", "pgpe"])
+def test_snes_and_pgpe_workers_receive_seeds_and_give_the_same_run(local_ray, strategy):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (x @ rng.normal(size=(4, 1))).astype("float32")
+    losses = []
+    for distribution in (None, RayWorkers(num_workers=2)):
+        keras.utils.set_random_seed(0)
+        model = keras_lrne.Sequential([keras.Input((4,)),
+                                       keras.layers.Dense(4, activation="tanh"),
+                                       keras.layers.Dense(1)])
+        model.compile(loss="mse")
+        make = SNES if strategy == "snes" else PGPE
+        history = model.evolve(x, y, strategy=make(6, sigma=0.5), generations=3, seed=0,
+                               verbose=0, distribution=distribution)
+        losses.append(history.history["loss"])
+    assert losses[0] == losses[1]
 
 
 class Drifting(gym.Env):

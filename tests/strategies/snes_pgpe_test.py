@@ -373,14 +373,5 @@ def test_the_docs_example_runs_as_written():
     assert len(namespace["model"].history.history["loss"]) == 3
 
 
-@pytest.mark.slow
-def test_ray_workers_receive_seeds_and_give_the_same_run():
-    from keras_lrne.distribution import RayWorkers
-
-    x, y = regression()
-    for make in (lambda: SNES(6, sigma=0.5), lambda: PGPE(6, sigma=0.5)):
-        here = regression_model().evolve(x, y, strategy=make(), generations=3, seed=0,
-                                         verbose=0)
-        there = regression_model().evolve(x, y, strategy=make(), generations=3, seed=0,
-                                          verbose=0, distribution=RayWorkers(num_workers=2))
-        assert here.history["loss"] == there.history["loss"]
+# Ray workers receiving SNES's and PGPE's seeds: tests/distribution/ray_workers_test.py
+# (one Ray runtime for every Ray test).
