@@ -14,6 +14,7 @@ The budgets below are about 1.5x the seed's measurement.
 """
 
 import math
+import pathlib
 import sys
 
 import keras
@@ -278,3 +279,14 @@ def test_cli_evosax_names_an_evosax_algorithm(tmp_path, capsys):
         cli.main(["lm", "--strategy", "evosax:No_Such_ES", "--generations", "1",
                   "--output", str(output)])
     assert "name='No_Such_ES'" in capsys.readouterr().err and not output.exists()
+
+
+@pytest.mark.backend_independent
+def test_the_bridge_leaves_jax_to_the_backend_package():
+    # The convention: backend code only under keras_lrne/backend/ (here backend/jax/evosax).
+    import re
+
+    from keras_lrne.strategies import evosax_bridge
+
+    source = pathlib.Path(evosax_bridge.__file__).read_text()
+    assert not re.search(r"^\s*(import jax|from jax)", source, flags=re.M)
