@@ -4,8 +4,8 @@ Two references, each in its own module (its arguments follow the reference's nam
 
 - `pycma`: `CMAES` and `SepCMAES` against pycma (`cma`, Hansen's reference CMA-ES),
   `strategies_bbob_pycma.py`;
-- `evosax`: `SNES` and `PGPE` against evosax's implementations (JAX backend),
-  `strategies_bbob_evosax.py`.
+- `evosax`: `SNES`, `PGPE` and `SepCMAES` against evosax's implementations (JAX
+  backend), `strategies_bbob_evosax.py`.
 
     pip install "keras-lrne[bench]"
     python benchmarks/strategies_bbob.py pycma --seeds 10 --sep-1000

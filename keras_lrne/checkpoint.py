@@ -539,15 +539,31 @@ def save_run(path, strategy_state, lineage, history, task_state, settings, stopp
     arrays, state_meta = state_to_arrays(strategy_state)
     for name, rows in lineage.records.items():
         arrays[f"lineage/{name}"] = np.asarray(rows)
+    lineage_meta = {"records": list(lineage.records), "generations": lineage._count}
+    if lineage.start is not None:  # the weights the run started from
+        lineage_meta["start"] = len(lineage.start)
+        for i, value in enumerate(lineage.start):
+            arrays[f"lineage/start/{i}"] = np.asarray(value)
     meta = {
         "settings": settings,
         "state": state_meta,
-        "lineage": {"records": list(lineage.records), "generations": lineage._count},
+        "lineage": lineage_meta,
         "history": history,
         "task_state": task_state,
         "stopped": bool(stopped),
     }
     save(path, arrays, json.loads(json.dumps(meta, default=float)))
+
+
+def saved_start(checkpoint):
+    """The starting weights a loaded checkpoint (`load(path)`) keeps with its lineage
+    (see `keras_lrne.Lineage.start`), or None: what a resumed run starts from, so that
+    its lineage, rebuilt members and Ray workers are those of the run it continues."""
+    arrays, meta = checkpoint
+    count = meta.get("lineage", {}).get("start")
+    if count is None:
+        return None
+    return [np.asarray(arrays[f"lineage/start/{i}"]) for i in range(int(count))]
 
 
 def restore_run(checkpoint, path, settings, template, lineage, task):

@@ -141,6 +141,9 @@ def main(argv=None):
 
     command = {module.NAME: module for module in COMMANDS}[args.command]
     try:
+        from keras_lrne.commands.builders import check_strategy
+
+        check_strategy(args)  # e.g. evosax:NAME on TensorFlow, before any output
         return command.run(args, argv)
     except (ValueError, FileNotFoundError, ImportError, BackupInUseError) as error:
         parser.exit(2, f"keras-lrne {args.command}: error: {error}\n")

@@ -309,7 +309,8 @@ def rebuild_member(model, generation, member, assign=False, **kwargs):
         raise ValueError("`rebuild_member()` needs a model that has been evolved.")
     run.lineage.check_index(generation, member)
     records = {k: np.asarray(v) for k, v in run.lineage.records.items()}
-    arrays = run.strategy.rebuild(run.evolvable, run.seed, records, generation, member)
+    arrays = run.strategy.rebuild(run.evolvable, run.seed, records, generation, member,
+                                  **run.lineage.rebuild_arguments())
     if assign:
         _assign_weights(model, run.evolvable, arrays)
     return arrays
@@ -575,11 +576,19 @@ def _evolve(model, task, validation_data, validation, strategy, generations, cal
     run = _prepare(model, task, strategy, seed, freeze_normalization, validation,
                    population_batch_size, batch_size, distribution)
     devices = distribution if isinstance(distribution, PopulationParallel) else None
-    state = strategy.init(run.evolvable, seed, distribution=devices)
+    start = None
+    if strategy.starts_from_weights:
+        # The mean starts at the model's weights; a resumed run at those its checkpoint
+        # kept (the model now holds later ones), so that its lineage, rebuilt members
+        # and Ray workers are the interrupted run's.
+        start = checkpoint.saved_start(resume) if resume else [
+            keras.ops.convert_to_numpy(model.trainable_variables[s.index])
+            for s in run.evolvable]
+    state = strategy.init(run.evolvable, seed, distribution=devices, start=start)
     lineage = run.lineage = Lineage(seed, strategy.population_size, {
         "strategy": strategy.__class__.__name__, "config": strategy.get_config(),
         "freeze_normalization": freeze_normalization,
-        "evolvable_shapes": [list(s.shape) for s in run.evolvable]})
+        "evolvable_shapes": [list(s.shape) for s in run.evolvable]}, start=start)
     evaluator = run.evaluator = make_evaluator(run, task)
     model._evolution_run, model._evolution_state, model.lineage = run, state, lineage
     # The run's signature is only needed for a backup (and Keras' config serialisation

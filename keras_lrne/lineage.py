@@ -36,21 +36,31 @@ class Lineage:
     seed per member are all that is needed to rebuild any member (see
     `keras_lrne.Model.rebuild_member`). For `OpenES`: the noise seeds and the shaped
     fitness weights of every generation, from which the mean of any generation is
-    replayed. Other strategies record what their `Strategy.record` returns.
+    replayed. Other strategies record what their `Strategy.record` returns. A strategy
+    whose mean starts at the model's weights (`Strategy.starts_from_weights`: `CMAES`,
+    `SepCMAES`, `SNES`, `PGPE`) also needs those weights, kept once as `start`.
 
     Args:
         seed: the run seed.
         population_size: members per generation.
         settings: optional JSON-serialisable dict stored with the record (e.g. the
             strategy and its config).
+        start: the weights the run started from (one numpy array per evolvable
+            variable), or None when the run's seed alone gives them.
     """
 
-    def __init__(self, seed, population_size, settings=None):
+    def __init__(self, seed, population_size, settings=None, start=None):
         self.seed = int(seed)
         self.population_size = int(population_size)
         self.settings = dict(settings or {})
+        self.start = None if start is None else [np.asarray(v) for v in start]
         self.records = {}
         self._count = 0
+
+    def rebuild_arguments(self):
+        """The keyword arguments of `Strategy.rebuild` beyond the records: `start`
+        when the run keeps its starting weights."""
+        return {} if self.start is None else {"start": self.start}
 
     @property
     def num_generations(self):
@@ -212,8 +222,15 @@ class Lineage:
                 "The model's evolvable variables differ from the run's: the lineage records "
                 f"shapes {recorded}, the model has {shapes}."
             )
+        if self.start is not None and [list(v.shape) for v in self.start] != shapes:
+            raise ValueError(
+                "The model's evolvable variables differ from the run's: the lineage's "
+                f"starting weights have shapes {[list(v.shape) for v in self.start]}, the "
+                f"model has {shapes}."
+            )
         records = {k: np.asarray(v) for k, v in self.records.items()}
-        arrays = strategy.rebuild(evolvable, self.seed, records, generation, member)
+        arrays = strategy.rebuild(evolvable, self.seed, records, generation, member,
+                                  **self.rebuild_arguments())
         if assign:
             variables = model.trainable_variables
             for spec, array in zip(evolvable, arrays):
@@ -225,7 +242,8 @@ class Lineage:
 
         Entries: `header` (UTF-8 JSON: format, seed, population size, settings and the
         record names), one array per record (one row per generation; `parents` and
-        `seeds`, int32, for the GA) and `sha256`, the hex SHA-256 of the others (see
+        `seeds`, int32, for the GA), `start_0`, `start_1`, ... (the starting weights,
+        when the lineage keeps them) and `sha256`, the hex SHA-256 of the others (see
         `load`).
         """
         buffer = io.BytesIO()
@@ -233,6 +251,8 @@ class Lineage:
         header = {"format": FORMAT, "version": 3, "seed": self.seed,
                   "population_size": self.population_size, "settings": self.settings,
                   "records": names, "generations": self._count}
+        if self.start is not None:
+            header["start"] = len(self.start)
         header = np.frombuffer(json.dumps(header).encode(), np.uint8)
         records = {}
         for name in names:
@@ -240,9 +260,10 @@ class Lineage:
             dtype = rows[0].dtype if rows else np.int32
             width = rows[0].shape[0] if rows else self.population_size
             records[name] = np.asarray(rows, dtype).reshape(-1, width)
+        start = {f"start_{i}": v for i, v in enumerate(self.start or [])}
         np.savez_compressed(
-            buffer, header=header, **records,
-            sha256=np.frombuffer(_digest(header, records).encode(), np.uint8),
+            buffer, header=header, **records, **start,
+            sha256=np.frombuffer(_digest(header, {**records, **start}).encode(), np.uint8),
         )
         return buffer.getvalue()
 
@@ -259,6 +280,7 @@ class Lineage:
                 header = json.loads(bytes(header_bytes).decode())
                 names = header.get("records", list(GA_RECORDS))
                 records = {k: npz[k] for k in names}
+                start = [npz[f"start_{i}"] for i in range(int(header.get("start", 0)))]
                 checksum = bytes(npz["sha256"]).decode() if "sha256" in npz.files else None
             seed, size, settings = (header["seed"], header["population_size"],
                                     header["settings"])
@@ -274,14 +296,18 @@ class Lineage:
                 "Save it again (`Lineage.load(path).save(path)`) to add one.",
                 stacklevel=3,
             )
-        elif checksum != _digest(header_bytes, records):
+        elif checksum != _digest(header_bytes, {
+                **records, **{f"start_{i}": v for i, v in enumerate(start)}}):
             raise ValueError(
                 f"{source} is corrupted or was modified: its SHA-256 checksum does not match "
                 "its contents, so it could rebuild other weights than the run's. It was not "
                 "used."
             )
         _validate(source, seed, size, settings, records)
-        lineage = cls(seed, size, settings)
+        if any(v.dtype.kind != "f" or not np.isfinite(v).all() for v in start):
+            raise ValueError(f"{source} is not a valid keras-lrne lineage: its starting "
+                             "weights must be finite floating-point numbers.")
+        lineage = cls(seed, size, settings, start=start if "start" in header else None)
         rows = len(next(iter(records.values()))) if records else header.get("generations", 0)
         for g in range(int(rows)):
             lineage.record(**{k: v[g] for k, v in records.items()})

@@ -36,6 +36,22 @@ positive_float = number_type(float, "a positive number", lambda v: v > 0 and np.
 seed = number_type(int, "an integer in [0, 2**31 - 1]", lambda v: 0 <= v <= 2**31 - 1)
 
 
+#: The native strategies' `--strategy` names (`evosax:NAME` names an evosax algorithm).
+STRATEGIES = ("ga", "es", "cma-es", "sep-cma-es", "snes", "pgpe")
+
+
+def strategy(text):
+    """`--strategy`: a native strategy's name, or `evosax:NAME` (any evosax algorithm,
+    e.g. `evosax:CMA_ES`; whether it exists and the backend is JAX is checked once
+    Keras is loaded, by `builders.make_strategy`)."""
+    prefix, colon, name = text.partition(":")
+    if text in STRATEGIES or (prefix == "evosax" and colon and name.isidentifier()):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected one of {', '.join(STRATEGIES)} or evosax:NAME (an evosax algorithm, "
+        f"e.g. evosax:CMA_ES), received {text!r}")
+
+
 def devices(text):
     """`--devices`: a positive device count, or `all`."""
     if text == "all":
@@ -124,7 +140,9 @@ STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
                  "--sigma the initial step size); sep-cma-es: its diagonal variant, linear in "
                  "the number of weights (--population, --sigma); snes: separable natural "
                  "evolution strategy (--population, --sigma); pgpe: PGPE with ClipUp "
-                 "(--population, even, --sigma)")
+                 "(--population, even, --sigma); evosax:NAME: evosax's algorithm NAME, "
+                 "e.g. evosax:CMA_ES or evosax:Sep_CMA_ES, with its default parameters "
+                 "(--population; JAX backend only, needs the evosax extra)")
 COMPARE_HELP = (
     "run a comparison: `variants` (the default: factorized, full and small), `ranks` "
     "(the factorized model at each of --ranks, plus full), `strategies` (the GA and "
@@ -153,9 +171,9 @@ def add_strategy_arguments(parser):
                         help="evaluate in the Ray cluster at ADDR ('auto', HOST:PORT or "
                         "ray://HOST:PORT), with --workers workers (default: one per CPU "
                         "of the cluster). Default: none")
-    parser.add_argument("--strategy", choices=("ga", "es", "cma-es", "sep-cma-es", "snes",
-                                               "pgpe"),
-                        default="ga", help=STRATEGY_HELP)
+    parser.add_argument("--strategy", type=strategy, default="ga",
+                        metavar="{" + ",".join(STRATEGIES) + ",evosax:NAME}",
+                        help=STRATEGY_HELP)
     parser.add_argument("--sigma", type=positive_float, default=0.02,
                         help="es, snes, pgpe: noise std relative to each tensor's init std; "
                         "cma-es, sep-cma-es: the initial step size, in the same units")

@@ -213,6 +213,7 @@ class RayWorkers:
             runtime_env={"env_vars": env})
         self._spec = ray.put({
             "model": run.model, "task": task, "seed": run.seed,
+            "start": run.lineage.start,  # the run's starting weights, if it keeps them
             "strategy": (type(run.strategy), run.strategy.get_config()),
             "freeze_normalization": run.freeze_normalization,
             "chunk_size": run.chunk_size, "batch_size": run.batch_size,
@@ -448,7 +449,9 @@ class _Worker:
         self.protocol = protocol_for(self.strategy)
         specs = genome.collect_variable_specs(self.model, spec["freeze_normalization"])
         evolvable = [s for s in specs if s.evolvable]
-        self.state = self.protocol.worker_init(evolvable, spec["seed"])
+        start = spec.get("start")
+        self.state = self.protocol.worker_init(
+            evolvable, spec["seed"], **({} if start is None else {"start": start}))
         self.synced = 0
         self.supervised = bool(getattr(self.task, "supervised", True))
         self.per_member = bool(getattr(self.task, "per_member", False))

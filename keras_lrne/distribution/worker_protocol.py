@@ -32,7 +32,9 @@ class WorkerProtocol:
         self.strategy = strategy
 
     def worker_init(self, specs, seed):
-        """A worker's state before population 0 (see `worker_sync`)."""
+        """A worker's state before population 0 (see `worker_sync`). The protocol of a
+        strategy that `starts_from_weights` also takes `start=`, the run's starting
+        weights (sent to each worker once, with the model)."""
         raise NotImplementedError
 
     def sync_payload(self, records, generation):

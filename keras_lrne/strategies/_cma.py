@@ -87,10 +87,11 @@ def num_weights(specs):
     return sum(int(np.prod(s.shape)) for s in specs)
 
 
-def initial_mean(specs, seed):
-    """The starting mean, flat, in units of each tensor's init std: the run's first
-    initial member (as OpenES starts)."""
-    values = genome.initial_member(specs, seed, 0)
+def initial_mean(specs, seed, start=None):
+    """The starting mean, flat, in units of each tensor's init std: `start` (the weights
+    the run starts from: the model's, in `evolve()`), or without it the run's first
+    initial member."""
+    values = genome.initial_member(specs, seed, 0) if start is None else start
     return np.concatenate([np.asarray(v, np.float64).reshape(-1) / float(s.init_std)
                            for v, s in zip(values, specs)])
 
@@ -200,7 +201,7 @@ class CMABase(Strategy):
         return CMAParameters.of(n, size, self.diagonal)
 
     # -- the contract ----------------------------------------------------------------
-    def _init(self, specs, seed):
+    def _init(self, specs, seed, start=None):
         n = num_weights(specs)
         if self.max_weights is not None and n > self.max_weights:
             raise ValueError(
@@ -213,7 +214,7 @@ class CMABase(Strategy):
             )
         if self.config.population_size is None:
             self._default_population_size = default_population_size(n)
-        mean = initial_mean(specs, seed)
+        mean = initial_mean(specs, seed, start)
         return self._initial_state(n, mean, seed, layout_of(specs))
 
     def _ask(self, state):

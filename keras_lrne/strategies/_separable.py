@@ -206,9 +206,11 @@ class SeparableGaussian(Strategy):
         return seeds, signs
 
     # -- the contract ------------------------------------------------------------------------
-    def _init(self, specs, seed):
+    def _init(self, specs, seed, start=None):
         self.resolve(specs)
-        mean = [ops.convert_to_tensor(v) for v in genome.initial_member(specs, seed, 0)]
+        if start is None:  # without a model: the run's first initial member
+            start = genome.initial_member(specs, seed, 0)
+        mean = [ops.convert_to_tensor(np.asarray(v, s.dtype)) for v, s in zip(start, specs)]
         scales = np.asarray([float(s.init_std) for s in specs], np.float64)
         std = [ops.convert_to_tensor(np.full(s.shape, self.config.sigma * s.init_std,
                                              "float32")) for s in specs]
@@ -276,11 +278,12 @@ class SeparableGaussian(Strategy):
         signs = np.where(members < size, signs[inside], 0).astype(np.int32)
         return list(ops_.perturb(list(state.mean) + list(state.std), seeds[inside], signs))
 
-    def rebuild(self, specs, seed, records, generation, member=None):
+    def rebuild(self, specs, seed, records, generation, member=None, start=None):
         """The mean of population `generation` (after `generation` updates), replayed
-        from the initial mean and the recorded seeds and weights; or, with an integer
+        from the initial mean (`start`, the run's starting weights: `Lineage.start`)
+        and the recorded seeds and weights; or, with an integer
         `member < population_size`, that member of it."""
-        state = self._init(as_specs(specs), seed)
+        state = self.init(specs, seed, start=start)
         for g in range(generation):
             state = self.replay(state, records["noise_seeds"][g], records["weights"][g])
         values = list(state.mean)
@@ -299,8 +302,8 @@ class SeparableGaussian(Strategy):
             """A worker holds the distribution (mean, std, optimizer values) and replays
             each generation's update from its noise seeds and shaped weights."""
 
-            def worker_init(self, specs, seed):
-                return strategy._init(as_specs(specs), seed)
+            def worker_init(self, specs, seed, start=None):
+                return strategy.init(specs, seed, start=start)
 
             def sync_payload(self, records, generation):
                 g = generation - 1

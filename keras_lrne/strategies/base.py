@@ -51,6 +51,24 @@ def as_specs(specs):
     return result
 
 
+def check_start(specs, start):
+    """`start` (one array per evolvable spec, or None) as numpy arrays in the specs'
+    dtypes, after checking that it has one array of the right shape per spec."""
+    if start is None:
+        return None
+    start = list(start)
+    shapes = [tuple(int(d) for d in np.shape(v)) for v in start]
+    expected = [tuple(s.shape) for s in specs]
+    if shapes != expected:
+        raise ValueError(
+            "Received an invalid value for `start`, expected one array per evolvable "
+            f"variable, of shapes {expected}. Received: start with shapes {shapes}"
+        )
+    from keras import ops
+
+    return [np.asarray(ops.convert_to_numpy(v), dtype=s.dtype) for v, s in zip(start, specs)]
+
+
 #: Compiled operators of every strategy, keyed by (strategy class, configuration, name,
 #: variable signature, ...): the instance holds configuration only, so one strategy
 #: object serves any number of runs, and a state can be asked by any object of the same
@@ -135,7 +153,9 @@ class Strategy:
     Subclasses implement:
 
     - `_init(specs, seed) -> state`: the state of a new run. The state type must have the
-      fields `generation`, `losses` and `best_loss`, which this class maintains.
+      fields `generation`, `losses` and `best_loss`, which this class maintains. An
+      `_init(specs, seed, start=None)` receives the weights the run starts from (see
+      `init`), and then `rebuild` and a worker protocol's `worker_init` take `start` too.
     - `_ask(state) -> (population, state)`: the members to evaluate: a list with one
       `(members, *shape)` tensor per spec, or a `keras_lrne.genome.PopulationRecipe`
       (shared weights plus per-member records and the function that expands them:
@@ -231,7 +251,16 @@ class Strategy:
         return f"{self.__class__.__name__}({args})"
 
     # -- the contract --------------------------------------------------------------------
-    def init(self, specs, seed, distribution=None):
+    @property
+    def starts_from_weights(self):
+        """Whether the run's starting weights matter to this strategy: True when its
+        `_init` takes a `start` argument (`CMAES`, `SepCMAES`, `SNES`, `PGPE`, whose
+        mean starts at the model's weights). `evolve()` then passes the weights the
+        model holds when it starts, and keeps them with the run (its `Lineage`, its
+        checkpoint, its Ray workers) wherever members are rebuilt."""
+        return "start" in inspect.signature(self._init).parameters
+
+    def init(self, specs, seed, distribution=None, start=None):
         """The state of a new run.
 
         Args:
@@ -244,15 +273,25 @@ class Strategy:
                 when it declares a `distribution` argument (a strategy that places its
                 population on those devices keeps what it needs in the state or its
                 cached operators, never on `self`). Strategies never look it up globally.
+            start: the weights the run starts from, one array per evolvable variable
+                (`evolve()` passes the weights the model holds when it starts), or None.
+                Passed on to `_init` when it declares a `start` argument (see
+                `starts_from_weights`); such a strategy starts its mean there, and at
+                the run's first initial member (`keras_lrne.genome.initial_member(specs,
+                seed, 0)`) when `start` is None. Others (`GA`, `OpenES`) ignore it.
 
         Returns:
             The strategy's state.
         """
         specs = as_specs(specs)
         seed = check_int("seed", seed, minimum=0)
-        if "distribution" in inspect.signature(self._init).parameters:
-            return self._init(specs, seed, distribution=distribution)
-        return self._init(specs, seed)
+        kwargs = {}
+        parameters = inspect.signature(self._init).parameters
+        if "distribution" in parameters:
+            kwargs["distribution"] = distribution
+        if "start" in parameters:
+            kwargs["start"] = check_start(specs, start)
+        return self._init(specs, seed, **kwargs)
 
     def ask(self, state):
         """Returns `(population, state)`: the members to evaluate next.
@@ -310,7 +349,9 @@ class Strategy:
 
     def rebuild(self, specs, seed, records, generation, member):
         """Rebuilds one member from the run seed and the records of generations
-        `0 .. generation - 1` (`records[name]` is a `(generations, width)` array).
+        `0 .. generation - 1` (`records[name]` is a `(generations, width)` array). A
+        strategy that `starts_from_weights` also takes `start=`, the run's starting
+        weights (`Lineage.start`).
 
         Returns:
             A list of numpy arrays, one per spec.

@@ -68,8 +68,10 @@ class CMAES(CMABase):
 
     The search runs in units of each tensor's init std (`sigma=0.1` moves every weight
     by about a tenth of its initial scale); for shapes given without a model (see
-    `keras_lrne.strategies.base.as_specs`) this is plain CMA-ES. The mean starts at the
-    run's first initial member (as `OpenES`'s does). The noise of a generation is drawn
+    `keras_lrne.strategies.base.as_specs`) this is plain CMA-ES. In `evolve()` the mean
+    starts at the weights the model holds (a trained model is a starting point; a fresh
+    one starts at its initializers' draw); `init` without `start` starts it at the run's
+    first initial member, as `OpenES` does. The noise of a generation is drawn
     by numpy from the run seed and the generation, so a run gives the same results on
     every backend, and a run resumed from a checkpoint continues bit-exactly. Members
     with a NaN or infinite loss rank last and get no recombination weight.

@@ -2,7 +2,7 @@
 
 The module is named `evosax_bridge` so that it does not shadow the `evosax` package.
 evosax is an optional dependency (the `evosax` extra), imported only when an `Evosax`
-strategy is made.
+strategy is made; what the bridge does with JAX is in `keras_lrne.backend.jax.evosax`.
 """
 
 import dataclasses
@@ -26,6 +26,13 @@ _UNSUPPORTED = {
 
 #: Streams of the PRNG keys derived from (run seed, generation).
 _ASK, _TELL, _INIT = 0, 1, 2
+
+
+def _jax_side():
+    """`keras_lrne.backend.jax.evosax` (imported once the backend is known to be JAX)."""
+    from keras_lrne.backend.jax import evosax as jax_evosax
+
+    return jax_evosax
 
 
 def _evosax_algorithms():
@@ -70,40 +77,6 @@ class EvosaxState(NamedTuple):
     best_loss: float
 
 
-class _Algorithm:
-    """An evosax algorithm on `n` numbers with its params and state structure (what
-    `Evosax.cached` keeps per configuration and `n`)."""
-
-    def __init__(self, cls, population_size, n, kwargs):
-        import jax
-        import jax.numpy as jnp
-        from evosax.algorithms.population_based.base import PopulationBasedAlgorithm
-
-        constructor, params = _split_kwargs(cls, kwargs)
-        self.algorithm = cls(population_size=population_size,
-                             solution=jnp.zeros((n,), jnp.float32), **constructor)
-        self.params = self.algorithm.default_params
-        if params:
-            _check_params(self.params, params, cls)
-            self.params = self.params.replace(**params)
-        self.population_based = isinstance(self.algorithm, PopulationBasedAlgorithm)
-        key = jax.random.PRNGKey(0)
-        if self.population_based:
-            shapes = jax.eval_shape(self.algorithm.init, key,
-                                    jnp.zeros((population_size, n), jnp.float32),
-                                    jnp.zeros((population_size,), jnp.float32), self.params)
-        else:
-            shapes = jax.eval_shape(self.algorithm.init, key,
-                                    jnp.zeros((n,), jnp.float32), self.params)
-        self.treedef = jax.tree_util.tree_structure(shapes)
-
-    def unflatten(self, leaves):
-        import jax
-        import jax.numpy as jnp
-
-        return jax.tree_util.tree_unflatten(self.treedef, [jnp.asarray(x) for x in leaves])
-
-
 def _split_kwargs(cls, kwargs):
     """`(constructor kwargs, params kwargs)`: a keyword of the algorithm's constructor
     goes to it, any other replaces a field of its `default_params`."""
@@ -124,13 +97,6 @@ def _check_params(default_params, params, cls):
             f"Expected a keyword of its constructor ({accepted}) or a field of its "
             f"default_params ({fields}). Received: kwargs={params!r}"
         )
-
-
-def _key(seed, generation, stream):
-    import jax
-
-    key = jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(generation))
-    return jax.random.fold_in(key, stream)
 
 
 class Evosax(Strategy):
@@ -232,11 +198,8 @@ class Evosax(Strategy):
                     f"the strategy. Received: {reserved}={constructor[reserved]!r}"
                 )
         if params:
-            import jax.numpy as jnp
-
-            probe = cls(population_size=population_size,
-                        solution=jnp.zeros((2,), jnp.float32), **constructor)
-            _check_params(probe.default_params, params, cls)
+            _check_params(_jax_side().default_params(cls, population_size, constructor),
+                          params, cls)
         super().__init__(EvosaxConfig(name=name, population_size=population_size,
                                       kwargs=tuple(sorted(kwargs.items()))))
 
@@ -247,34 +210,31 @@ class Evosax(Strategy):
     def _algorithm(self, n):
         """The evosax algorithm of this configuration on `n` numbers (cached)."""
         cls = _evosax_algorithms()[self.config.name]
-        return self.cached("evosax", lambda: _Algorithm(
-            cls, self.config.population_size, n, dict(self.config.kwargs)), int(n))
+
+        def build():  # the keywords were checked by `__init__`
+            constructor, params = _split_kwargs(cls, dict(self.config.kwargs))
+            return _jax_side().Algorithm(cls, self.config.population_size, n,
+                                         constructor, params)
+
+        return self.cached("evosax", build, int(n))
 
     @staticmethod
     def _size(specs):
         return sum(int(np.prod(s.shape)) for s in specs)
 
     def _init(self, specs, seed):
-        import jax
-        import jax.numpy as jnp
-
         n = self._size(specs)
         algorithm = self._algorithm(n)
         leaves = []
         if not algorithm.population_based:
             mean = np.concatenate([np.asarray(v, np.float32).reshape(-1)
                                    for v in genome.initial_member(specs, seed, 0)])
-            evosax_state = algorithm.algorithm.init(_key(seed, 0, _INIT), jnp.asarray(mean),
-                                                    algorithm.params)
-            leaves = jax.tree_util.tree_leaves(evosax_state)
+            leaves = algorithm.init(_jax_side().key(seed, 0, _INIT), mean)
         return EvosaxState(evosax_state=leaves, population=None,
                            signature=spec_signature(specs), generation=0, seed=int(seed),
                            losses=None, best_loss=math.inf)
 
     def _ask(self, state):
-        import jax
-        import jax.numpy as jnp
-
         specs = specs_of(state.signature)
         algorithm = self._algorithm(self._size(specs))
         leaves = state.evosax_state
@@ -284,21 +244,16 @@ class Evosax(Strategy):
             size = self.config.population_size
             first = state.generation * size
             values = genome.initial_members(specs, state.seed, range(first, first + size))
-            population = jnp.asarray(np.concatenate(
+            population = _jax_side().as_array(np.concatenate(
                 [np.asarray(v, np.float32).reshape(size, -1) for v in values], axis=1))
         else:
             # evosax's `ask` may update its state too (e.g. CMA-ES's eigendecomposition).
-            population, evosax_state = algorithm.algorithm.ask(
-                _key(state.seed, state.generation, _ASK),
-                algorithm.unflatten(leaves), algorithm.params)
-            leaves = jax.tree_util.tree_leaves(evosax_state)
+            population, leaves = algorithm.ask(
+                _jax_side().key(state.seed, state.generation, _ASK), leaves)
         return self._split(population, specs), state._replace(evosax_state=leaves,
                                                               population=population)
 
     def _tell(self, state, losses):
-        import jax
-        import jax.numpy as jnp
-
         if state.population is None:
             raise ValueError("`Evosax.tell` needs the state the last `ask` returned.")
         specs = specs_of(state.signature)
@@ -307,18 +262,11 @@ class Evosax(Strategy):
         logs = {}
         leaves = state.evosax_state
         if finite.any():
-            fitness = jnp.asarray(np.where(finite, losses, losses[finite].max()), jnp.float32)
-            population = jnp.asarray(state.population)
-            key = _key(state.seed, state.generation, _TELL)
-            if not leaves:
-                evosax_state = algorithm.algorithm.init(key, population, fitness,
-                                                        algorithm.params)
-            else:
-                evosax_state, _ = algorithm.algorithm.tell(
-                    key, population, fitness, algorithm.unflatten(leaves), algorithm.params)
-            leaves = jax.tree_util.tree_leaves(evosax_state)
-            if algorithm.population_based:
-                logs["loss"] = float(evosax_state.best_fitness)
+            fitness = np.where(finite, losses, losses[finite].max())
+            leaves, best = algorithm.tell(_jax_side().key(state.seed, state.generation, _TELL),
+                                          state.population, fitness, leaves)
+            if best is not None:
+                logs["loss"] = best
         return state._replace(evosax_state=leaves, population=None), logs
 
     def _best(self, state):
@@ -326,8 +274,7 @@ class Evosax(Strategy):
         algorithm = self._algorithm(self._size(specs))
         if not state.evosax_state:
             return [ops.convert_to_tensor(v) for v in genome.initial_member(specs, state.seed, 0)]
-        evosax_state = algorithm.unflatten(state.evosax_state)
-        flat = evosax_state.best_solution if algorithm.population_based else evosax_state.mean
+        flat = algorithm.solution(state.evosax_state)
         return [member[0] for member in self._split(flat[None], specs)]
 
     @staticmethod

@@ -117,9 +117,12 @@ class PGPE(SeparableGaussian):
     extra member, the last): it is what `best` returns, what the model holds after the
     generation and what `loss` logs (`best_member_loss` logs the best member). Without
     it the model holds the generation's best member. The run records every
-    generation's noise seeds and ranks, so any mean or member is rebuilt from the run
-    seed (`model.rebuild_member(g, None)` is the mean of population `g`), and Ray
-    workers receive seeds only.
+    generation's noise seeds and ranks, so any mean or member is rebuilt from the
+    starting weights (the model's when `evolve()` starts, kept once in the run's
+    `Lineage` and checkpoint) and the run seed (`model.rebuild_member(g, None)` is the
+    mean of population `g`), and Ray workers receive the starting weights once, then
+    seeds only. The mean starts at those weights (a trained model is a starting point;
+    `init` without `start`: the run's first initial member).
 
     Args:
         population_size: members sampled per generation, an even number (members come

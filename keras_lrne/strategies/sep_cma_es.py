@@ -53,11 +53,11 @@ class SepCMAES(CMABase):
     prescribe (`c_mu` capped at `1 - c_1`).
 
     As in `CMAES`: the search runs in units of each tensor's init std, the mean starts
-    at the run's first initial member, the noise is drawn by numpy from the run seed and
-    the generation (the same on every backend; resumed runs continue bit-exactly),
-    members with a NaN or infinite loss rank last and get no weight, and with
-    `mean_evaluation` (default) the mean is evaluated as one extra, last member and is
-    what the model holds after a generation.
+    at the model's weights (without a model: the run's first initial member), the
+    noise is drawn by numpy from the run seed and the generation (the same on every
+    backend; resumed runs continue bit-exactly), members with a NaN or infinite loss
+    rank last and get no weight, and with `mean_evaluation` (default) the mean is
+    evaluated as one extra, last member and is what the model holds after a generation.
 
     Args:
         population_size: members per generation (`lambda`), at least 2. Defaults to

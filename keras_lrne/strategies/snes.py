@@ -88,17 +88,19 @@ class SNES(SeparableGaussian):
 
     The defaults are the paper's: `4 + floor(3 ln n)` members, a mean learning rate of
     1 and a std learning rate of `(3 + ln n) / (5 sqrt n)` for `n` evolvable numbers.
-    The mean starts at the run's initial member (drawn by the layers' initializers from
-    the run seed) and the std at `sigma` times each tensor's init std (1 for plain
-    shapes).
+    The mean starts at the weights the model holds when `evolve()` starts (a trained
+    model is a starting point; `init` without `start`: the run's first initial member,
+    drawn by the layers' initializers from the run seed) and the std at `sigma` times
+    each tensor's init std (1 for plain shapes).
 
     With `mean_evaluation` (default) the mean itself is evaluated every generation (one
     extra member, the last): it is what `best` returns, what the model holds after the
     generation and what `loss` logs (`best_member_loss` logs the best member). Without
     it the model holds the generation's best member. The run records every
     generation's noise seeds and utilities, so any mean or member is rebuilt from the
-    run seed (`model.rebuild_member(g, None)` is the mean of population `g`), and Ray
-    workers receive seeds only.
+    starting weights (kept once in the run's `Lineage` and checkpoint) and the run seed
+    (`model.rebuild_member(g, None)` is the mean of population `g`), and Ray workers
+    receive the starting weights once, then seeds only.
 
     Args:
         population_size: members sampled per generation (at least 2), or None

@@ -299,3 +299,26 @@ def test_gymnax_cartpole_numbers():
     shortfall = min(values("gymnax_cartpole_100", "es", "heldout_return"))
     assert_quotes("docs/results.md", f"returned {shortfall:.1f} held-out")
     assert_quotes("docs/reinforcement_learning.md", f"ended at {shortfall:.1f}")
+
+
+def test_cartpole_strategy_numbers():
+    # Section 12: held-out returns from each run's evaluation.json, the first generation
+    # whose mean returned at least 475 from its history.csv.
+    rows = []
+    for name, label, generations in (("cartpole_cma_es", "`CMAES` (sigma 0.5)", 30),
+                                     ("cartpole_pgpe", "`PGPE` (sigma 0.5)", 80)):
+        held_out, lowest, firsts = [], [], []
+        for seed in range(3):
+            run = RESULTS / name / "small" / f"seed_{seed}"
+            evaluation = json.loads((run / "evaluation.json").read_text())
+            held_out.append(f"{evaluation['mean_return']:.1f}")
+            lowest.append(min(evaluation["returns"]))
+            with open(run / "history.csv") as f:
+                history = list(csv.DictReader(f))
+            assert len(history) == generations
+            firsts.append(next(r["epoch"] for r in history
+                               if float(r["episode_return"]) >= 475))
+            assert evaluation["mean_return"] >= 475
+        rows.append(f"| {label} | {generations} | {' / '.join(held_out)} | "
+                    f"{min(lowest):.1f} | {' / '.join(firsts)} |")
+    assert_quotes("docs/results.md", *rows)

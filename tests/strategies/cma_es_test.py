@@ -109,7 +109,7 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another():
 
 
 @pytest.mark.parametrize("cls", [CMAES, SepCMAES])
-def test_mean_starts_at_the_first_initial_member_and_is_the_best(cls):
+def test_mean_starts_at_the_given_weights_or_the_first_initial_member(cls):
     specs = [(2, 3), (3,)]
     strategy = cls(population_size=4)
     state = strategy.init(specs, seed=5)
@@ -125,6 +125,13 @@ def test_mean_starts_at_the_first_initial_member_and_is_the_best(cls):
     assert logs["loss"] == 7.0 and logs["best_member_loss"] == 1.0
     for got, want in zip(strategy.best(state), expected):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-6)
+    # Given starting weights (what `evolve()` passes: the model's), the mean is those.
+    start = [np.full((2, 3), 0.5, "float32"), np.arange(3, dtype="float32")]
+    state = strategy.init(specs, seed=5, start=start)
+    for got, want in zip(strategy.best(state), start):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"`start`.*shapes"):
+        strategy.init(specs, seed=5, start=start[:1])
 
 
 @pytest.mark.parametrize("cls", [CMAES, SepCMAES])
@@ -206,9 +213,17 @@ def tiny_data():
 def test_evolve_runs_and_the_model_holds_the_mean(cls):
     x, y = tiny_data()
     model = tiny_model()
+    # The mean starts at the weights the model holds (known values here): the first
+    # generation's `loss` is the mean's, and the lineage keeps them.
+    start = [np.full(v.shape, 0.25, "float32") for v in model.trainable_variables]
+    model.set_weights(start)
+    start_loss = float(model.evaluate(x, y, verbose=0))
     history = model.evolve(x, y, strategy=cls(population_size=8, sigma=0.5),
                            generations=12, seed=0, verbose=0)
     losses = history.history["loss"]
+    assert math.isclose(losses[0], start_loss, rel_tol=1e-5)
+    for a, b in zip(model.lineage.start, start):
+        np.testing.assert_array_equal(a, b)
     assert len(losses) == 12 and losses[-1] < losses[0]
     assert "sigma" in history.history and "best_member_loss" in history.history
     best = model._evolution_run.strategy.best(model._evolution_state)

@@ -14,6 +14,7 @@ The budgets below are about 1.5x the seed's measurement.
 """
 
 import math
+import pathlib
 import sys
 
 import keras
@@ -235,3 +236,57 @@ def test_a_resumed_run_ends_bit_identical_to_an_unbroken_one(tmp_path, name):
     assert resumed.history["loss"] == straight.history["loss"]
     for a, b in zip(resumed_weights, straight_weights):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("text", ["evosax:", "evosax:CMA-ES", "cmaes", "evo:CMA_ES"])
+def test_cli_strategy_names_are_checked_when_parsed(text, capsys):
+    from keras_lrne import cli
+
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["fitness", "--strategy", text])
+    assert "expected one of ga, es, cma-es, sep-cma-es, snes, pgpe or evosax:NAME" in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.skipif(keras.config.backend() == "jax", reason="the refusal is for non-JAX")
+def test_cli_evosax_on_another_backend_fails_naming_jax_before_any_output(tmp_path, capsys):
+    from keras_lrne import cli
+
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        cli.main(["lm", "--strategy", "evosax:CMA_ES", "--generations", "1",
+                  "--output", str(output)])
+    err = capsys.readouterr().err
+    assert "--strategy evosax:CMA_ES" in err and "KERAS_BACKEND=jax" in err
+    assert not output.exists()
+
+
+@jax_only
+def test_cli_evosax_names_an_evosax_algorithm(tmp_path, capsys):
+    import argparse
+
+    from keras_lrne import cli
+    from keras_lrne.commands.builders import make_strategy
+
+    args = argparse.Namespace(strategy="evosax:Sep_CMA_ES", population=8, sigma=0.1,
+                              learning_rate=0.01, parents=2, mutation_rate=0.1)
+    strategy = make_strategy(args)
+    assert isinstance(strategy, Evosax)
+    assert strategy.get_config() == {"name": "Sep_CMA_ES", "population_size": 8}
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        cli.main(["lm", "--strategy", "evosax:No_Such_ES", "--generations", "1",
+                  "--output", str(output)])
+    assert "name='No_Such_ES'" in capsys.readouterr().err and not output.exists()
+
+
+@pytest.mark.backend_independent
+def test_the_bridge_leaves_jax_to_the_backend_package():
+    # The convention: backend code only under keras_lrne/backend/ (here backend/jax/evosax).
+    import re
+
+    from keras_lrne.strategies import evosax_bridge
+
+    source = pathlib.Path(evosax_bridge.__file__).read_text()
+    assert not re.search(r"^\s*(import jax|from jax)", source, flags=re.M)

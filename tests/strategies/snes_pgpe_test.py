@@ -290,10 +290,19 @@ def regression_model():
 def test_evolves_a_tiny_model_and_rebuilds_its_means(make):
     x, y = regression()
     model = regression_model()
+    # The mean starts at the weights the model holds (here: known values, not the
+    # run's initial member), and rebuilds start there too.
+    start = [np.full(v.shape, 0.1 * (i + 1), "float32")
+             for i, v in enumerate(model.trainable_variables)]
+    model.set_weights(start)
+    start_loss = float(model.evaluate(x, y, verbose=0))
     history = model.evolve(x, y, strategy=make(), generations=8, seed=0, verbose=0)
     logs = history.history
+    assert math.isclose(logs["loss"][0], start_loss, rel_tol=1e-5)
     assert min(logs["loss"]) < logs["loss"][0]
     assert {"best_member_loss", "mean_loss"} <= set(logs)
+    for a, b in zip(model.rebuild_member(0, None), start):
+        np.testing.assert_array_equal(a, b)
     state = model.evolution_state
     held = [ops.convert_to_numpy(v) for v in model.trainable_variables]
     for a, b in zip(held, state.elite):
@@ -303,6 +312,11 @@ def test_evolves_a_tiny_model_and_rebuilds_its_means(make):
             np.testing.assert_array_equal(a, ops.convert_to_numpy(b))
     member = model.rebuild_member(8, 1)
     assert not np.array_equal(member[0], ops.convert_to_numpy(state.mean[0]))
+    # A lineage file keeps the starting weights: it rebuilds the mean into a fresh model.
+    lineage = keras_lrne.Lineage.from_bytes(model.lineage.to_bytes())
+    for a, b in zip(lineage.rebuild_member(regression_model(), 8, None, assign=False),
+                    state.mean):
+        np.testing.assert_array_equal(a, ops.convert_to_numpy(b))
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -323,8 +337,10 @@ class Interrupt(keras.callbacks.Callback):
 def test_resumes_bit_exactly(tmp_path, make):
     x, y = regression()
 
-    def go(callbacks):
+    def go(callbacks, scramble=False):
         model = regression_model()
+        if scramble:  # the resumed run starts from its checkpoint's starting weights
+            model.set_weights([w + 1.0 for w in model.get_weights()])
         history = model.evolve(x, y, strategy=make(), generations=5, seed=2, verbose=0,
                                callbacks=callbacks)
         return model, history
@@ -332,8 +348,10 @@ def test_resumes_bit_exactly(tmp_path, make):
     backup = str(tmp_path / "b")
     with pytest.raises(RuntimeError, match="power cut"):
         go([keras.callbacks.BackupAndRestore(backup), Interrupt(2)])
-    resumed, resumed_history = go([keras.callbacks.BackupAndRestore(backup)])
+    resumed, resumed_history = go([keras.callbacks.BackupAndRestore(backup)], scramble=True)
     straight, straight_history = go([])
+    for a, b in zip(resumed.rebuild_member(5, None), straight.rebuild_member(5, None)):
+        np.testing.assert_array_equal(a, b)
     assert resumed_history.epoch == [0, 1, 2, 3, 4]
     for key in ("loss", "mean_loss", "best_member_loss"):
         assert resumed_history.history[key] == straight_history.history[key], key
