@@ -81,6 +81,7 @@ def completed(tuner):
 
 
 # -- tuners ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_random_search_two_trials_val_loss(lm_task, tmp_path):
     hypermodel = Recording(lm_builder(lm_task), rank=[1, 2], population_size=4,
                            num_parents=1)
@@ -131,6 +132,7 @@ def test_hyperband_generations_are_epochs(tmp_path):
         assert history["val_loss"][:n] == parent["val_loss"]
 
 
+@pytest.mark.slow
 def test_bayesian_optimization_two_trials(tmp_path):
     pytest.importorskip("sklearn")  # keras-tuner's BayesianOptimization needs it
     x, y = regression_data()

@@ -19,6 +19,7 @@ TINY = ["--population", "4", "--parents", "1", "--generations", "2", "--sequence
 EXPORTING = [arg for arg in TINY if arg != "--no-export"]
 
 
+@pytest.mark.slow
 def test_lm_writes_history_plot_and_models(tmp_path):
     out = tmp_path / "run"
     assert cli.main(["lm", *EXPORTING, "--output", str(out)]) == 0
@@ -85,6 +86,7 @@ def test_lm_compare_runs_three_variants(tmp_path, capsys):
     assert "| factorized |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_lm_from_text_file_and_tfds_mock(tmp_path):
     text = tmp_path / "stories.txt"
     rng = np.random.default_rng(0)
@@ -132,6 +134,7 @@ def test_paper_settings_fill_only_unset_options():
     assert (args.sequence_length, args.num_sequences) == (128, 1024)
 
 
+@pytest.mark.slow
 def test_lm_resume_after_an_interruption(tmp_path, monkeypatch):
     from keras_lrne import checkpoint
 
@@ -156,6 +159,7 @@ def test_lm_resume_after_an_interruption(tmp_path, monkeypatch):
     assert not (out / "backup").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.backend_independent
 def test_lm_resume_records_the_generations_the_run_holds(tmp_path, monkeypatch, capsys):
     from keras_lrne import checkpoint
@@ -188,6 +192,7 @@ def test_lm_resume_records_the_generations_the_run_holds(tmp_path, monkeypatch, 
     assert "already finished" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.backend_independent
 def test_lm_summary_records_the_real_vocabulary_and_no_lock_stays(tmp_path):
     out = tmp_path / "run"

@@ -209,6 +209,7 @@ def tiny_data():
     return x, x.sum(axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [CMAES, SepCMAES])
 def test_evolve_runs_and_the_model_holds_the_mean(cls):
     x, y = tiny_data()
@@ -240,6 +241,7 @@ class Stop(keras.callbacks.Callback):
             raise RuntimeError("power cut")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [CMAES, SepCMAES])
 def test_a_resumed_run_ends_bit_identical_to_an_unbroken_one(tmp_path, cls):
     x, y = tiny_data()
@@ -284,6 +286,7 @@ def test_one_object_serves_two_interleaved_runs(cls):
     np.testing.assert_array_equal(states["b"].mean, b.mean)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["CMAES", "SepCMAES", "SNES"])
 def test_evolve_takes_the_default_population_size(name):
     """`population_size=None` (Hansen's `4 + floor(3 ln n)`): `evolve()` plans its

@@ -285,6 +285,7 @@ def regression_model():
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [lambda: SNES(6, sigma=0.5),
                                   lambda: PGPE(8, sigma=0.5, center_learning_rate=0.3)])
 def test_evolves_a_tiny_model_and_rebuilds_its_means(make):
@@ -329,6 +330,7 @@ class Interrupt(keras.callbacks.Callback):
             raise RuntimeError("power cut")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [
     lambda: SNES(6, sigma=0.3),
     lambda: PGPE(6, sigma=0.3),

@@ -149,6 +149,7 @@ def test_open_es_evolves_a_factorized_model_and_rebuilds_its_means():
         np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
 
 
+@pytest.mark.slow
 def test_open_es_beats_its_initial_return_on_cartpole():
     task = Environment("CartPole-v1", max_episode_steps=200, episodes=2)
     keras.utils.set_random_seed(0)
@@ -173,6 +174,7 @@ class Interrupt(keras.callbacks.Callback):
             raise RuntimeError("power cut")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [
     lambda: OpenES(8, sigma=0.1),
     lambda: OpenES(6, antithetic=False, mean_evaluation=False, optimizer="sgd"),

@@ -41,6 +41,7 @@ def numpy_accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y))
 
 
+@pytest.mark.slow
 def test_compiled_accuracy_improves_is_exact_and_repeats():
     x, y = classification_data()
     histories, finals = [], []
@@ -94,6 +95,7 @@ def test_a_reward_from_outputs_without_targets_and_minimising():
     assert results[False]["loss"] == results[False]["fitness"]
 
 
+@pytest.mark.slow
 def test_a_two_input_model_on_a_compiled_fitness_with_validation():
     x, y = classification_data()
     data = {"a": x, "b": x[:, :2]}
