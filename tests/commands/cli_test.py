@@ -399,9 +399,10 @@ def test_a_tfds_name_that_cannot_be_downloaded_fails_fast(monkeypatch, capsys):
 def test_lm_text_file_keeps_line_breaks_unless_one_document_per_line(tmp_path):
     text = tmp_path / "play.txt"
     text.write_text("ROMEO:\nBut soft!\n\nJULIET:\nAy me.\n" * 30, encoding="utf-8")
+    # The task the command builds from its arguments (what a run's tokenizer.json holds:
+    # tests/commands/cli_test.py::test_generate_samples_from_an_lm_run reads one back).
     for flags, newline in (([], True), (["--one-document-per-line"], False)):
-        out = tmp_path / ("lines" if flags else "plain")
-        assert cli.main(["lm", *TINY, "--tokenizer", "character", "--text-file", str(text),
-                         *flags, "--output", str(out)]) == 0
-        vocabulary = json.loads((out / "tokenizer.json").read_text())["vocabulary"]
-        assert ("\n" in vocabulary) is newline
+        args = cli.build_parser().parse_args(
+            ["lm", *TINY, "--tokenizer", "character", "--text-file", str(text), *flags,
+             "--output", str(tmp_path / "unused")])
+        assert ("\n" in lm.make_task(args).vocabulary) is newline
