@@ -223,6 +223,7 @@ def test_lm_resume_with_a_corrupted_backup_fails_clearly(tmp_path, capsys):
     assert "corrupted" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_lm_output_rules_finished_runs_overwrite_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
     # --resume where no backup exists yet starts from the beginning and says so.
@@ -272,6 +273,7 @@ def test_output_that_is_a_file_is_refused(tmp_path, capsys):
     assert target.read_text() == "not a directory"
 
 
+@pytest.mark.slow
 def test_generate_samples_from_an_lm_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["lm", *TINY, "--tokenizer", "word", "--output", str(out)]) == 0

@@ -167,6 +167,7 @@ def _evaluate_both_ways(model, x, y, strategy, seed=3):
     return functions, population, low, dense
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_the_unmaterialised_forward_equals_the_materialised_one(kind):
     keras.utils.set_random_seed(0)
@@ -180,6 +181,7 @@ def test_the_unmaterialised_forward_equals_the_materialised_one(kind):
     assert functions._unmaterialized == low_rank
 
 
+@pytest.mark.slow
 def test_layers_without_support_get_materialised_members():
     keras.utils.set_random_seed(0)
     x, y = _data("dense")

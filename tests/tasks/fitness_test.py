@@ -123,6 +123,7 @@ def python_accuracy(model):
     return numpy_accuracy(model, x, y)
 
 
+@pytest.mark.slow
 def test_python_fitness_is_called_per_member_and_repeats():
     runs = []
     for _ in range(2):
@@ -259,6 +260,7 @@ def interrupted_then(directory, first, data, generations=4):
     return run
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_fitness_is_refused_naming_it(tmp_path):
     x, y = classification_data(n=32)
     resume = interrupted_then(tmp_path / "backup", Fitness(accuracy, data=(x, y)), (x, y))
@@ -268,6 +270,7 @@ def test_a_resume_with_another_fitness_is_refused_naming_it(tmp_path):
     assert len(history.history["fitness"]) == 4
 
 
+@pytest.mark.slow
 def test_a_resume_tells_lambdas_and_partials_apart_by_what_they_compute(tmp_path):
     x, _ = classification_data(n=32)
     first = Fitness(lambda o: keras.ops.mean(o[:, 0]), data=x)
@@ -322,6 +325,7 @@ print(function_digest(objective), function_digest(lambda o, y: ops.mean(o[:, 0])
 """
 
 
+@pytest.mark.slow
 @pytest.mark.backend_independent
 def test_a_function_digest_is_the_same_in_a_fresh_process():
     # This process (string hashing randomised, unless PYTHONHASHSEED says otherwise)

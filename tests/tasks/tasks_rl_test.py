@@ -119,6 +119,7 @@ def _atari_returns(num_envs):
 
 # The property is the host environment's (ale-py and numpy), whatever computes the
 # policy: the test runs on the default backend.
+@pytest.mark.slow
 @pytest.mark.backend_independent
 def test_an_atari_episode_is_a_function_of_its_seed_alone():
     # Unseeded resets carried emulator state from one episode to the next in a
@@ -144,6 +145,7 @@ def test_an_atari_episode_is_a_function_of_its_seed_alone():
     assert min(noops) == 0 and max(noops) == 29  # the paper's 0-29 no-op start
 
 
+@pytest.mark.slow
 def test_atari_evolve_end_to_end_deterministic():
     logs = evolve_twice(lambda: Atari("Frostbite", max_episode_steps=50), tiny_conv_policy)
     assert all(steps <= 4 * 50 for steps in logs["env_steps"])
@@ -197,6 +199,7 @@ def test_car_racing_bad_arguments(kwargs, match):
         CarRacing(**kwargs)
 
 
+@pytest.mark.slow
 def test_car_racing_evolve_end_to_end_deterministic():
     logs = evolve_twice(lambda: CarRacing(episodes=1, max_episode_steps=30),
                         tiny_conv_policy, population=2)
@@ -268,6 +271,7 @@ def test_control_bad_arguments(kwargs, match):
         Control("Pendulum-v1", **kwargs)
 
 
+@pytest.mark.slow
 def test_control_evolve_end_to_end_deterministic():
     evolve_twice(lambda: Control("HalfCheetah-v5", max_episode_steps=50), tiny_dense_policy)
 
