@@ -24,8 +24,9 @@ Where a generation's time goes is printed for the factorized and full runs (and 
 `factorized_time_split` / `full_time_split`): medians over generations 1.. of the seconds
 in env resets and env steps (summed over the rollout lanes, so with two lanes they
 overlap the policy), in policy calls, in the rollout and in the whole generation (the raw
-probes excluded), and generation 0's seconds with its compile estimate (generation 0
-minus the median later one).
+probes excluded) and outside the rollout (selection, mutation, and their compilation when
+it falls in generation 1), and generation 0's seconds with a compile estimate (generation
+0's rollout minus the median later one: the policy compiles there).
 
 The last line is one JSON object with at least `raw_env_steps_per_second`,
 `factorized_over_raw` and `full_over_raw`.
@@ -180,15 +181,20 @@ def closed_loop_speed(variant, args, raw_env, lanes="auto"):
 
 
 def time_split(splits):
-    """Where a generation's time went: generation 0's seconds and its compile estimate
-    (generation 0 minus the median later generation), and the medians over the later
-    generations of the seconds in env resets, env steps (summed over lanes) and policy
-    calls, and of the generation's and its rollout's seconds."""
+    """Where a generation's time went: the medians over the later generations of the
+    seconds in env resets, env steps (summed over lanes) and policy calls, in the
+    rollout, in the whole generation and outside the rollout; generation 0's seconds,
+    and a compile estimate: generation 0's rollout minus the median later one (the
+    policy compiles in generation 0's rollout)."""
     later = splits[1:] or splits
     split = {key: statistics.median(s[key] for s in later) for key in later[0]}
+    # Selection, mutation, bookkeeping, and their compilation when it falls in
+    # generation 1 (so with few generations this is not the steady cost).
+    split["outside_rollout_seconds"] = statistics.median(
+        s["generation_seconds"] - s["rollout_seconds"] for s in later)
     split["first_generation_seconds"] = splits[0]["generation_seconds"]
     split["compile_seconds"] = max(
-        0.0, splits[0]["generation_seconds"] - split["generation_seconds"])
+        0.0, splits[0]["rollout_seconds"] - split["rollout_seconds"])
     return split
 
 
@@ -297,7 +303,8 @@ def main(argv=None):
                   f"{sp['generation_seconds']:.2f} s, rollout {sp['rollout_seconds']:.2f} s: "
                   f"resets {sp['reset_seconds']:.2f} s, env steps "
                   f"{sp['env_step_seconds']:.2f} s (summed over lanes), policy "
-                  f"{sp['policy_seconds']:.2f} s; generation 0 "
+                  f"{sp['policy_seconds']:.2f} s; outside the rollout "
+                  f"{sp['outside_rollout_seconds']:.2f} s; generation 0 "
                   f"{sp['first_generation_seconds']:.1f} s (compile ~"
                   f"{sp['compile_seconds']:.1f} s)")
         print(f"  factorized with {other_lanes} lane(s) instead of the default "
