@@ -16,9 +16,17 @@ Measurements (the sizes of `--tiny` in brackets, for a dry run on a CPU):
    tokens of a 2,051-token vocabulary (random token ids: the text tasks need
    TensorFlow) [P=8, 2 parents, 8 x 16]: seconds per generation after the first
    (compiling) one, and the projected time of the paper's 300 generations.
-4. `rollout_frostbite`: `rollout_throughput.py` on Frostbite, P=512 with 512 vector
-   environments [P=8, 8 environments]: factorized member-steps/s over the raw vector
-   env.
+4. `rollout_frostbite`: `rollout_throughput.py` on Frostbite, P=64 with 64 vector
+   environments, 150-step cap, 2 generations [P=8, 8 environments, 30 steps]:
+   factorized member-steps/s over the raw vector env, and where a generation's time
+   goes (`factorized_time_split`, `full_time_split`: env resets, env steps, policy
+   calls, and generation 0's compile estimate). At P=512 with 512 environments it did
+   not finish 2 generations in 330 s on an H200 (the environments step on the host's
+   CPUs: the accelerator does not speed them up).
+5. `jax_control`: `jax_env_throughput.py --device-only`, gymnax CartPole-v1 through
+   `JaxEnvironment`, `control_policy("small")` at P=4,096, 4 generations [its `--tiny`
+   mode]: on-device member-steps/s, seconds per generation, compile time. Skipped (a
+   line with `"skipped"`) when gymnax is not installed.
 
 With `--low-rank`, the check measures low-rank populations instead (its own call;
 `low_rank_population.py`: OpenES full-rank noise vs `perturbation_rank` 1 and 4 vs LoRA
@@ -49,6 +57,7 @@ Dry run on any machine: `KERAS_BACKEND=jax python benchmarks/device_check.py --t
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -100,13 +109,18 @@ print(json.dumps({
 #: Per measurement: (GPU sizes, --tiny sizes, time limit in seconds; 540 s in all, so
 #: the whole check fits one 600 s device call). Population
 #: throughput: (P, sequences, tokens, generations); the paper's LM: (P, parents,
-#: sequences, tokens, generations); the rollout: (P, parents, envs, step cap).
+#: sequences, tokens, generations); the rollout: (P, parents, envs, step cap); the
+#: on-device control: (P, generations; `--tiny`: the script's own tiny mode).
 SIZES = {
     "population_512": ((512, 16, 128, 6), (8, 2, 16, 3), 120),
-    "population_2048": ((2048, 8, 128, 5), (16, 2, 16, 3), 120),
+    "population_2048": ((2048, 8, 128, 5), (16, 2, 16, 3), 110),
     "paper_lm": ((512, 16, 1024, 128, 4), (8, 2, 8, 16, 3), 180),
-    "rollout_frostbite": ((512, 16, 512, 300), (8, 2, 8, 30), 120),
+    "rollout_frostbite": ((64, 8, 64, 150), (8, 2, 8, 30), 90),
+    "jax_control": ((4096, 4), None, 40),
 }
+
+#: Measurements skipped (with a line saying so) when a package they need is missing.
+MISSING = {"jax_control": "gymnax"}
 
 
 #: The `--low-rank` section: `low_rank_population.py` (and `hyperscale.py`) arguments at
@@ -165,7 +179,7 @@ def measurements(tiny):
     rollout = os.path.join(HERE, "rollout_throughput.py")
     plan = []
     for name, (gpu, small, limit) in SIZES.items():
-        sizes = [str(v) for v in (small if tiny else gpu)]
+        sizes = [str(v) for v in ((small if tiny else gpu) or ())]
         if name.startswith("population_"):
             members, sequences, length, generations = sizes
             argv = [py, population, "--population", members, "--sequences", sequences,
@@ -173,14 +187,27 @@ def measurements(tiny):
                     "--variants", "factorized", "--naive-members", "1" if tiny else "2"]
         elif name == "paper_lm":
             argv = [py, "-c", PAPER_LM, *sizes]
+        elif name == "jax_control":
+            members, generations = [str(v) for v in gpu]
+            argv = [py, os.path.join(HERE, "jax_env_throughput.py"), "--device-only",
+                    *(["--tiny"] if tiny else ["--settings", f"small:{members}",
+                                               "--generations", generations])]
         else:
             members, parents, envs, cap = sizes
             argv = [py, rollout, "--population", members, "--parents", parents,
-                    "--num-envs", envs, "--generations", "2" if tiny else "3",
+                    "--num-envs", envs, "--generations", "2",
                     "--max-episode-steps", cap, "--raw-steps", "20" if tiny else "100",
                     "--skip-carracing"]
         plan.append((name, argv, 240 if tiny else limit))
     return plan
+
+
+def installed(package):
+    """Whether `package` can be imported here (without importing it)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ImportError:
+        return False
 
 
 def last_json(text):
@@ -230,6 +257,11 @@ def main(argv=None):
     plan = low_rank_measurements(args.tiny) if args.low_rank else measurements(args.tiny)
     for name, command, limit in plan:
         if wanted is not None and name not in wanted:
+            continue
+        missing = MISSING.get(name)
+        if missing is not None and not installed(missing):
+            print(json.dumps({"check": name, "skipped": f"{missing} is not installed"}),
+                  flush=True)
             continue
         start = time.perf_counter()
         try:

@@ -20,6 +20,14 @@ Measured in one run on one machine (ratios are what to compare; machines are noi
    (the paper measured 0.62), and the wall time per env step (which leaves out how long
    each population's episodes happen to last); skipped with --skip-carracing.
 
+Where a generation's time goes is printed for the factorized and full runs (and kept as
+`factorized_time_split` / `full_time_split`): medians over generations 1.. of the seconds
+in env resets and env steps (summed over the rollout lanes, so with two lanes they
+overlap the policy), in policy calls, in the rollout and in the whole generation (the raw
+probes excluded) and outside the rollout (selection, mutation, and their compilation when
+it falls in generation 1), and generation 0's seconds with a compile estimate (generation
+0's rollout minus the median later one: the policy compiles there).
+
 The last line is one JSON object with at least `raw_env_steps_per_second`,
 `factorized_over_raw` and `full_over_raw`.
 
@@ -80,6 +88,36 @@ class RawEnv:
         self.native.close()
 
 
+class TimedVectorEnv:
+    """The task's vector env, with the seconds spent in its resets and steps summed (over
+    both rollout lanes: with two lanes, one lane's steps overlap the other's policy)."""
+
+    def __init__(self, env, clock):
+        self._env, self._clock = env, clock
+
+    def __getattr__(self, name):
+        value = getattr(self._env, name)
+        kind = ("reset" if name in ("reset", "reset_at", "try_reset_at") else
+                "step" if name == "step" else None)
+        if kind is None or not callable(value):
+            return value
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return value(*args, **kwargs)
+            finally:
+                self._clock[kind] += time.perf_counter() - start
+        return timed
+
+
+def timed_task(task, clock):
+    """Makes `task` build `TimedVectorEnv`s that add their reset and step time to `clock`."""
+    make = task.make_vector_env
+    task.make_vector_env = lambda num_envs: TimedVectorEnv(make(num_envs), clock)
+    return task
+
+
 class RawProbe(keras.callbacks.Callback):
     """Measures the raw env speed right before and right after every generation, so each
     generation's closed-loop speed is compared with the env speed of the same moments
@@ -90,14 +128,27 @@ class RawProbe(keras.callbacks.Callback):
         self.raw, self.steps = raw, steps
         self.ratios, self.raw_speeds, self.logs = [], [], []
         self.native_ratios, self.native_speeds = [], []
+        #: Per generation: seconds of the whole generation, and of the env's resets and
+        #: steps (`clock`, filled by `TimedVectorEnv`) within it.
+        self.clock = {"reset": 0.0, "step": 0.0}
+        self.splits = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._before = self.raw.speed(self.steps)
         self._native_before = self.raw.native_speed(self.steps)
+        self.clock.update(reset=0.0, step=0.0)
+        self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._start
+        logs = dict(logs or {})
         native_after = self.raw.native_speed(self.steps)
         after = self.raw.speed(self.steps)
+        rollout = logs["env_steps"] / max(logs["frames_per_second"], 1e-9)
+        self.splits.append({"generation_seconds": seconds, "rollout_seconds": rollout,
+                            "reset_seconds": self.clock["reset"],
+                            "env_step_seconds": self.clock["step"],
+                            "policy_seconds": logs["policy_share"] * rollout})
         logs = dict(logs or {})
         raw = statistics.mean([self._before, after])
         native = statistics.mean([self._native_before, native_after])
@@ -118,6 +169,7 @@ def closed_loop_speed(variant, args, raw_env, lanes="auto"):
     keras.utils.set_random_seed(0)
     model = keras_lrne.presets.atari_policy(variant, num_actions=task.num_outputs, rank=4)
     probe = RawProbe(raw_env, args.raw_steps)
+    timed_task(task, probe.clock)
     model.evolve(task, strategy=keras_lrne.strategies.GA(args.population, args.parents),
                  generations=args.generations, seed=0, verbose=0, callbacks=[probe])
     fps = statistics.median(logs["frames_per_second"] for logs in probe.logs[1:])
@@ -125,7 +177,25 @@ def closed_loop_speed(variant, args, raw_env, lanes="auto"):
     return {"fps": fps, "ratio": statistics.median(probe.ratios[1:]), "share": share,
             "raw": probe.raw_speeds[2:], "model": model,
             "native_ratio": statistics.median(probe.native_ratios[1:]),
-            "native": probe.native_speeds[2:]}
+            "native": probe.native_speeds[2:], "split": time_split(probe.splits)}
+
+
+def time_split(splits):
+    """Where a generation's time went: the medians over the later generations of the
+    seconds in env resets, env steps (summed over lanes) and policy calls, in the
+    rollout, in the whole generation and outside the rollout; generation 0's seconds,
+    and a compile estimate: generation 0's rollout minus the median later one (the
+    policy compiles in generation 0's rollout)."""
+    later = splits[1:] or splits
+    split = {key: statistics.median(s[key] for s in later) for key in later[0]}
+    # Selection, mutation, bookkeeping, and their compilation when it falls in
+    # generation 1 (so with few generations this is not the steady cost).
+    split["outside_rollout_seconds"] = statistics.median(
+        s["generation_seconds"] - s["rollout_seconds"] for s in later)
+    split["first_generation_seconds"] = splits[0]["generation_seconds"]
+    split["compile_seconds"] = max(
+        0.0, splits[0]["rollout_seconds"] - split["rollout_seconds"])
+    return split
 
 
 class GenerationTimer(keras.callbacks.Callback):
@@ -227,6 +297,16 @@ def main(argv=None):
         print(f"  full:              {full['fps']:,.0f} member-steps/s = "
               f"{full['ratio']:.2f}x raw, {full['native_ratio']:.2f}x native raw (policy "
               f"{full['share']:.0%} of the time)")
+        for name, run in (("factorized", fact), ("full", full)):
+            sp = run["split"]
+            print(f"  {name} time split (median generation after the first): "
+                  f"{sp['generation_seconds']:.2f} s, rollout {sp['rollout_seconds']:.2f} s: "
+                  f"resets {sp['reset_seconds']:.2f} s, env steps "
+                  f"{sp['env_step_seconds']:.2f} s (summed over lanes), policy "
+                  f"{sp['policy_seconds']:.2f} s; outside the rollout "
+                  f"{sp['outside_rollout_seconds']:.2f} s; generation 0 "
+                  f"{sp['first_generation_seconds']:.1f} s (compile ~"
+                  f"{sp['compile_seconds']:.1f} s)")
         print(f"  factorized with {other_lanes} lane(s) instead of the default "
               f"{default_lanes}: {other['fps']:,.0f} member-steps/s = {other['ratio']:.2f}x raw")
         print(f"factorized convs, multiply-adds per frame: two-step {two_step:,} vs "
@@ -246,6 +326,8 @@ def main(argv=None):
             "default_lanes": default_lanes,
             f"factorized_{other_lanes}_lanes_over_raw": other["ratio"],
             "conv_macs_two_step_over_materialised": two_step / max(materialised, 1),
+            "factorized_time_split": fact["split"],
+            "full_time_split": full["split"],
         }
     if not args.skip_carracing:
         ratio, seconds = carracing_ratio(args)
