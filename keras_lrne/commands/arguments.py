@@ -52,6 +52,22 @@ def strategy(text):
         f"e.g. evosax:CMA_ES), received {text!r}")
 
 
+def strategies(text):
+    """`--strategies`: a comma-separated list of at least two distinct `--strategy` names."""
+    names = str(text).split(",")
+    for name in names:
+        try:
+            strategy(name)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated strategies, each one of {', '.join(STRATEGIES)} "
+                f"or evosax:NAME, e.g. pgpe,es. Received: {text!r}") from None
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected at least two distinct strategies, e.g. pgpe,es. Received: {text!r}")
+    return tuple(names)
+
+
 def devices(text):
     """`--devices`: a positive device count, or `all`."""
     if text == "all":
@@ -145,9 +161,10 @@ STRATEGY_HELP = ("ga: the paper's genetic algorithm (--population, --parents, "
                  "(--population; JAX backend only, needs the evosax extra)")
 COMPARE_HELP = (
     "run a comparison: `variants` (the default: factorized, full and small), `ranks` "
-    "(the factorized model at each of --ranks, plus full), `strategies` (the GA and "
-    "OpenES on --variant), and for the LM the ablations `mutation-rates` (full at each "
-    "of --rates, factorized at each of --factor-rates), `init` (full and factorized, each "
+    "(the factorized model at each of --ranks, plus full), `strategies` (each of "
+    "--strategies on --variant, by default the GA and OpenES), and for the LM the "
+    "ablations `mutation-rates` (full at each of --rates, factorized at each of "
+    "--factor-rates), `init` (full and factorized, each "
     "with the paper's and the scaled initialisation) or `size-matched` (small against "
     "factorized at rank 1 / embed rank 4, the paper's pairing of similar sizes); every "
     "run gets the same data, episode seeds and budget per "
@@ -193,6 +210,11 @@ def add_compare_arguments(parser):
                         "Default: --seed only")
     parser.add_argument("--ranks", type=ranks, default="1,2,4,8,16", metavar="R1,R2,...",
                         help="ranks of `--compare ranks`. Default: 1,2,4,8,16")
+    parser.add_argument("--strategies", type=strategies, default="ga,es",
+                        metavar="S1,S2,...",
+                        help="the strategies of `--compare strategies` (names of --strategy), "
+                        "each on --variant with the same budget. Default: ga,es (the GA "
+                        "and OpenES)")
     parser.add_argument("--rates", type=rates, default="0.01,0.03,0.1", metavar="R1,R2,...",
                         help="mutation rates of the full model in `--compare "
                         "mutation-rates`. Default: 0.01,0.03,0.1")

@@ -42,7 +42,7 @@ def comparison_plan(args):
     if args.compare == "size-matched":
         return [("factorized_r1_e4", {"variant": "factorized", "rank": 1, "embed_rank": 4}),
                 ("small", {"variant": "small"})]
-    return [("ga", {"strategy": "ga"}), ("es", {"strategy": "es"})]
+    return [(name.replace(":", "_"), {"strategy": name}) for name in args.strategies]
 
 
 def run_output(args, label, seed):
@@ -88,7 +88,7 @@ def held_out(args, output):
 
 def fit_label(args, label, run_args):
     """The label of a `--with-fit` row: `<label>_fit`; one `<variant>_fit` row per seed
-    under `--compare strategies` (GA and OpenES evolve the same model)."""
+    under `--compare strategies` (every strategy evolves the same model)."""
     return f"{run_args.variant}_fit" if args.compare == "strategies" else f"{label}_fit"
 
 
@@ -114,9 +114,13 @@ def comparison_runs(args, argv, plan):
     if "--ranks" in given and args.compare != "ranks":
         raise ValueError("--ranks lists the ranks of `--compare ranks`. Received: --ranks "
                          f"with --compare {args.compare or '(none)'}")
+    if "--strategies" in given and args.compare != "strategies":
+        raise ValueError("--strategies lists the strategies of `--compare strategies`. "
+                         f"Received: --strategies with --compare {args.compare or '(none)'}")
     if args.compare == "strategies" and getattr(args, "reevaluate_top", None):
+        others = ", ".join(name for name in args.strategies if name != "ga")
         raise ValueError("Two-stage selection (--reevaluate-top) needs a truncation-selection "
-                         "strategy such as the GA; `--compare strategies` also runs OpenES. "
+                         f"strategy such as the GA; `--compare strategies` also runs {others}. "
                          f"Received: --reevaluate-top {args.reevaluate_top}")
     runs = []
     for seed in seeds:

@@ -94,7 +94,8 @@ def tested_pairs(compare, labels):
     Args:
         compare: The comparison's kind ("variants", "ranks", "strategies",
             "mutation-rates", "init", "size-matched" or None).
-        labels: The labels the comparison ran, `*_fit` rows included.
+        labels: The labels the comparison ran, in the order it ran them, `*_fit` rows
+            included.
 
     Returns:
         A list of `(label, label)` pairs, both present in `labels`.
@@ -104,7 +105,9 @@ def tested_pairs(compare, labels):
     elif compare == "ranks":
         pairs = [(label, "full") for label in labels if label.startswith("rank_")]
     elif compare == "strategies":
-        pairs = [("ga", "es")]
+        # The first of --strategies against each of the others (default: GA vs OpenES).
+        runs = [label for label in labels if not label.endswith("_fit")]
+        pairs = [(runs[0], label) for label in runs[1:]]
     elif compare == "mutation-rates":
         full = [label for label in labels if label.startswith("full_mr_")]
         factorized = [label for label in labels if label.startswith("factorized_fr_")]
@@ -235,11 +238,12 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
     if "first_stage_seconds" in columns:
         extra.append(("first_stage_seconds", "stage-1 s"))
     extra.append(("parameters", "parameters"))
+    compared = tuple(getattr(args, "strategies", ("ga", "es")))
     notes = [f"Command: `keras-lrne {' '.join(argv)}`; runs finished "
              f"{_finished_span(run_dirs)}; {machine()}.",
              f"Budget per run: population {args.population}, {args.parents} parents, "
              f"{args.generations} generations, strategy "
-             f"{'ga and es' if args.compare == 'strategies' else args.strategy}."]
+             f"{' and '.join(compared) if args.compare == 'strategies' else args.strategy}."]
     notes += paired_ratio_notes(records, "first_stage_seconds", "stage-1 time")
     if not lm:
         notes.append("`final elite return (training episodes)`: the best member's return "
@@ -267,7 +271,8 @@ def write_report(args, argv, records, curves, summaries, run_dirs):
                          "machine). Member-tokens of a fit() row are tokens trained on; "
                          "`best val_loss` is the lowest validation loss it reached.")
     what = {"variants": "factorized vs full vs small", "ranks": "ranks",
-            "strategies": "GA vs OpenES", "mutation-rates": "mutation rates",
+            "strategies": ("GA vs OpenES" if compared == ("ga", "es")
+                           else " vs ".join(compared)), "mutation-rates": "mutation rates",
             "init": "initialisations", "size-matched": "size-matched small vs factorized",
             None: args.variant}[args.compare]
     title = f"keras-lrne {args.command}: {what}"

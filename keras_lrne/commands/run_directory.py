@@ -41,8 +41,8 @@ INVOCATION_ARGS = ("resume", "overwrite")
 #: under other values (how it is invoked, where and on what it runs, what surrounds it).
 NOT_RUN_SETTINGS = INVOCATION_ARGS + (
     "verbose", "output", "devices", "workers", "ray_address", "population_batch_size",
-    "compare", "seeds", "ranks", "rates", "factor_rates", "with_fit", "fit_learning_rate",
-    "eval_episodes",
+    "compare", "seeds", "ranks", "strategies", "rates", "factor_rates", "with_fit",
+    "fit_learning_rate", "eval_episodes",
 )
 
 

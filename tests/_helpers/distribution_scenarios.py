@@ -65,6 +65,27 @@ def open_es(distribution, perturbation_rank=None):
             "weights": [w.reshape(-1).tolist() for w in model.get_weights()]}
 
 
+NATIVE_STRATEGIES = {"cma_es": "CMAES", "sep_cma_es": "SepCMAES", "snes": "SNES",
+                     "pgpe": "PGPE"}
+
+
+def native_strategy(name, distribution):
+    """A native strategy (its mean starts from the model's weights) for 2 generations of
+    6 members: 2 per device on 4 devices, with 2 padded slots on the last one."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    keras.utils.set_random_seed(0)
+    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(2),
+                                   keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    strategy = getattr(keras_lrne.strategies, NATIVE_STRATEGIES[name])(6)
+    history = model.evolve(x, y, strategy=strategy, generations=2,
+                           seed=3, verbose=0, distribution=distribution)
+    return {"loss": history.history["loss"],
+            "weights": [w.reshape(-1).tolist() for w in model.get_weights()]}
+
+
 def fitness(distribution):
     """Compiled `Fitness` runs: accuracy with targets, and a reward of a two-input
     model's outputs without targets."""
@@ -119,6 +140,9 @@ def main(out):
     results["open_es"] = {"one": open_es(None), "four": open_es(PopulationParallel())}
     results["open_es_low_rank"] = {"one": open_es(None, 1),
                                    "four": open_es(PopulationParallel(), 1)}
+    for name in NATIVE_STRATEGIES:
+        results[name] = {"one": native_strategy(name, None),
+                         "four": native_strategy(name, PopulationParallel())}
     results["fitness"] = {"one": fitness(None), "four": fitness(PopulationParallel())}
     # What the GA keeps between generations: its survivors only (every device expands
     # its own members from them and their seeds inside the evaluation).

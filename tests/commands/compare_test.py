@@ -218,6 +218,14 @@ def test_compare_strategies_on_an_environment(tmp_path, capsys):
         (["--compare", "ranks", "--rank", "2"], "`--compare ranks` sets --rank itself"),
         (["--compare", "strategies", "--strategy", "es"], "sets --strategy itself"),
         (["--compare", "--ranks", "1,2"], "--ranks lists the ranks of `--compare ranks`"),
+        (["--compare", "strategies", "--strategies", "es"], "at least two distinct"),
+        (["--compare", "strategies", "--strategies", "es,es"], "at least two distinct"),
+        (["--compare", "strategies", "--strategies", "ga,bogus"],
+         "Received: 'ga,bogus'"),
+        (["--compare", "--strategies", "pgpe,es"],
+         "--strategies lists the strategies of `--compare strategies`"),
+        (["--compare", "strategies", "--strategies", "pgpe,es", "--population", "5"],
+         "population_size=5"),
     ],
 )
 def test_compare_argument_errors_before_any_work(tmp_path, capsys, argv, message):
@@ -258,6 +266,9 @@ def test_a_comparison_checks_every_run_before_the_first(lm_comparison, tmp_path,
      [("factorized_r1_e4", "small")]),
     (["--compare", "ranks", "--ranks", "2,1"], ["rank_1", "rank_2", "full"],
      [("rank_1", "full"), ("rank_2", "full")]),
+    (["--compare", "strategies"], ["ga", "es"], [("ga", "es")]),
+    (["--compare", "strategies", "--strategies", "pgpe,es,evosax:CMA_ES"],
+     ["pgpe", "es", "evosax_CMA_ES"], [("pgpe", "es"), ("pgpe", "evosax_CMA_ES")]),
 ])
 def test_ablation_presets_plan_their_runs_and_tests(argv, labels, pairs):
     from keras_lrne.commands import compare, report
@@ -269,6 +280,9 @@ def test_ablation_presets_plan_their_runs_and_tests(argv, labels, pairs):
     overrides = dict(plan)
     if "rank_2" in overrides:
         assert overrides["rank_2"] == {"variant": "factorized", "rank": 2}
+    if "pgpe" in overrides:
+        assert overrides["pgpe"] == {"strategy": "pgpe"}
+        assert overrides["evosax_CMA_ES"] == {"strategy": "evosax:CMA_ES"}
     if "full_mr_0.1" in overrides:
         assert overrides["full_mr_0.1"] == {"variant": "full", "mutation_rate": 0.1}
         assert overrides["factorized_fr_0.1"]["factor_mutation_rate"] == 0.1

@@ -90,6 +90,7 @@ def test_record_of_a_cut_history_is_refused_with_the_directory(tmp_path):
       ("full", "full_fit")]),
     ("ranks", ["rank_1", "rank_4", "full"], [("rank_1", "full"), ("rank_4", "full")]),
     ("strategies", ["ga", "es", "factorized_fit"], [("ga", "es")]),
+    ("strategies", ["pgpe", "es", "cma-es"], [("pgpe", "es"), ("pgpe", "cma-es")]),
     (None, ["factorized"], []),
 ])
 def test_tested_pairs(compare, labels, expected):

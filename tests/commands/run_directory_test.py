@@ -53,9 +53,13 @@ def test_check_ready_refuses_what_prepare_output_would(tmp_path):
 
 
 def test_settings_that_do_not_change_a_run_may_differ(tmp_path):
-    _finished(tmp_path / "done", seed=1, verbose=0, output="a", with_fit=False)
+    # A run of `--compare strategies` is the same run whichever strategies it was
+    # compared with (`--strategies ga,es` then, `pgpe,es` now).
+    _finished(tmp_path / "done", seed=1, verbose=0, output="a", with_fit=False,
+              strategies=["ga", "es"])
     stored = run_directory.check_settings(str(tmp_path / "done"),
-                                          _args(seed=1, verbose=2, output="b", with_fit=True))
+                                          _args(seed=1, verbose=2, output="b", with_fit=True,
+                                                strategies=("pgpe", "es")))
     assert stored["summary"] == {"final_loss": 1.0}
     assert "resume" not in json.loads((tmp_path / "done" / "summary.json").read_text())["args"]
     with pytest.raises(ValueError, match=r"other settings \(with_fit: False then, True now"):

@@ -68,6 +68,18 @@ def test_open_es_does_not_depend_on_the_device_count(four_devices, name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["cma_es", "sep_cma_es", "snes", "pgpe"])
+def test_native_strategies_do_not_depend_on_the_device_count(four_devices, name):
+    # CMAES, SepCMAES, SNES and PGPE: 6 members over 4 devices (the last one padded),
+    # the mean evaluated with them; the same losses and final mean as on one device.
+    one, four = four_devices[name]["one"], four_devices[name]["four"]
+    assert len(one["loss"]) == 2
+    np.testing.assert_allclose(four["loss"], one["loss"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(four["weights"], one["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_a_compiled_fitness_does_not_depend_on_the_device_count(four_devices):
     one, four = four_devices["fitness"]["one"], four_devices["fitness"]["four"]
     assert one["accuracy"] == four["accuracy"]

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.backend_independent
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
 UNIFORM_105 = math.log(105)
+#: The generations of section 13's runs (PGPE against OpenES on HalfCheetah-v5).
+HALFCHEETAH_PGPE_GENERATIONS = 25
 
 
 def page(path):
@@ -322,3 +324,29 @@ def test_cartpole_strategy_numbers():
         rows.append(f"| {label} | {generations} | {' / '.join(held_out)} | "
                     f"{min(lowest):.1f} | {' / '.join(firsts)} |")
     assert_quotes("docs/results.md", *rows)
+
+
+def test_halfcheetah_pgpe_against_openes_numbers():
+    # Section 13: PGPE and OpenES on the same seeds, paired; per seed and means from
+    # comparison.csv, each run's final return read back from its history.csv.
+    name, generations = "halfcheetah_pgpe", HALFCHEETAH_PGPE_GENERATIONS
+    for label in ("pgpe", "es"):
+        for rows, final in zip(histories(name, label),
+                               values(name, label, "final_episode_return")):
+            assert len(rows) == generations
+            assert float(rows[-1]["episode_return"]) == pytest.approx(final)
+    quoted = []
+    for column, what in (("heldout_return", "held-out return (5 episodes)"),
+                         ("final_episode_return", "final return (training episodes)")):
+        pgpe, es = values(name, "pgpe", column), values(name, "es", column)
+        test = comparison.paired_significance(pgpe, es)
+        ahead = sum(a > b for a, b in zip(pgpe, es))
+        quoted.append(
+            f"| {what} | {' / '.join(f'{v:,.1f}' for v in pgpe)} | {np.mean(pgpe):,.1f} | "
+            f"{' / '.join(f'{v:,.1f}' for v in es)} | {np.mean(es):,.1f} | "
+            f"{test['mean_difference']:,.1f} | {test['paired_p']:.3f} | {ahead} of 3 |")
+        if column == "heldout_return":
+            quoted.append(f"held-out return {np.mean(pgpe):,.1f} vs {np.mean(es):,.1f}, "
+                          f"PGPE ahead on {ahead} of 3 seeds, paired t p = "
+                          f"{test['paired_p']:.3f}")
+    assert_quotes("docs/results.md", *quoted)
