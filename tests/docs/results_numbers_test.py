@@ -350,3 +350,31 @@ def test_halfcheetah_pgpe_against_openes_numbers():
                           f"PGPE ahead on {ahead} of 3 seeds, paired t p = "
                           f"{test['paired_p']:.3f}")
     assert_quotes("docs/results.md", *quoted)
+
+
+def test_pendulum_strategy_numbers():
+    # Section 14: held-out returns from each run's evaluation.json, the best training
+    # return of the mean from its history.csv, and how many runs reach the bar of -200
+    # (this project's choice: gymnasium registers no reward threshold for Pendulum-v1).
+    rows, reached = [], []
+    for name, label, generations in (("pendulum_cma_es", "`CMAES` (sigma 0.5)", 80),
+                                     ("pendulum_pgpe", "`PGPE` (sigma 0.5)", 80)):
+        held_out, lowest, best = [], [], []
+        count = 0
+        for seed in range(3):
+            run = RESULTS / name / "small" / f"seed_{seed}"
+            evaluation = json.loads((run / "evaluation.json").read_text())
+            assert evaluation["env"] == "Pendulum-v1" and evaluation["episodes"] == 20
+            held_out.append(f"{evaluation['mean_return']:.1f}")
+            lowest.append(min(evaluation["returns"]))
+            count += evaluation["mean_return"] >= -200
+            with open(run / "history.csv") as f:
+                history = list(csv.DictReader(f))
+            assert len(history) == generations
+            top = max(history, key=lambda r: float(r["episode_return"]))
+            best.append(f"{float(top['episode_return']):.1f} ({top['epoch']})")
+        rows.append(f"| {label} | {generations} | {' / '.join(held_out)} | "
+                    f"{min(lowest):.1f} | {' / '.join(best)} |")
+        reached.append(count)
+    assert_quotes("docs/results.md", *rows,
+                  f"CMA-ES on {reached[0]} of 3 seeds, PGPE on {reached[1]} of 3")
