@@ -12,9 +12,12 @@ no temporary file, backup or lock file is left behind.
 `keras.Sequential` (a module written to the temporary directory); `--command control` a
 CartPole policy (its History holds integer logs: `env_steps`, `failed_members`).
 
+`--strategy` runs another strategy than the GA (`cma-es`, `snes`, `pgpe`, ...: those that
+keep the model's starting weights in the run's checkpoint and lineage).
+
 Usage:
     python benchmarks/kill_resume.py --trials 30 [--generations 6] [--seed 0]
-                                     [--command lm|fitness|control]
+                                     [--command lm|fitness|control] [--strategy ga]
 """
 
 import argparse
@@ -56,7 +59,8 @@ def accuracy(logits, labels):
 """
 
 
-def _command(output, generations, resume=False, command="lm", objective=None):
+def _command(output, generations, resume=False, command="lm", objective=None,
+             strategy="ga"):
     if command == "fitness":
         run = ["fitness", f"{objective}:accuracy", "--model", f"{objective}:build_model",
                "--data", f"{objective}:load_data"]
@@ -64,8 +68,9 @@ def _command(output, generations, resume=False, command="lm", objective=None):
         run = ["control", "--env", "CartPole-v1", "--max-episode-steps", "50"]
     else:
         run = ["lm", "--sequence-length", "16", "--num-sequences", "8", "--vocab-size", "128"]
-    return [sys.executable, "-m", "keras_lrne.cli", *run, "--population", "8", "--parents",
-            "2", "--generations", str(generations), "--verbose", "0", "--output",
+    selection = ["--parents", "2"] if strategy == "ga" else ["--strategy", strategy]
+    return [sys.executable, "-m", "keras_lrne.cli", *run, "--population", "8", *selection,
+            "--generations", str(generations), "--verbose", "0", "--output",
             output, *(["--resume"] if resume else [])]
 
 
@@ -102,6 +107,7 @@ def main():
     parser.add_argument("--generations", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--command", choices=("lm", "fitness", "control"), default="lm")
+    parser.add_argument("--strategy", default="ga")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     root = tempfile.mkdtemp(prefix="lrne_kill_")
@@ -110,7 +116,8 @@ def main():
         f.write(OBJECTIVE)
 
     def command(output, resume=False):
-        return _command(output, args.generations, resume, args.command, objective)
+        return _command(output, args.generations, resume, args.command, objective,
+                        args.strategy)
 
     straight = os.path.join(root, "straight")
     start = time.perf_counter()
