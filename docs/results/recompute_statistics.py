@@ -61,6 +61,8 @@ def updated_report(directory):
     start = next((i for i, line in enumerate(lines) if line.startswith("Significance")),
                  None)
     if start is None:  # nothing tested before: the section goes before the notes
+        if not section:  # and nothing to test (one variant over seeds)
+            return old, old
         start = next(i for i, line in enumerate(lines) if line.startswith("Command:"))
         end = start
     else:
