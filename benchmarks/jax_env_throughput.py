@@ -36,25 +36,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import keras
+from rollout_throughput import GenerationTimer  # this folder: the scripts run from it
 
 import keras_lrne
 
 CAP = 500
-
-
-class GenerationTimer(keras.callbacks.Callback):
-    """Wall time and logs of every generation."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds, self.logs = [], []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-        self.logs.append(dict(logs or {}))
 
 
 def make_task(kind, cap):

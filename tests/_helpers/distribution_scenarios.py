@@ -50,17 +50,24 @@ def interrupted_and_resumed(backup):
                               callbacks=[keras.callbacks.BackupAndRestore(backup)])
 
 
-def open_es(distribution, perturbation_rank=None):
+def _tiny_regression(hidden, strategy, generations, seed, distribution):
+    """`(history, model)` of a Dense(hidden) -> Dense(1) model evolved on 16 x 4 data."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 4)).astype("float32")
     y = x.sum(axis=1, keepdims=True)
     keras.utils.set_random_seed(0)
-    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(hidden),
                                    keras.layers.Dense(1)])
     model.compile(loss="mse")
-    strategy = keras_lrne.strategies.OpenES(6, perturbation_rank=perturbation_rank)
-    history = model.evolve(x, y, strategy=strategy, generations=3,
-                           seed=2, verbose=0, distribution=distribution)
+    history = model.evolve(x, y, strategy=strategy, generations=generations,
+                           seed=seed, verbose=0, distribution=distribution)
+    return history, model
+
+
+def open_es(distribution, perturbation_rank=None):
+    history, model = _tiny_regression(
+        3, keras_lrne.strategies.OpenES(6, perturbation_rank=perturbation_rank), 3, 2,
+        distribution)
     return {"loss": history.history["loss"],
             "weights": [w.reshape(-1).tolist() for w in model.get_weights()]}
 
@@ -72,16 +79,8 @@ NATIVE_STRATEGIES = {"cma_es": "CMAES", "sep_cma_es": "SepCMAES", "snes": "SNES"
 def native_strategy(name, distribution):
     """A native strategy (its mean starts from the model's weights) for 2 generations of
     6 members: 2 per device on 4 devices, with 2 padded slots on the last one."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(16, 4)).astype("float32")
-    y = x.sum(axis=1, keepdims=True)
-    keras.utils.set_random_seed(0)
-    model = keras_lrne.Sequential([keras.Input((4,)), keras.layers.Dense(2),
-                                   keras.layers.Dense(1)])
-    model.compile(loss="mse")
     strategy = getattr(keras_lrne.strategies, NATIVE_STRATEGIES[name])(6)
-    history = model.evolve(x, y, strategy=strategy, generations=2,
-                           seed=3, verbose=0, distribution=distribution)
+    history, model = _tiny_regression(2, strategy, 2, 3, distribution)
     return {"loss": history.history["loss"],
             "weights": [w.reshape(-1).tolist() for w in model.get_weights()]}
 
